@@ -1,0 +1,63 @@
+"""Device mesh and shardings: one 1-D `data` axis, from one device to a pod.
+
+Every jitted function of the project runs on the mesh made here (a single device is a mesh
+of one), with the batch sharded over `data` and the train state replicated.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh named `data` over the first `num_devices` devices (all by default).
+
+  The axis is `AxisType.Auto`, so ordinary jnp code (e.g. `a @ b.T` on batch-sharded
+  inputs) is partitioned by XLA; hand-written collectives use `jax.shard_map`.
+  """
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else int(num_devices)
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available")
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices[:n])
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) axis split over `data`, the rest replicated."""
+  return NamedSharding(mesh, jax.P(DATA_AXIS))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, jax.P())
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Host batch (this process's rows) -> global `jax.Array`s sharded over `data`.
+
+  Args:
+    batch: dict of NumPy arrays `[B_process, ...]`; `B_process` must be divisible by the
+      number of this process's devices in the mesh.
+  Returns:
+    dict of global arrays `[B_process * num_processes, ...]`.
+  """
+  sharding = batch_sharding(mesh)
+  n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.shape[0] % n_local:
+      raise ValueError(f"batch['{key}'] has {value.shape[0]} rows, not divisible by the "
+                       f"{n_local} local devices of the mesh")
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Place a pytree replicated on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))

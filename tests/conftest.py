@@ -1,0 +1,34 @@
+"""Test set-up: 8 simulated CPU devices, set before JAX initialises."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REALDATA = SHARED / "realdata"
+REFERENCE = SHARED / "reference"
+
+
+@pytest.fixture(scope="session")
+def realdata_dir():
+  """../shared/realdata, or skip with a clear message."""
+  if not REALDATA.is_dir():
+    pytest.skip(f"real-data fixtures not found at {REALDATA} (the shared/ folder beside the repo)")
+  return REALDATA
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+  if not REFERENCE.is_dir():
+    pytest.skip(f"reference folder not found at {REFERENCE}")
+  return REFERENCE
