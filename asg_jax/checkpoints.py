@@ -1,0 +1,100 @@
+"""Train-state creation and orbax checkpointing (periodic keep-N, best-by-validation, resume)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from asg_jax import parallel
+
+logger = logging.getLogger(__name__)
+
+
+def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array,
+               example_batch: dict, constants: dict, mesh, state_cls: Callable) -> Any:
+  """Initialises parameters (then loads pretrained encoders named in the config) and the
+  optimizer, and places the state replicated on the mesh.
+
+  Args:
+    example_batch: a host batch (any batch size) fixing the input shapes.
+  """
+  batch = {k: jnp.asarray(v[:2]) for k, v in example_batch.items()}
+  variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, batch, train=False,
+                                           tag_queries=constants.get("tag_queries")))(rng)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  params = load_pretrained(config, params)
+  state = state_cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+  return parallel.replicate(state, mesh)
+
+
+def load_pretrained(config: ml_collections.ConfigDict, params: dict) -> dict:
+  """Replaces the image/text encoder parameters with the checkpoints named in the config."""
+  from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
+  params = dict(params)
+  if config.model.text.pretrained:
+    params["text_encoder"] = checkpoint_convert.load_bert(
+        config.model.text.pretrained, params["text_encoder"])
+    logger.info("text encoder initialised from %s", config.model.text.pretrained)
+  if config.model.image.pretrained:
+    loader = (checkpoint_convert.load_vit if config.model.image.name == "vit"
+              else checkpoint_convert.load_resnet)
+    params["image_encoder"] = loader(config.model.image.pretrained, params["image_encoder"])
+    logger.info("image encoder initialised from %s", config.model.image.pretrained)
+  return params
+
+
+class Manager:
+  """`<workdir>/checkpoints` (the latest `keep`, for resume) and `<workdir>/best` (the best
+  by the validation metric, with `best.json` recording step and value)."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.best_directory = os.path.join(os.path.abspath(workdir), "best")
+    self._best_json = os.path.join(os.path.abspath(workdir), "best.json")
+    self._latest = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self._best = ocp.CheckpointManager(
+        self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def restore_latest(self, state: Any) -> tuple[Any, int]:
+    """(restored state, its step), or (state, 0) when there is no checkpoint yet."""
+    step = self._latest.latest_step()
+    if step is None:
+      return state, 0
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = self._latest.restore(step, args=ocp.args.StandardRestore(abstract))
+    return restored, int(step)
+
+  def save(self, step: int, state: Any, force: bool = False) -> None:
+    self._latest.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def save_best(self, step: int, state: Any, record: dict) -> None:
+    self._best.save(step, args=ocp.args.StandardSave(state), force=True)
+    if jax.process_index() == 0:
+      with open(self._best_json, "w") as f:
+        json.dump(record, f, indent=2)
+
+  def best_record(self) -> dict:
+    if os.path.exists(self._best_json):
+      with open(self._best_json) as f:
+        return json.load(f)
+    return {}
+
+  def restore_best(self, state: Any) -> Any:
+    step = self._best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no best checkpoint in {self.best_directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return self._best.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()

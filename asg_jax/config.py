@@ -1,0 +1,293 @@
+"""The full configuration schema, shared by every recipe in configs/.
+
+A recipe file (configs/<name>.py) starts from `base_config()` and changes values; it never
+adds keys. The returned ConfigDict is locked, so a typo in a recipe or on the command line
+(`--config.train.nmu_steps=3`) fails at once, naming the key.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# The 23 Chest ImaGenome regions used for ARSA. ASG never published which 23 of the 29 it
+# kept; these are the 29 minus the 6 that rarely carry a finding or a sentence (see docs).
+ASG_REGIONS_23 = (
+    "right lung", "right upper lung zone", "right mid lung zone", "right lower lung zone",
+    "right hilar structures", "right apical zone", "right costophrenic angle",
+    "right hemidiaphragm", "left lung", "left upper lung zone", "left mid lung zone",
+    "left lower lung zone", "left hilar structures", "left apical zone",
+    "left costophrenic angle", "left hemidiaphragm", "trachea", "spine", "aortic arch",
+    "mediastinum", "upper mediastinum", "cardiac silhouette", "abdomen",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a recipe may set, with the published ASG ViT-B/16 values as defaults."""
+  c = ml_collections.ConfigDict()
+  c.name = "asg_vit_b16"
+  c.seed = 42
+
+  # ---------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 128          # projection output (asg.md)
+  c.model.head_hidden = 2048       # projection MLP width
+  c.model.dtype = "float32"        # compute dtype of the encoders ("bfloat16" on TPU/GPU)
+
+  c.model.image = ml_collections.ConfigDict()
+  c.model.image.name = "vit"       # "vit" | "resnet50"
+  c.model.image.pretrained = ""    # local HF checkpoint dir/file or cached hub name ("" = random)
+  c.model.image.input_resize = 0   # resize the crop inside the model (ResNet-50: 299); 0 = no
+  c.model.image.patch_size = 16
+  c.model.image.hidden_size = 768
+  c.model.image.num_layers = 12
+  c.model.image.num_heads = 12
+  c.model.image.mlp_dim = 3072
+  c.model.image.dropout = 0.0
+  c.model.image.resnet_stage_sizes = (3, 4, 6, 3)
+  c.model.image.resnet_width = 64
+
+  c.model.text = ml_collections.ConfigDict()
+  c.model.text.pretrained = ""     # e.g. "emilyalsentzer/Bio_ClinicalBERT" or a local dir
+  c.model.text.vocab_size = 28996
+  c.model.text.hidden_size = 768
+  c.model.text.num_hidden_layers = 12
+  c.model.text.num_attention_heads = 12
+  c.model.text.intermediate_size = 3072
+  c.model.text.max_position_embeddings = 512
+  c.model.text.use_layers = 6      # ASG uses the first 6 of 12 layers
+  c.model.text.hidden_dropout = 0.1
+  c.model.text.attention_dropout = 0.1
+
+  c.model.tag_decoder = ml_collections.ConfigDict()
+  c.model.tag_decoder.enabled = True
+  c.model.tag_decoder.num_layers = 4
+  c.model.tag_decoder.d_model = 768
+  c.model.tag_decoder.num_heads = 4
+  c.model.tag_decoder.mlp_dim = 1024
+  c.model.tag_decoder.dropout = 0.1
+
+  # RECLF / GLoRIA local-matching head ("" = none).
+  c.model.local_head = ml_collections.ConfigDict()
+  c.model.local_head.mode = ""     # "" | "gloria" | "reclf"
+  c.model.local_head.use_srm = True
+  c.model.local_head.use_irm = True
+  c.model.local_head.srm_layers = 1
+  c.model.local_head.srm_heads = 1
+  c.model.local_head.srm_visual_context = False
+  c.model.local_head.irm_hidden = 128
+  c.model.local_head.attn_temperature = 0.1   # τ_a (RECLF) — GLoRIA uses 1/γ1
+  c.model.local_head.gamma1 = 4.0
+  c.model.local_head.gamma2 = 5.0
+  c.model.local_head.block_size = 32          # reports per block of the pairwise matching
+
+  # ----------------------------------------------------------------- loss
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "asg"              # "ira" | "asg" | "reclf" | "gloria"
+  c.loss.temperature = 0.07
+  c.loss.global_batch = True       # IRA/ERL over the global batch (False: per device, as released)
+  c.loss.use_ira = True
+  c.loss.use_arsa = True
+  c.loss.use_irl = True
+  c.loss.use_erl = True
+  c.loss.w_ira = 1.0
+  c.loss.w_arsa = 1.0
+  c.loss.w_irl = 5.0
+  c.loss.w_erl = 1.0
+  c.loss.soft_mix = 0.2            # ERL: Q = 0.8 I + 0.2 S
+  # RECLF semantic contrastive loss
+  c.loss.beta = 0.2
+  c.loss.local_temperature = 0.1   # τ_l
+  c.loss.lambda_local = 1.0
+  c.loss.label_source = "tags"     # "tags" | "chexpert" | "embedding"
+  c.loss.gamma3 = 10.0             # GLoRIA local logit scale
+
+  # ----------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mimic_cxr"        # tfds builder name
+  c.data.builder_config = "default"
+  c.data.data_dir = ""             # tfds data_dir ("" = tfds default)
+  c.data.manual_dir = ""           # where the manual download lives
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.tokenizer = "emilyalsentzer/Bio_ClinicalBERT"  # vocab.txt, local dir or cached hub name
+  c.data.lower_case = False
+  c.data.max_length = 112
+  c.data.resize = 256
+  c.data.image_size = 224
+  c.data.max_regions = 23
+  c.data.max_region_words = 110
+  c.data.regions = ASG_REGIONS_23
+  c.data.normalization = "imagenet"  # "imagenet" | "half"
+  c.data.shuffle_buffer = 10_000
+  c.data.demo_num_studies = 0      # > 0: generate + build the synthetic demo into data_dir
+  c.data.demo_seed = 0
+  c.data.demo_vocab_size = 0       # > 0: train a WordPiece vocab of this size on the demo captions
+
+  # ---------------------------------------------------------------- train
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 288         # global batch
+  c.train.num_steps = 0            # 0: derive from num_epochs
+  c.train.num_epochs = 50
+  c.train.lr = 4e-5
+  c.train.init_lr = 1e-8
+  c.train.end_lr = 1e-8
+  c.train.warmup_frac = 0.4
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.weight_decay = 0.05
+  c.train.grad_clip = 0.0          # 0 = none (the released recipe does not clip)
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.early_stop_patience = 5  # evaluations without val-loss improvement; 0 = off
+  c.train.num_devices = 0          # 0 = all
+
+  # ----------------------------------------------------------------- eval
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 1000
+  c.eval.batch_size = 288
+  c.eval.max_examples = 0          # 0 = the whole split
+  c.eval.evaluators = ("retrieval", "zeroshot", "grounding")
+  c.eval.best_metric = "val_loss"  # lower is better
+  c.lock()
+  return c
+
+
+# ASG ablation rows of results.md: which of the four terms are on.
+ASG_ABLATIONS = {
+    "ira": dict(use_ira=True, use_arsa=False, use_irl=False, use_erl=False),
+    "ira_arsa": dict(use_ira=True, use_arsa=True, use_irl=False, use_erl=False),
+    "ira_irl": dict(use_ira=True, use_arsa=False, use_irl=True, use_erl=False),
+    "ira_irl_erl": dict(use_ira=True, use_arsa=False, use_irl=True, use_erl=True),
+    "full": dict(use_ira=True, use_arsa=True, use_irl=True, use_erl=True),
+}
+
+# RECLF ablation ladder (reclf.md): GLoRIA pooling -> +IRM -> +SRM -> +semantic targets.
+RECLF_LADDER = {
+    "gloria": dict(mode="gloria", use_irm=False, use_srm=False, beta=0.0),
+    "irm": dict(mode="reclf", use_irm=True, use_srm=False, beta=0.0),
+    "irm_srm": dict(mode="reclf", use_irm=True, use_srm=True, beta=0.0),
+    "full": dict(mode="reclf", use_irm=True, use_srm=True, beta=0.2),
+}
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """`"runlocal,ablation=ira_arsa"` -> {"runlocal": True, "ablation": "ira_arsa"}.
+
+  Only names given in `defaults` are accepted; values take the default's type.
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.strip().lower() not in ("0", "false", "no") if value else True
+    else:
+      out[key] = kind(value.strip())
+  return out
+
+
+def apply_asg_ablation(c: ml_collections.ConfigDict, name: str) -> None:
+  """Switch ASG's loss terms to a row of the published ablation (results.md)."""
+  if name not in ASG_ABLATIONS:
+    raise ValueError(f"unknown ASG ablation {name!r}; expected one of {sorted(ASG_ABLATIONS)}")
+  for key, value in ASG_ABLATIONS[name].items():
+    c.loss[key] = value
+  c.model.tag_decoder.enabled = c.loss.use_irl
+
+
+def apply_reclf_rung(c: ml_collections.ConfigDict, name: str) -> None:
+  """Set the RECLF ablation-ladder rung (reclf.md)."""
+  if name not in RECLF_LADDER:
+    raise ValueError(f"unknown RECLF rung {name!r}; expected one of {sorted(RECLF_LADDER)}")
+  rung = RECLF_LADDER[name]
+  c.model.local_head.mode = rung["mode"]
+  c.model.local_head.use_irm = rung["use_irm"]
+  c.model.local_head.use_srm = rung["use_srm"]
+  c.loss.name = rung["mode"]
+  c.loss.beta = rung["beta"]
+  c.model.tag_decoder.enabled = False
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks the config so unknown keys fail, and checks values that must agree."""
+  config.lock()
+  _check(config)
+  return config
+
+
+def _check(c: ml_collections.ConfigDict) -> None:
+  choices = {
+      "model.image.name": ("vit", "resnet50"),
+      "model.local_head.mode": ("", "gloria", "reclf"),
+      "loss.name": ("ira", "asg", "reclf", "gloria"),
+      "loss.label_source": ("tags", "chexpert", "embedding"),
+      "data.normalization": ("imagenet", "half"),
+      "model.dtype": ("float32", "bfloat16"),
+  }
+  for dotted, allowed in choices.items():
+    value = c
+    for part in dotted.split("."):
+      value = value[part]
+    if value not in allowed:
+      raise ValueError(f"config.{dotted} = {value!r}; expected one of {allowed}")
+  if c.loss.name in ("reclf", "gloria") and c.model.local_head.mode != c.loss.name:
+    raise ValueError(f"config.loss.name = {c.loss.name!r} needs config.model.local_head.mode = "
+                     f"{c.loss.name!r} (got {c.model.local_head.mode!r})")
+  if c.loss.name == "asg" and c.loss.use_irl and not c.model.tag_decoder.enabled:
+    raise ValueError("config.loss.use_irl = True needs config.model.tag_decoder.enabled = True")
+  if c.train.batch_size <= 0 or c.eval.batch_size <= 0:
+    raise ValueError("config.train.batch_size and config.eval.batch_size must be > 0")
+  if not 0.0 <= c.train.warmup_frac < 1.0:
+    raise ValueError(f"config.train.warmup_frac = {c.train.warmup_frac}; expected in [0, 1)")
+  if c.train.num_steps <= 0 and c.train.num_epochs <= 0:
+    raise ValueError("set config.train.num_steps or config.train.num_epochs (> 0)")
+
+
+def check_overrides_applied(config: ml_collections.ConfigDict) -> None:
+  """Re-validates after command-line overrides (config_flags applies them after loading)."""
+  _check(config)
+
+
+def make_runlocal(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a full recipe to run on a CPU in seconds on the demo data (same code paths)."""
+  c.model.image.pretrained = ""
+  c.model.text.pretrained = ""
+  c.model.image.hidden_size = 64
+  c.model.image.num_layers = 1
+  c.model.image.num_heads = 2
+  c.model.image.mlp_dim = 128
+  c.model.image.patch_size = 8
+  c.model.image.resnet_stage_sizes = (1, 1, 1, 1)
+  c.model.image.resnet_width = 8
+  c.model.text.vocab_size = 600
+  c.model.text.hidden_size = 64
+  c.model.text.num_hidden_layers = 2
+  c.model.text.use_layers = 1
+  c.model.text.num_attention_heads = 2
+  c.model.text.intermediate_size = 128
+  c.model.text.max_position_embeddings = 128
+  c.model.head_hidden = 128
+  c.model.tag_decoder.num_layers = 1
+  c.model.tag_decoder.d_model = 64
+  c.model.tag_decoder.num_heads = 2
+  c.model.tag_decoder.mlp_dim = 128
+  c.model.local_head.irm_hidden = 32
+  c.data.builder_config = "demo"
+  c.data.demo_num_studies = 96
+  c.data.demo_vocab_size = 600
+  c.data.tokenizer = ""
+  c.data.lower_case = True
+  c.data.max_length = 64
+  c.data.max_region_words = 63
+  c.data.resize = 128
+  c.data.image_size = 112
+  c.train.batch_size = 16
+  c.train.num_steps = 4
+  c.train.log_every = 2
+  c.train.checkpoint_every = 2
+  c.eval.every_steps = 4
+  c.eval.batch_size = 16
+  c.eval.max_examples = 32

@@ -1,0 +1,114 @@
+"""Maps `config.loss` to a pure objective `(outputs, batch) -> (loss, measurements)`, and
+builds the constants the model needs (the IRL tag queries)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from asg_jax import losses
+from asg_jax.models import bert, vlp
+
+
+def retrieval_measurements(image_emb: jax.Array, text_emb: jax.Array) -> dict[str, jax.Array]:
+  """In-batch retrieval top-1/top-5 (image→text, text→image and their mean).
+
+  Args:
+    image_emb, text_emb: `[B, D]`; pair i is (image i, report i).
+  """
+  sim = jnp.einsum("id,jd->ij", image_emb, text_emb)
+  b = sim.shape[0]
+  diag = jnp.diagonal(sim)
+  # rank of the true pair = number of candidates scoring strictly higher
+  rank_i2t = jnp.sum(sim > diag[:, None], axis=1)
+  rank_t2i = jnp.sum(sim > diag[None, :], axis=0)
+  out = {}
+  for k in (1, 5):
+    if k > b:
+      continue
+    i2t = jnp.mean(rank_i2t < k)
+    t2i = jnp.mean(rank_t2i < k)
+    out[f"i2t_top{k}"], out[f"t2i_top{k}"] = i2t, t2i
+    out[f"top{k}"] = 0.5 * (i2t + t2i)
+  return out
+
+
+def make_objective(config: ml_collections.ConfigDict) -> Callable:
+  """The objective named by `config.loss.name` ("ira", "asg", "reclf", "gloria")."""
+  lc = config.loss
+  name = lc.name
+  grid = _patch_grid(config)
+
+  if name in ("ira", "asg"):
+    use = dict(use_ira=lc.use_ira, use_arsa=lc.use_arsa, use_irl=lc.use_irl,
+               use_erl=lc.use_erl)
+    if name == "ira":
+      use = dict(use_ira=True, use_arsa=False, use_irl=False, use_erl=False)
+
+    def objective(outputs, batch):
+      loss, measurements = losses.asg_objective(
+          outputs, batch, weights=(lc.w_ira, lc.w_arsa, lc.w_irl, lc.w_erl),
+          temperature=lc.temperature, mix=lc.soft_mix, grid=grid,
+          input_size=config.data.image_size, global_batch=lc.global_batch, **use)
+      measurements = dict(measurements)
+      measurements.update(retrieval_measurements(outputs["image_emb"], outputs["text_emb"]))
+      return loss, measurements
+    return objective
+
+  if name in ("reclf", "gloria"):
+    def objective(outputs, batch):
+      loss, measurements = losses.reclf_objective(
+          outputs, batch, beta=lc.beta, temperature=lc.temperature,
+          local_temperature=lc.local_temperature, lambda_local=lc.lambda_local,
+          label_source=lc.label_source, gloria=name == "gloria", gamma3=lc.gamma3)
+      measurements = dict(measurements)
+      measurements.update(retrieval_measurements(outputs["image_emb"], outputs["text_emb"]))
+      return loss, measurements
+    return objective
+  raise ValueError(f"config.loss.name = {name!r}; expected ira, asg, reclf or gloria")
+
+
+def _patch_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """The static local-feature grid of the image tower for the configured input size."""
+  image = config.model.image
+  if image.name == "vit":
+    side = config.data.image_size // image.patch_size
+  else:
+    side = math_ceil_div(image.input_resize or config.data.image_size, 16)
+  return side, side
+
+
+def math_ceil_div(a: int, b: int) -> int:
+  """ResNet-50 layer3 grid size for input side `a` (stride 16, 'SAME'-style padding)."""
+  return -(-a // b)
+
+
+def tag_phrases() -> list[str]:
+  """The 40 ASG tag phrases, in label order (vocab.json `asg_tags_40`)."""
+  from asg_jax.data.reports import TAGS  # pylint: disable=import-outside-toplevel
+  return list(TAGS)
+
+
+def make_constants(config: ml_collections.ConfigDict, tokenizer, rng: jax.Array) -> dict:
+  """Constants of the train/eval steps (replicated, not optimised).
+
+  `tag_queries [40, Dt]`: the [CLS] features of the tag phrases from a FROZEN, FULL-depth
+  copy of the text tower (the pretrained checkpoint when configured, else a fixed random
+  init from `rng`), computed once here, outside the train step (asg.md, IRL).
+  """
+  if not config.model.tag_decoder.enabled:
+    return {}
+  encoder = bert.BertEncoder(**vlp.text_encoder_kwargs(config.model.text), use_layers=None)
+  tokens = tokenizer.encode_batch(tag_phrases())
+  ids = jnp.asarray(tokens["input_ids"])
+  mask = jnp.asarray(tokens["attention_mask"])
+  params = encoder.init(rng, ids[:1], mask[:1], train=False)["params"]
+  if config.model.text.pretrained:
+    from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
+    params = checkpoint_convert.load_bert(config.model.text.pretrained, params)
+  cls = jax.jit(lambda p: encoder.apply({"params": p}, ids, mask, train=False)["cls"])(params)
+  return {"tag_queries": np.asarray(cls, np.float32)}
+

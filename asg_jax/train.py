@@ -1,0 +1,322 @@
+"""`train_and_evaluate(config, workdir)`: the whole pre-training job, importable from notebooks.
+
+One jitted train step over the `data` mesh (state replicated, batch sharded, state donated),
+returning measurements; periodic evaluation; orbax checkpoints with automatic resume; a
+NaN/Inf guard; clu writers; `<workdir>/summary.json` at the end.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from asg_jax import checkpoints, objectives, parallel
+from asg_jax.evaluators import runner as eval_runner
+from asg_jax.models import vlp
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a train step produced a NaN/Inf; the last good checkpoint is kept."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The whole mutable training state: a plain pytree."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+# ----------------------------------------------------------------------------- optimizer
+def lr_schedule(train_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """ASG's per-step schedule: init_lr → linear warmup (warmup_frac of all steps) → lr,
+  then cosine decay to end_lr at the last step."""
+  warmup = int(round(train_cfg.warmup_frac * num_steps))
+  decay = max(num_steps - warmup, 1)
+  cosine = optax.cosine_decay_schedule(train_cfg.lr, decay_steps=decay,
+                                       alpha=train_cfg.end_lr / train_cfg.lr)
+  if warmup == 0:
+    return cosine
+  linear = optax.linear_schedule(train_cfg.init_lr, train_cfg.lr, transition_steps=warmup)
+  return optax.join_schedules([linear, cosine], boundaries=[warmup])
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
+  """AdamW (decoupled weight decay on every parameter, as the released code) + schedule."""
+  schedule = lr_schedule(train_cfg, num_steps)
+  tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
+                   weight_decay=train_cfg.weight_decay)
+  if train_cfg.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), tx)
+  return tx, schedule
+
+
+# ----------------------------------------------------------------------------- steps
+def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Callable,
+                    base_rng: jax.Array) -> Callable:
+  """The pure train step `(state, batch, constants) -> (state, measurements)`.
+
+  A step whose loss, any loss term or gradient norm is non-finite leaves the state
+  unchanged (so a checkpoint never holds a poisoned state); `measurements['finite']` says
+  which happened, and the host loop stops naming the step and the terms.
+  """
+
+  def train_step(state: TrainState, batch, constants):
+    rng = jax.random.fold_in(base_rng, state.step)
+
+    def loss_fn(params):
+      outputs, mutated = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch, train=True,
+          tag_queries=constants.get("tag_queries"), rngs={"dropout": rng},
+          mutable=["batch_stats"])
+      loss, measurements = objective(outputs, batch)
+      return loss, (measurements, mutated["batch_stats"])
+
+    (loss, (measurements, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    for value in measurements.values():
+      finite &= jnp.all(jnp.isfinite(value))
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = jax.tree.map(keep, new_state, state)
+    measurements = dict(measurements, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
+                        finite=finite)
+    return new_state, measurements
+
+  return train_step
+
+
+def make_eval_step(model: vlp.VisionLanguageModel, objective: Callable,
+                   config: ml_collections.ConfigDict) -> Callable:
+  """`(state, batch, constants) -> per-example eval outputs + batch loss terms`."""
+
+  def eval_step(state: TrainState, batch, constants):
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch,
+                          train=False, tag_queries=constants.get("tag_queries"))
+    loss, measurements = objective(outputs, batch)
+    per_example = eval_runner.per_example_outputs(outputs, batch, config)
+    return per_example, dict(measurements, loss=loss)
+
+  return eval_step
+
+
+# ----------------------------------------------------------------------------- helpers
+def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  steps_per_epoch = num_train_examples // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} is larger than the "
+                     f"{num_train_examples} training examples")
+  return int(config.train.num_epochs * steps_per_epoch)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _check_finite(step: int, measurements: Mapping[str, np.ndarray]) -> None:
+  if bool(measurements["finite"]):
+    return
+  bad = sorted(k for k, v in measurements.items()
+               if k != "finite" and not np.all(np.isfinite(np.asarray(v, np.float64))))
+  raise NonFiniteLossError(
+      f"non-finite training measurements at step {step}: {', '.join(bad) or 'gradients'} "
+      f"(the update was skipped; the last checkpoint holds the last good state)")
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config as `<workdir>/config.json` (and .txt)."""
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  with open(os.path.join(workdir, "config.txt"), "w") as f:
+    f.write(str(config))
+
+
+# ----------------------------------------------------------------------------- main loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=None,
+                       stop_after: int | None = None) -> dict:
+  """Pre-trains and evaluates; resumes from `<workdir>/checkpoints` if present.
+
+  Args:
+    config: a config from configs/ (see asg_jax/config.py for every key).
+    workdir: output folder: checkpoints/, best/, TensorBoard events, config.json,
+      summary.json.
+    data: a data source (see `asg_jax.data.input.DataSource`); built from `config.data`
+      when None.
+    stop_after: stop (as if killed) once this step is checkpointed — for resume tests.
+  Returns:
+    the summary dict also written to `<workdir>/summary.json` (None if stopped early).
+  """
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  mesh = parallel.make_mesh(config.train.num_devices or None)
+  if config.train.batch_size % mesh.size or config.eval.batch_size % mesh.size:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} and "
+                     f"config.eval.batch_size={config.eval.batch_size} must be divisible by "
+                     f"the {mesh.size} devices")
+
+  if data is None:
+    from asg_jax.data import input as data_input  # pylint: disable=import-outside-toplevel
+    data = data_input.DataSource(config, workdir)
+  num_steps = num_train_steps(config, data.num_train_examples)
+
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+  tx, schedule = make_optimizer(config.train, num_steps)
+  objective = objectives.make_objective(config)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, dropout_rng, query_rng = jax.random.split(rng, 3)
+
+  with jax.set_mesh(mesh):
+    constants = parallel.replicate(
+        objectives.make_constants(config, data.tokenizer, query_rng), mesh)
+    state = checkpoints.init_state(config, model, tx, init_rng, data.example_batch(), constants,
+                                   mesh, TrainState)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    manager = checkpoints.Manager(workdir, config.train.keep_checkpoints)
+    state, start_step = manager.restore_latest(state)
+    if start_step:
+      logger.info("resumed from %s at step %d", manager.directory, start_step)
+      print(f"Resuming from step {start_step} ({manager.directory})", flush=True)
+
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, objective, dropout_rng),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model, objective, config))
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start_step == 0:
+      writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()
+                            if isinstance(v, (int, float, str, bool))})
+    evaluate = functools.partial(eval_runner.evaluate, eval_step=eval_step, data=data,
+                                 constants=constants, mesh=mesh, config=config)
+    prompt_embedder = eval_runner.make_prompt_embedder(model, data.tokenizer)
+
+    history: list[dict] = []
+    pending = None            # (step, device measurements) checked one step late
+    best = manager.best_record()
+    stalls = best.get("stalls", 0)
+    stopped = "completed"
+    t0, s0 = time.time(), start_step
+    last_eval = None
+    train_iter = data.train_batches(start_step)
+    for step in range(start_step, num_steps):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, measurements = train_step(state, batch, constants)
+      if pending is not None:
+        history.append(_to_host(*pending))
+      pending = (step, measurements)
+      done = step + 1
+      is_last = done == num_steps
+      if done % config.train.log_every == 0 or is_last:
+        history.append(_to_host(*pending))
+        pending = None
+        _log_train(writer, history, done, num_steps, t0, s0)
+        history = []
+      if done % config.eval.every_steps == 0 or is_last:
+        if pending is not None:
+          history.append(_to_host(*pending))
+          pending = None
+        last_eval = evaluate(state, embed_prompts=prompt_embedder(state))
+        writer.write_scalars(done, {f"val/{k}": v for k, v in last_eval["metrics"].items()})
+        _print_eval(done, last_eval)
+        metric = last_eval["metrics"].get(config.eval.best_metric)
+        if metric is not None and metric < best.get("value", math.inf):
+          best = {"step": done, "metric": config.eval.best_metric, "value": float(metric),
+                  "stalls": 0}
+          stalls = 0
+          manager.save_best(done, state, best)
+        else:
+          stalls += 1
+          best["stalls"] = stalls
+        if config.train.early_stop_patience and stalls >= config.train.early_stop_patience:
+          stopped = f"early stopping: no {config.eval.best_metric} improvement in {stalls} evals"
+          manager.save(done, state, force=True)
+          break
+      if done % config.train.checkpoint_every == 0 or is_last:
+        if pending is not None:   # never checkpoint before the guard has seen this step
+          history.append(_to_host(*pending))
+          pending = None
+        manager.save(done, state)
+      if stop_after is not None and done >= stop_after:
+        manager.wait()
+        writer.flush()
+        return None
+    if pending is not None:
+      history.append(_to_host(*pending))
+    manager.wait()
+    writer.flush()
+
+  summary = {
+      "name": config.name,
+      "metrics": last_eval["metrics"] if last_eval else {},
+      "chance": last_eval["chance"] if last_eval else {},
+      "num_eval_examples": last_eval["num_examples"] if last_eval else 0,
+      "steps": int(jax.device_get(state.step)),
+      "stopped": stopped,
+      "best": best,
+      "train_seconds": round(time.time() - t0, 1),
+      "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
+  }
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  print(f"Summary written to {os.path.join(workdir, 'summary.json')}", flush=True)
+  return summary
+
+
+def _to_host(step: int, measurements) -> dict:
+  host = jax.device_get(measurements)
+  _check_finite(step, host)
+  return {k: float(np.mean(v)) for k, v in host.items() if k != "finite"}
+
+
+def _log_train(writer, history: list[dict], done: int, num_steps: int, t0: float, s0: int):
+  means = {f"train/{k}": float(np.mean([h[k] for h in history])) for k in history[0]}
+  elapsed = time.time() - t0
+  rate = (done - s0) / max(elapsed, 1e-9)
+  means["train/steps_per_sec"] = rate
+  writer.write_scalars(done, means)
+  terms = " ".join(f"{k[6:]}={v:.4g}" for k, v in means.items()
+                   if k[6:] not in ("lr", "grad_norm", "steps_per_sec", "loss"))
+  print(f"step {done}/{num_steps} | loss {means['train/loss']:.4f} | {terms} | "
+        f"lr {means['train/lr']:.2e} | {rate:.2f} steps/s | "
+        f"ETA {_format_eta((num_steps - done) / max(rate, 1e-9))}", flush=True)
+
+
+def _print_eval(done: int, result: dict) -> None:
+  parts = [f"{k}={v:.4f}" for k, v in sorted(result["metrics"].items())]
+  print(f"eval @ step {done} ({result['num_examples']} examples): " + " ".join(parts),
+        flush=True)
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
