@@ -1,0 +1,133 @@
+"""The train loop: one compilation, resume == uninterrupted, 1 device == 8 devices, NaN guard."""
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from asg_jax import checkpoints, objectives, parallel, train
+from asg_jax.models import vlp
+from tests.fakes import FakeData, fake_batch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def demo_config(arg="runlocal", **overrides):
+  spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(arg)
+  c.unlock()
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  c.lock()
+  return c
+
+
+def build(config, mesh):
+  data = FakeData(config)
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+  tx, schedule = train.make_optimizer(config.train, 10)
+  objective = objectives.make_objective(config)
+  rng = jax.random.PRNGKey(0)
+  with jax.set_mesh(mesh):
+    constants = parallel.replicate(objectives.make_constants(config, data.tokenizer, rng), mesh)
+    state = checkpoints.init_state(config, model, tx, rng, data.example_batch(), constants,
+                                   mesh, train.TrainState)
+  step = train.make_train_step(model, tx, schedule, objective, jax.random.PRNGKey(1))
+  return data, state, constants, step
+
+
+def run_steps(config, mesh, n):
+  data, state, constants, step_fn = build(config, mesh)
+  sharding = jax.tree.map(lambda x: x.sharding, state)
+  jitted = jax.jit(step_fn, in_shardings=(sharding, parallel.batch_sharding(mesh),
+                                          parallel.replicated(mesh)),
+                   out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+  history = []
+  with jax.set_mesh(mesh):
+    it = data.train_batches(0)
+    for _ in range(n):
+      state, m = jitted(state, parallel.shard_batch(next(it), mesh), constants)
+      history.append(jax.device_get(m))
+  return jitted, state, history
+
+
+@pytest.mark.parametrize("objective", ["asg", "reclf"])
+def test_step_compiles_once_and_one_device_equals_eight(objective):
+  config = demo_config(f"runlocal,objective={objective}")
+  jitted8, state8, hist8 = run_steps(config, parallel.make_mesh(8), 3)
+  assert jitted8._cache_size() == 1          # pylint: disable=protected-access
+  _, state1, hist1 = run_steps(config, parallel.make_mesh(1), 3)
+  for h1, h8 in zip(hist1, hist8):
+    assert set(h1) == set(h8) and bool(h1["finite"])
+    for k in h1:
+      np.testing.assert_allclose(h1[k], h8[k], rtol=2e-4, atol=2e-5, err_msg=k)
+  flat1 = jax.tree.leaves(jax.device_get(state1.params))
+  flat8 = jax.tree.leaves(jax.device_get(state8.params))
+  for a, b in zip(flat1, flat8):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  assert int(state8.step) == 3
+
+
+def test_measurements_and_learning_signal():
+  config = demo_config()
+  _, _, hist = run_steps(config, parallel.make_mesh(8), 2)
+  for key in ("loss", "lr", "grad_norm", "top1", "top5", "i2t_top1", "t2i_top5"):
+    assert key in hist[0], key
+  np.testing.assert_allclose(hist[0]["lr"], 1e-8, rtol=1e-4)    # schedule starts at init_lr
+  assert hist[1]["lr"] > hist[0]["lr"]
+
+
+def _latest_params(workdir, config):
+  data, state, _, _ = build(config, parallel.make_mesh(8))
+  with jax.set_mesh(parallel.make_mesh(8)):
+    restored, step = checkpoints.Manager(str(workdir), 2).restore_latest(state)
+  return step, jax.device_get(restored.params)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+  config = demo_config(**{"train.num_steps": 6, "train.checkpoint_every": 3,
+                          "eval.every_steps": 6})
+  full = tmp_path / "full"
+  train.train_and_evaluate(config, str(full), data=FakeData(config))
+  killed = tmp_path / "killed"
+  assert train.train_and_evaluate(config, str(killed), data=FakeData(config),
+                                  stop_after=3) is None
+  summary = train.train_and_evaluate(config, str(killed), data=FakeData(config))
+  assert summary["steps"] == 6
+  step_a, params_a = _latest_params(full, config)
+  step_b, params_b = _latest_params(killed, config)
+  assert step_a == step_b == 6
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)
+  on_disk = json.loads((killed / "summary.json").read_text())
+  assert set(on_disk) >= {"metrics", "chance"}
+  assert {"i2t_top1", "t2i_top1", "i2t_top5", "t2i_top5", "val_loss"} <= set(on_disk["metrics"])
+  assert (killed / "config.json").exists()
+
+
+def test_nan_guard_names_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
+  config = demo_config(**{"train.num_steps": 6, "train.checkpoint_every": 2,
+                          "train.log_every": 1, "eval.every_steps": 100})
+  data = FakeData(config, nan_at_step=3)       # the 4th step (index 3) sees a NaN pixel
+  with pytest.raises(train.NonFiniteLossError, match=r"step 3: .*loss"):
+    train.train_and_evaluate(config, str(tmp_path), data=data)
+  step, params = _latest_params(tmp_path, config)
+  assert step == 2
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_fake_batch_follows_interface():
+  config = demo_config()
+  b = fake_batch(config, 4, 0)
+  assert b["image"].shape == (4, 112, 112, 3)
+  assert b["region_word_index"].shape == (4, 23, 63)
+  assert (b["word_ids"][:, 0] == -1).all()
