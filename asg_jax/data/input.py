@@ -1,0 +1,88 @@
+"""The training job's data source: config.data → tokenizer + train/eval batch iterators.
+
+    data = DataSource(config, workdir)
+    data.train_batches(start_step)   # host batches (interfaces.md §2), resumable by step
+    data.eval_batches()              # one pass over the eval split, last batch padded (`valid`)
+
+With `config.data.demo_num_studies > 0` the synthetic demo is generated in the real
+MIMIC-CXR layout and built by the real `mimic_cxr` builder on first use.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class DataSource:
+  """Tokenizer, example counts and batch iterators for one config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from asg_jax.data import pipeline, tokenization  # pylint: disable=import-outside-toplevel
+    self.config = config
+    dc = config.data
+    self.data_dir = dc.data_dir or (os.path.join(workdir, "data") if dc.demo_num_studies else None)
+    if dc.demo_num_studies > 0:
+      from asg_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+      manual_dir = dc.manual_dir or os.path.join(self.data_dir, "demo_manual")
+      synthetic.prepare_demo(self.data_dir, manual_dir, num_studies=dc.demo_num_studies,
+                             seed=dc.demo_seed)
+    self.tokenizer = self._tokenizer(tokenization)
+    vocab = self.tokenizer.vocab_size
+    if vocab > config.model.text.vocab_size:
+      raise ValueError(f"the tokenizer has {vocab} tokens but config.model.text.vocab_size = "
+                       f"{config.model.text.vocab_size}")
+    self._pipeline = pipeline
+    self.num_train_examples = pipeline.num_examples(self._kwargs(), dc.train_split)
+
+  def _kwargs(self) -> dict:
+    dc = self.config.data
+    return dict(name=dc.name, builder_config=dc.builder_config, data_dir=self.data_dir,
+                image_size=dc.image_size, resize=dc.resize, max_regions=dc.max_regions,
+                max_region_words=dc.max_region_words, max_length=dc.max_length,
+                normalization=dc.normalization, regions=tuple(dc.regions),
+                shuffle_buffer=dc.shuffle_buffer)
+
+  def _tokenizer(self, tokenization):
+    dc = self.config.data
+    if dc.tokenizer:
+      return tokenization.load_tokenizer(dc.tokenizer, max_length=dc.max_length,
+                                         lower_case=dc.lower_case)
+    if not dc.demo_vocab_size:
+      raise ValueError("config.data.tokenizer is empty: name a vocab.txt / local model dir / "
+                       "cached hub name, or set config.data.demo_vocab_size to train one")
+    path = os.path.join(self.data_dir, f"wordpiece_{dc.demo_vocab_size}.txt")
+    if not os.path.exists(path):
+      captions = self._pipeline_captions()
+      tokenization.build_wordpiece_vocab(captions, dc.demo_vocab_size, path,
+                                         lowercase=dc.lower_case)
+    return tokenization.load_tokenizer(path, max_length=dc.max_length, lower_case=dc.lower_case)
+
+  def _pipeline_captions(self) -> list[str]:
+    from asg_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    dc = self.config.data
+    return pipeline.read_captions(dict(name=dc.name, builder_config=dc.builder_config,
+                                       data_dir=self.data_dir), dc.train_split)
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    """A small host batch fixing the input shapes (for parameter initialisation)."""
+    return next(iter(self.eval_batches()))
+
+  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """Endless, seeded, deterministic train batches starting at `start_step`."""
+    return self._pipeline.create_input_iterator(
+        **self._kwargs(), split=self.config.data.train_split, tokenizer=self.tokenizer,
+        batch_size=self.config.train.batch_size, train=True, seed=self.config.seed,
+        start_step=start_step)
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over the eval split (`config.eval.max_examples` caps it), with `valid`."""
+    return self._pipeline.create_input_iterator(
+        **self._kwargs(), split=self.config.data.eval_split, tokenizer=self.tokenizer,
+        batch_size=self.config.eval.batch_size, train=False, seed=self.config.seed,
+        start_step=0, max_examples=self.config.eval.max_examples or None)
