@@ -36,7 +36,8 @@ class LocalMatchingHead(nn.Module):
     heads, W_v zero-initialised ⇒ identity at init; `srm_visual_context` lets the relation
     see the attended visual context), then IRM pooling (`use_irm`: ω = masked softmax of
     log π + g(w), g zero-initialised ⇒ ω = π at init; `importance_source` 'attention' uses
-    the text encoder's [CLS]→word attention as π, 'uniform' a uniform prior) or, with IRM
+    the text encoder's [CLS]→word attention as π — detached unless `detach_importance` is
+    False —, 'uniform' a uniform prior) or, with IRM
     off, `pooling` ('lse' with γ2 — GLoRIA's — or 'mean').
   mode 'gloria' (baseline): attention softmax_m(γ1·w·p) (with `word_softmax_first`, GLoRIA
     code's extra softmax over words first), cosine scores, LSE pooling with γ2; no
@@ -54,6 +55,7 @@ class LocalMatchingHead(nn.Module):
   srm_visual_context: bool = False
   irm_hidden: int = 128
   importance_source: str = "attention"  # 'attention' | 'uniform'
+  detach_importance: bool = True      # no gradient from IRM into the text encoder's attention
   attn_temperature: float = 0.1       # τ_a ('reclf')
   gamma1: float = 4.0                 # 'gloria' attention scale (τ_a = 1/γ1)
   gamma2: float = 5.0                 # LSE pooling
@@ -106,7 +108,8 @@ class LocalMatchingHead(nn.Module):
       if self.importance_source == "attention":
         if word_importance is None:
           raise ValueError("IRM with importance_source='attention' needs word_importance")
-        prior = word_importance
+        prior = (jax.lax.stop_gradient(word_importance) if self.detach_importance
+                 else word_importance)
       elif self.importance_source == "uniform":
         prior = None
       else:

@@ -33,8 +33,9 @@ def _loss_fn(head, gloria):
     outputs = dict(data)
     outputs["local_logits"] = head.apply(params, data["patch_emb"], data["word_emb"],
                                          data["word_mask"], data["word_importance"])
-    return reclf.reclf_objective(outputs, {"tags": data["tags"]}, beta=0.0 if gloria else 0.2,
-                                 gloria=gloria)
+    loss, meas = reclf.reclf_objective(outputs, {"tags": data["tags"]},
+                                       beta=0.0 if gloria else 0.2, gloria=gloria)
+    return loss, (meas, outputs["local_logits"])
   grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
 
   def fn(params, data):
@@ -53,7 +54,7 @@ def test_sharded_local_loss_and_gradients_equal_single_device(mode, kwargs):
   params = _random_params(head.init(jax.random.key(0), data["patch_emb"], data["word_emb"],
                                     data["word_mask"], data["word_importance"]))
   fn = _loss_fn(head, mode == "gloria")
-  (loss_ref, meas_ref), grads_ref = jax.jit(fn)(params, data)
+  (loss_ref, (meas_ref, _)), grads_ref = jax.jit(fn)(params, data)
 
   mesh = parallel.make_mesh(8)
   assert mesh.size == 8, "tests/conftest.py should give 8 CPU devices"
@@ -62,9 +63,7 @@ def test_sharded_local_loss_and_gradients_equal_single_device(mode, kwargs):
     params_r = parallel.replicate(params, mesh)
     jaxpr = str(jax.make_jaxpr(fn)(params_r, sharded))
     assert "shard_map" in jaxpr and "all_gather" in jaxpr
-    sim = jax.jit(lambda p, d: head.apply(p, d["patch_emb"], d["word_emb"], d["word_mask"],
-                                          d["word_importance"]))(params_r, sharded)
-    (loss, meas), grads = jax.jit(fn)(params_r, sharded)
+    (loss, (meas, sim)), grads = jax.jit(fn)(params_r, sharded)
 
   assert sim.shape == (16, 16)
   assert sim.sharding.spec[0] == parallel.DATA_AXIS and len(sim.addressable_shards) == 8

@@ -125,9 +125,9 @@ def test_gradient_finite_and_linear_in_features():
   def f(fm, bx):
     return np.float32(1) * losses.roi_align(fm, bx).sum()
 
-  g_f, g_b = jax.grad(f, argnums=(0, 1))(fmap, boxes)
+  g_f, g_b = jax.jit(jax.grad(f, argnums=(0, 1)))(fmap, boxes)
   assert np.all(np.isfinite(np.asarray(g_f))) and np.all(np.isfinite(np.asarray(g_b)))
   # d(sum out)/d(fmap) = the summed sampling weights = roi_align of a ones map per box
   ones = np.ones((1, 6, 7, 1), np.float32)
-  weights_sum = np.asarray(losses.roi_align(ones, boxes)).sum()
+  weights_sum = np.asarray(jax.jit(losses.roi_align)(ones, boxes)).sum()
   np.testing.assert_allclose(np.asarray(g_f).sum() / 3, weights_sum, rtol=1e-5)
