@@ -55,7 +55,8 @@ def arsa_loss(region_emb: jax.Array, sentence_emb: jax.Array, region_mask: jax.A
   region_mask = region_mask.astype(bool)
 
   def per_image(r, s, m):
-    scores = jnp.einsum("rd,sd->rs", r, s).astype(jnp.float32) / temperature
+    scores = jnp.einsum("rd,sd->rs", r.astype(jnp.float32), s.astype(jnp.float32))
+    scores = scores / temperature
     scores = jnp.where(m[:, None] & m[None, :], scores, _NEG)
     diag = jnp.diagonal(scores)
     row = jax.nn.logsumexp(scores, axis=1) - diag

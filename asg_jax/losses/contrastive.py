@@ -112,6 +112,7 @@ def contrastive_terms(image_emb: jax.Array, text_emb: jax.Array, tags: jax.Array
     raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} must both be "
                      "[B, D]")
   batch = image_emb.shape[0]
+  image_emb, text_emb = image_emb.astype(jnp.float32), text_emb.astype(jnp.float32)
   opts = dict(temperature=temperature, mix=mix, ira=ira, soft=soft, retrieval=retrieval)
   y = _unit_tags(tags) if soft else None
   args = (image_emb, text_emb) + ((y,) if soft else ())
@@ -196,7 +197,7 @@ def _block_sums(img: jax.Array, txt_all: jax.Array, y_all: jax.Array | None, *,
   """
   b, big_b = img.shape[0], txt_all.shape[0]
   rows = row_offset + jnp.arange(b)                                    # global row indices
-  sim = jnp.einsum("id,jd->ij", img, txt_all).astype(jnp.float32)      # [b, B]
+  sim = jnp.einsum("id,jd->ij", img, txt_all)                          # [b, B]
   logits = sim / temperature
   out = {}
 

@@ -76,7 +76,7 @@ def word_patch_attention(patch_emb: jax.Array, word_emb: jax.Array, word_mask: j
   return jax.nn.softmax(logits / temperature, axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@jax.custom_vjp
 def attended_context(word_emb: jax.Array, patch_emb: jax.Array, temperature: float) -> jax.Array:
   """c_ijk = Σ_m softmax_m(w_jk·p_im / τ_a) p_im, with a memory-lean hand-written VJP.
 
@@ -84,7 +84,8 @@ def attended_context(word_emb: jax.Array, patch_emb: jax.Array, temperature: flo
   the attention and one more `[Bi, Bj, N, M]` buffer (autodiff of softmax keeps several).
 
   Args:
-    word_emb: `[Bj, N, E]`; patch_emb: `[Bi, M, E]` (float32); temperature: τ_a (static).
+    word_emb: `[Bj, N, E]`; patch_emb: `[Bi, M, E]` (float32); temperature: τ_a (a float
+      or a traced scalar; it receives no gradient — τ_a is a fixed hyper-parameter).
   Returns:
     `[Bi, Bj, N, E]` unnormalised context.
   """
@@ -99,11 +100,11 @@ def _attended_context_fwd(word_emb, patch_emb, temperature):
   x = word_emb.reshape(bj * n, e)
   a = jax.nn.softmax(jnp.einsum("ime,xe->imx", patch_emb, x) / temperature, axis=1)
   c = jnp.einsum("imx,ime->ixe", a, patch_emb)
-  return c.reshape(bi, bj, n, e), (word_emb, patch_emb, a, c)
+  return c.reshape(bi, bj, n, e), (word_emb, patch_emb, a, c, temperature)
 
 
-def _attended_context_bwd(temperature, residuals, g):
-  word_emb, patch_emb, a, c = residuals
+def _attended_context_bwd(residuals, g):
+  word_emb, patch_emb, a, c, temperature = residuals
   bi, bj_n, e = c.shape
   x = word_emb.reshape(bj_n, e)
   g = g.reshape(bi, bj_n, e)
@@ -111,7 +112,7 @@ def _attended_context_bwd(temperature, residuals, g):
   dlogits = a * (da - jnp.sum(g * c, axis=-1)[:, None, :]) / temperature
   d_x = jnp.einsum("imx,ime->xe", dlogits, patch_emb)
   d_patch = (jnp.einsum("imx,xe->ime", dlogits, x) + jnp.einsum("imx,ixe->ime", a, g))
-  return d_x.reshape(word_emb.shape), d_patch
+  return d_x.reshape(word_emb.shape), d_patch, jnp.zeros_like(temperature)
 
 
 attended_context.defvjp(_attended_context_fwd, _attended_context_bwd)

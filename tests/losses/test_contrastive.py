@@ -75,7 +75,7 @@ def random_inputs(b, d=16, t=40, seed=0):
 # ---------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("b", [1, 2, 7, 32])
+@pytest.mark.parametrize("b", [1, 7, 32])
 def test_ira_and_soft_match_numpy(b):
   img, txt, tags = random_inputs(b, seed=b)
   np.testing.assert_allclose(jax.jit(losses.ira_loss)(img, txt), np_ira(img, txt),

@@ -27,7 +27,7 @@ def _value_and_grads(fn, args, mesh=None):
     return f(*sharded)
 
 
-@pytest.mark.parametrize("b", [8, 24])
+@pytest.mark.parametrize("b", [24])
 def test_sharded_losses_and_gradients_equal_single_device(b):
   args = random_inputs(b, seed=b)
   (v0, d0), g0 = _value_and_grads(_terms, args)

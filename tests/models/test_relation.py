@@ -51,12 +51,13 @@ def test_srm_and_irm_are_identity_at_init_and_learn_afterwards():
 def test_uniform_importance_source_and_gloria_ignores_flags():
   patch, words, mask, importance = _inputs()
   head = LocalMatchingHead(use_srm=False, importance_source="uniform")
-  params = head.init(jax.random.key(0), patch, words, mask)
-  r = reclf.local_matching_scores(patch, words, mask, 0.1)
+  params = jax.jit(head.init)(jax.random.key(0), patch, words, mask)
+  r = jax.jit(reclf.local_matching_scores)(patch, words, mask, 0.1)
   mean = jnp.sum(r, -1) / mask.sum(-1)
-  np.testing.assert_allclose(head.apply(params, patch, words, mask), mean, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(head.apply)(params, patch, words, mask), mean, atol=1e-6)
   gloria = LocalMatchingHead(mode="gloria", use_srm=True, use_irm=True)
-  assert not jax.tree.leaves(gloria.init(jax.random.key(0), patch, words, mask, importance))
+  assert not jax.tree.leaves(jax.eval_shape(gloria.init, jax.random.key(0), patch, words,
+                                            mask, importance))
 
 
 def test_configuration_errors():

@@ -76,8 +76,11 @@ class Sentence:
     self.words: list[str] = words
     self.n = len(words)
     lists = vocabulary.cue_lists()
+    self.found: dict[str, list] = {}
+    for s, e, (cat, value), phrase in vocabulary.all_phrases().find(words):
+      self.found.setdefault(cat, []).append((s, e, value, phrase))
     # A new clause starts at "and"/comma + a clause starter ("and there is", ", stable ...").
-    starters = {s for s, _, _, _ in lists["new_clause_starters"].find(words)}
+    starters = {s for s, _, _, _ in self.found.get("starter", ())}
     for i in sorted(starters):
       if i > 0 and words[i - 1] == "and":
         barrier[i - 1] = True
@@ -87,7 +90,7 @@ class Sentence:
     self.barrier = barrier + [True]
     self.comma = comma
     self.cues = [Cue(s, e, kinds, phrase)
-                 for s, e, kinds, phrase in vocabulary.cue_matcher().find_longest(words)]
+                 for s, e, kinds, phrase in vocabulary.longest(self.found.get("cue", ()))]
     self._cue_at = [None] * self.n
     for c in self.cues:
       for i in range(c.start, c.end):
@@ -98,7 +101,7 @@ class Sentence:
         continue
       c.fwd = (c.end, self._forward_end(c, verbs))
       c.bwd = (self._backward_start(c, verbs, aux), c.start)
-    self.normal = vocabulary.cue_lists()["normal"].find(words)
+    self.normal = self.found.get("normal", [])
 
   def _stops(self, i: int, cue: Cue) -> bool:
     other = self._cue_at[i]

@@ -10,9 +10,10 @@ Per cleaned sentence (see cleaning.py) the parser finds
 * CheXpert-labeler mentions (the labeler's own phrase lists, substring matching as it does)
   with its aggregation rules (No Finding, the "chf" rule, conflicts).
 
-A finding takes the region mentions of its clause that are nearer to it than to any other
-finding of the clause (else the nearest one of its clause; else, if it is asserted, the
-nearest one of its sentence); `None` when there is none.
+A finding whose own words name a region ("cardiomegaly", "heart size") takes that region;
+otherwise it takes the region mentions of its clause that are nearer to it than to any
+other finding of the clause (else the nearest free one of its clause; else, if it is not
+negated, the nearest free one of its sentence); `None` when there is none.
 """
 from __future__ import annotations
 
@@ -121,26 +122,29 @@ def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
 def find_tag_mentions(sent: negation.Sentence) -> list[tuple[str, int, int, str]]:
   """(tag, start, end, existence) of every ASG-tag mention in a sentence."""
   m = vocabulary.tag_matchers()
-  words = sent.words
   excluded = {}
-  for s, e, tag, _ in m["exclude"].find(words):
+  for s, e, tag, _ in sent.found.get("exclude", ()):
     excluded.setdefault(tag, []).append((s, e))
   found: list[tuple[str, int, int, str]] = []
 
   def add(tag: str, s: int, e: int, existence: str) -> None:
     if any(_overlap((s, e), x) for x in excluded.get(tag, ())):
       return
-    if any(t == tag and _overlap((s, e), (a, b)) for t, a, b, _ in found):
-      return
+    for k, (t, a, b, x) in enumerate(found):
+      if t == tag and _overlap((s, e), (a, b)):
+        return
+      if t == tag and x == existence and (b == s or e == a):   # "endotracheal" + "tube"
+        found[k] = (t, min(a, s), max(b, e), x)
+        return
     found.append((tag, s, e, existence))
 
-  for s, e, tag, _ in m["direct"].find(words):
+  for s, e, tag, _ in sent.found.get("direct", ()):
     existence = sent.existence(s, e, "asg")
     if existence == PRESENT and tag in m["normal_negates"] and sent.near_normal(s, e):
       existence = ABSENT
     add(tag, s, e, existence)
-  predicates = m["predicate"].find(words)
-  for s, e, tag, _ in m["subject"].find(words):
+  predicates = sent.found.get("predicate", ())
+  for s, e, tag, _ in sent.found.get("subject", ()):
     best, best_d = None, _NEAR + 1
     for ps, pe, ptag, _ in predicates:
       d = _dist((s, e), (ps, pe))
@@ -188,7 +192,7 @@ def find_region_mentions(sent: negation.Sentence,
   rm = vocabulary.region_matchers()
   side_of = rm["side_of"]
   words = sent.words
-  matches = rm["phrases"].find_longest(words)
+  matches = vocabulary.longest(sent.found.get("region", ()))
   spans = [(s, e) for s, e, _, _ in matches]
   out: list[tuple[tuple[str, ...], int, int]] = []
   used_sides: set[int] = set()
@@ -224,9 +228,18 @@ def _attach(sent: negation.Sentence, findings: Sequence[tuple[str, int, int, str
             region_mentions: Sequence[tuple[tuple[str, ...], int, int]]) -> list[tuple[str, ...]]:
   """Regions of each finding (see the module docstring)."""
   attached: list[list[int]] = [[] for _ in findings]
+  owned = set()   # region words inside a finding ("cardiomegaly", "heart size") belong to it
+  for f, (_, s, e, _) in enumerate(findings):
+    for r, (_, rs, re_) in enumerate(region_mentions):
+      if _overlap((s, e), (rs, re_)):
+        attached[f].append(r)
+        owned.add(r)
+  intrinsic = {f for f, idx in enumerate(attached) if idx}
   for r, (_, rs, re_) in enumerate(region_mentions):
+    if r in owned:
+      continue
     cands = [(_dist((s, e), (rs, re_)), f) for f, (_, s, e, _) in enumerate(findings)
-             if sent.same_clause(min(s, rs), max(e, re_) - 1)]
+             if f not in intrinsic and sent.same_clause(min(s, rs), max(e, re_) - 1)]
     if cands:
       best = min(d for d, _ in cands)
       for d, f in cands:
@@ -237,9 +250,9 @@ def _attach(sent: negation.Sentence, findings: Sequence[tuple[str, int, int, str
     idx = attached[f]
     if not idx:
       pool = [r for r, (_, rs, re_) in enumerate(region_mentions)
-              if sent.same_clause(min(s, rs), max(e, re_) - 1)]
+              if r not in owned and sent.same_clause(min(s, rs), max(e, re_) - 1)]
       if not pool and existence != ABSENT:
-        pool = list(range(len(region_mentions)))
+        pool = [r for r in range(len(region_mentions)) if r not in owned]
       if pool:
         best = min(_dist((s, e), region_mentions[r][1:]) for r in pool)
         idx = [r for r in pool if _dist((s, e), region_mentions[r][1:]) == best]
@@ -293,7 +306,7 @@ def chexpert_mentions(sent: negation.Sentence, piece: str) -> list[tuple[str, st
           found.append((obs, phrase, idx[0], idx[-1] + 1))
   out = []
   stable_subjects = lists["chexpert_stable_subjects"]
-  stable = lists["chexpert_stable"].find(sent.words)
+  stable = sent.found.get("stable", ())
   for obs, phrase, s, e in found:
     existence = sent.existence(s, e, "chexpert")
     if obs in ("Cardiomegaly", "Enlarged Cardiomediastinum") and existence != ABSENT:
@@ -316,8 +329,8 @@ _CHX_VALUE = {PRESENT: 1.0, ABSENT: 0.0, UNCERTAIN: -1.0}
 def aggregate_chexpert(mentions: Sequence[tuple[str, str, str]]) -> np.ndarray:
   """CheXpert labeler aggregation -> float32[14] in vocab order (1, 0, -1, NaN).
 
-  Conflicts: negative+uncertain -> uncertain; negative+positive -> positive;
-  uncertain+positive -> positive. A positive/uncertain "chf" or "heart failure" adds an
+  Conflicts, in the labeler's order: negative+uncertain -> uncertain (even with a
+  positive); negative+positive -> positive; uncertain+positive -> positive. A positive/uncertain "chf" or "heart failure" adds an
   uncertain Cardiomegaly. No Finding = 1 when no observation but Support Devices (No
   Finding's own "other finding" phrases included) is positive or uncertain.
   """
@@ -335,12 +348,12 @@ def aggregate_chexpert(mentions: Sequence[tuple[str, str, str]]) -> np.ndarray:
   out = np.full(len(CHEXPERT), np.nan, np.float32)
   for obs, values in labels.items():
     vs = set(values)
-    if len(values) == 1 or len(vs) == 1:
-      v = values[0]
-    elif 0.0 in vs and -1.0 in vs and 1.0 not in vs:
+    if 0.0 in vs and -1.0 in vs:     # the labeler checks this case first
       v = -1.0
-    else:
+    elif 1.0 in vs:
       v = 1.0
+    else:
+      v = values[0]
     out[CHEXPERT_INDEX[obs]] = v
   if no_finding:
     out[CHEXPERT_INDEX["No Finding"]] = 1.0

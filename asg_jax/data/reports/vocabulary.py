@@ -104,17 +104,22 @@ class PhraseMatcher:
 
   def find_longest(self, words: Sequence[str]) -> list[tuple[int, int, Any, str]]:
     """Greedy left-to-right, longest-first, non-overlapping matches."""
-    by_start: dict[int, tuple] = {}
-    for m in self.find(words):
-      best = by_start.get(m[0])
-      if best is None or m[1] > best[1]:
-        by_start[m[0]] = m
-    out, pos = [], 0
-    for start in sorted(by_start):
-      if start >= pos:
-        out.append(by_start[start])
-        pos = by_start[start][1]
-    return out
+    return longest(self.find(words))
+
+
+def longest(matches: Iterable[tuple[int, int, Any, str]]) -> list[tuple[int, int, Any, str]]:
+  """Greedy left-to-right, longest-first, non-overlapping subset of `matches`."""
+  by_start: dict[int, tuple] = {}
+  for m in matches:
+    best = by_start.get(m[0])
+    if best is None or m[1] > best[1]:
+      by_start[m[0]] = m
+  out, pos = [], 0
+  for start in sorted(by_start):
+    if start >= pos:
+      out.append(by_start[start])
+      pos = by_start[start][1]
+  return out
 
 
 def _tag_entries() -> tuple[list, list, list, list, list]:
@@ -227,3 +232,32 @@ def section_titles() -> tuple[str, ...]:
   lines = (RESOURCES / "section_titles.txt").read_text(encoding="utf-8").splitlines()
   return tuple(sorted({" ".join(l.strip().rstrip(":").split()).upper() for l in lines if l.strip()},
                       key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=None)
+def all_phrases() -> PhraseMatcher:
+  """One matcher over every phrase list, payload = (category, value), so that a sentence is
+  scanned once. Categories: cue, starter, normal, stable, direct, exclude, subject,
+  predicate, region."""
+  spec = load_json("cues.json")
+  entries: list[tuple[str, tuple]] = []
+  kinds: dict[str, set] = {}
+  for kind in CUE_KINDS:
+    for phrase in spec[kind]:
+      kinds.setdefault(phrase, set()).add(kind)
+  entries += [(p, ("cue", frozenset(k))) for p, k in kinds.items()]
+  entries += [(p, ("starter", True)) for p in spec["new_clause_starters"]]
+  entries += [(p, ("normal", True)) for p in spec["normal"]]
+  entries += [(p, ("stable", True)) for p in spec["chexpert_stable"]]
+  direct, exclude, subjects, predicates, _ = _tag_entries()
+  for cat, lst in (("direct", direct), ("exclude", exclude), ("subject", subjects),
+                   ("predicate", predicates)):
+    entries += [(p, (cat, tag)) for p, tag in lst]
+  rspec = load_json("regions.json")
+  for e in rspec["sided"]:
+    entries += [(p, ("region", ("sided", e["region"], False))) for p in e["phrases"]]
+    entries += [(p, ("region", ("sided", e["region"], True))) for p in e["plural"]]
+  for e in rspec["fixed"]:
+    entries += [(p, ("region", ("fixed", tuple(e["regions"])))) for p in e["phrases"]]
+  region_matchers()   # validates the region names
+  return PhraseMatcher(entries)
