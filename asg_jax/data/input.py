@@ -27,17 +27,20 @@ class DataSource:
     self.config = config
     dc = config.data
     self.data_dir = dc.data_dir or (os.path.join(workdir, "data") if dc.demo_num_studies else None)
+    self._pipeline = pipeline
+    manual_dir = dc.manual_dir or None
     if dc.demo_num_studies > 0:
       from asg_jax.data import synthetic  # pylint: disable=import-outside-toplevel
       manual_dir = dc.manual_dir or os.path.join(self.data_dir, "demo_manual")
       synthetic.prepare_demo(self.data_dir, manual_dir, num_studies=dc.demo_num_studies,
                              seed=dc.demo_seed)
+    if manual_dir:   # build the tfds dataset from the manual download unless already built
+      pipeline.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir)
     self.tokenizer = self._tokenizer(tokenization)
     vocab = self.tokenizer.vocab_size
     if vocab > config.model.text.vocab_size:
       raise ValueError(f"the tokenizer has {vocab} tokens but config.model.text.vocab_size = "
                        f"{config.model.text.vocab_size}")
-    self._pipeline = pipeline
     self.num_train_examples = pipeline.num_examples(self._kwargs(), dc.train_split)
 
   def _kwargs(self) -> dict:
@@ -65,9 +68,7 @@ class DataSource:
 
   def _pipeline_captions(self) -> list[str]:
     from asg_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    dc = self.config.data
-    return pipeline.read_captions(dict(name=dc.name, builder_config=dc.builder_config,
-                                       data_dir=self.data_dir), dc.train_split)
+    return pipeline.read_captions(self._kwargs(), self.config.data.train_split)
 
   def example_batch(self) -> dict[str, np.ndarray]:
     """A small host batch fixing the input shapes (for parameter initialisation)."""

@@ -127,7 +127,11 @@ class VisionLanguageModel(nn.Module):
 def local_head_from_config(cfg: ml_collections.ConfigDict) -> nn.Module:
   """The RECLF / GLoRIA local-matching head named by `config.model.local_head`."""
   from asg_jax.models import relation  # pylint: disable=import-outside-toplevel
-  return relation.LocalMatchingHead(mode=cfg.mode, use_srm=cfg.use_srm, use_irm=cfg.use_irm)
+  return relation.LocalMatchingHead(
+      mode=cfg.mode, use_srm=cfg.use_srm, use_irm=cfg.use_irm, srm_layers=cfg.srm_layers,
+      srm_heads=cfg.srm_heads, srm_visual_context=cfg.srm_visual_context,
+      irm_hidden=cfg.irm_hidden, attn_temperature=cfg.attn_temperature, gamma1=cfg.gamma1,
+      gamma2=cfg.gamma2, block_size=cfg.block_size or None)
 
 
 def frozen_model_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:

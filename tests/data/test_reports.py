@@ -307,3 +307,135 @@ def test_cli_labels_a_csv(tmp_path):
   assert rows[1]["sentences"] == "" and rows[1]["Atelectasis"] == ""
   assert "report" not in rows[0]
   assert cli_main(["--in", str(src), "--text-column", "nope", "--out", str(out)]) == 2
+
+
+# ---------------------------------------------------------------- added after the IU X-ray hand-checks
+
+def test_chexpert_sample_reports_csv_matches_labeled_reports(realdata_dir):
+  """The labeler's own input file (one report per row, no header) -> its output file."""
+  base = realdata_dir / "chexpert-labeler"
+  with open(base / "sample_reports.csv", newline="", encoding="utf-8") as f:
+    reports = [row[0] for row in csv.reader(f) if row]
+  with open(base / "labeled_reports.csv", newline="", encoding="utf-8") as f:
+    labeled = list(csv.DictReader(f))
+  assert len(reports) == len(labeled) == 4
+  for text, row in zip(reports, labeled):
+    assert text == row["Reports"]
+    want = np.array([float(row[c]) if row[c] else np.nan for c in CHEXPERT], np.float32)
+    assert np.array_equal(parse_report(text).chexpert, want, equal_nan=True), text
+
+
+def test_negation_runs_through_to_suggest():
+  text = "There are no airspace opacities to suggest pneumonia."
+  assert existence(text, "pneumonia") == ["absent"]
+  assert existence(text, "opacity") == ["absent"]
+  assert parse_report(text, sections=False).chexpert[CHEXPERT.index("Pneumonia")] == 0.0
+  # two bridges in one negated sentence (real IU X-ray wording)
+  text = ("There is no pleural line to suggest pneumothorax or costophrenic blunting to "
+          "suggest large pleural effusion.")
+  for tag in ("pneumothorax", "blunt", "pleural effusion"):
+    assert existence(text, tag) == ["absent"], tag
+  # without a negation "to suggest" stays an uncertainty cue
+  assert existence("Patchy opacity to suggest pneumonia.", "pneumonia") == ["uncertain"]
+
+
+def test_aeration_normal_forms():
+  assert existence("The lungs are well-inflated and clear.", "aerate") == ["absent"]
+  assert existence("Lungs are expanded and clear of airspace disease.", "aerate") == ["absent"]
+  assert existence("The lungs are not well expanded.", "aerate") == ["present"]
+  assert existence("The lungs are poorly expanded.", "aerate") == ["present"]
+  assert existence("Low lung volumes with bronchovascular crowding.", "aerate") == ["present"]
+  assert existence("Interface between the heart and aerated lung.", "aerate") == []
+
+
+def test_normal_and_stable_is_one_clause():
+  text = "Normal and stable cardiomediastinal contours."
+  assert existence(text, "enlarged cardiomediastinum") == ["absent"]
+  # but "and" + a clause starter still separates clauses elsewhere
+  assert existence("No effusion and stable cardiomegaly.", "cardiomegaly") == ["present"]
+
+
+def test_section_titles_do_not_span_lines():
+  s = extract_sections("ADDENDUM\nImpression: No effusion.\nFINDINGS: Lungs clear.")
+  assert s["impression"] == "No effusion." and s["findings"] == "Lungs clear."
+  # a known title after a sentence end on the same line is a header; "Note:" (not a title,
+  # not upper case at a line start) is prose
+  s = extract_sections("FINDINGS: Lungs clear. IMPRESSION: Normal. Note: called to Dr. X.")
+  assert s["impression"] == "Normal. Note: called to Dr. X."
+  assert s["findings"] == "Lungs clear."
+
+
+def test_sentence_word_positions_map_into_the_caption():
+  raw = ("FINDINGS: 1. Retrocardiac opacity.  2. Café-au-lait? No; the heart is enlarged. "
+         "OK. Right PICC tip in the SVC.\nIMPRESSION: Left base atelectasis.")
+  p = parse_report(raw)
+  words = p.caption.split()
+  assert p.caption == " ".join(p.sentences)
+  for sent, (a, b) in zip(p.sentences, p.sentence_word_spans):
+    assert words[a:b] == sent.split()
+  assert p.sentences[0] == "left base atelectasis"        # impression first (data.md)
+  wi = p.region_word_index(max_words=20)
+  for k, (region, idx) in enumerate(p.regions.items()):
+    want = [i for s in idx for i in range(*p.sentence_word_spans[s])]
+    assert wi[k][wi[k] >= 0].tolist() == want, region
+  assert p.regions["left lower lung zone"] == [0, 1]       # "left base", "retrocardiac"
+  assert p.regions["cardiac silhouette"] == [2]
+  assert p.regions["svc"] == [3]
+
+
+def test_cli_bad_input_is_reported_not_fatal(tmp_path, capsys):
+  src = tmp_path / "reports.csv"
+  src.write_text("id,report\n"
+                 "a,\"No pneumothorax. Small left effusion.\"\n"
+                 "b\n"                                  # short row: no report value
+                 "c,\"...;;;:::\"\n"                    # unparseable: no words at all
+                 "d,\"FINAL REPORT\nINDICATION: cough\"\n", encoding="utf-8")
+  out = tmp_path / "labels.csv"
+  assert cli_main(["--in", str(src), "--out", str(out)]) == 0
+  err = capsys.readouterr().err
+  assert "row 3" in err and "short row" in err
+  rows = list(csv.DictReader(open(out, newline="")))
+  assert [r["id"] for r in rows] == ["a", "b", "c", "d"]
+  assert rows[0]["Pneumothorax"] == "0.0" and rows[0]["tag:pleural effusion"] == "1"
+  assert rows[1]["tag:edema"] == "" and rows[1]["sentences"] == ""
+  for r in rows[2:]:
+    assert r["sentences"] == "" and r["No Finding"] == "" and r["tag:edema"] == "-1"
+  bad = tmp_path / "latin1.csv"
+  bad.write_bytes("id,report\n1,\"Caf\xe9 effusion\"\n".encode("latin-1"))
+  assert cli_main(["--in", str(bad), "--out", str(out)]) == 2
+  assert "not a UTF-8 CSV" in capsys.readouterr().err
+  assert cli_main(["--in", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
+  assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_runs_as_a_module(tmp_path):
+  src = tmp_path / "reports.csv"
+  with open(src, "w", newline="") as f:
+    csv.writer(f).writerows([["report"], ["Cannot exclude pneumonia. Heart size is normal."]])
+  out = tmp_path / "labels.csv"
+  r = subprocess.run([sys.executable, "-m", "asg_jax.data.reports", "--in", str(src),
+                      "--text-column", "report", "--out", str(out)],
+                     capture_output=True, text=True, timeout=120, check=False)
+  assert r.returncode == 0, r.stderr
+  row = next(csv.DictReader(open(out, newline="")))
+  assert row["Pneumonia"] == "-1.0" and row["Cardiomegaly"] == "0.0"
+  assert row["tag:pneumonia"] == "1"       # uncertain counts as present by default
+
+
+def test_negated_list_with_size_adjectives():
+  text = "No focal consolidation, large pleural effusion, or pneumothorax."
+  for tag in ("consolidation", "pleural effusion", "pneumothorax"):
+    assert existence(text, tag) == ["absent"], tag
+  c = dict(zip(CHEXPERT, parse_report(text, sections=False).chexpert.tolist()))
+  assert c["Pleural Effusion"] == 0.0 and c["Pneumothorax"] == 0.0
+  # a comma + clause starter without a following "or" still opens a new clause
+  assert existence("No effusion, small pneumothorax.", "pneumothorax") == ["present"]
+
+
+def test_not_significantly_enlarged_is_negated():
+  p = parse_report("The heart is not significantly enlarged.", sections=False)
+  assert p.tag_dict() == {"cardiomegaly": 0}
+  assert p.chexpert[CHEXPERT.index("Cardiomegaly")] == 0.0
+  # "stable" heart size is uncertain for CheXpert (the labeler's rule), not a finding for ASG
+  p = parse_report("Heart size is not significantly changed.", sections=False)
+  assert p.tag_dict() == {} and p.chexpert[CHEXPERT.index("Cardiomegaly")] == -1.0

@@ -45,6 +45,8 @@ class CleanedReport:
 
 def ascii_word(token: str) -> str:
   """`token` without its non-ASCII characters (MGCA's encode('ascii', 'ignore'))."""
+  if token.isascii():
+    return token
   return token.encode("ascii", "ignore").decode("ascii")
 
 

@@ -8,9 +8,12 @@ governs a scope:
   ("has resolved", "is not seen", "cannot be excluded", ...) backward;
 * a scope ends at clause punctuation (; : ( ) [ ]), at a terminator ("but", "however",
   "although", "which", ...), at any other cue, at a new clause ("and" or a comma followed
-  by "there", "the", "stable", "persistent", "mild", ...), and, for negation only, at a
+  by "there", "the", "stable", "persistent", "mild", ... — but not a comma opening an item
+  of an "X, Y, or Z" list), and, for negation only, at a
   finite verb ("is", "are", "has", "seen", ...) that follows the negated words; a
   forward negation scope spans at most MAX_SCOPE words;
+* a negation scope runs on through a "bridge" uncertainty cue ("no opacity to suggest
+  pneumonia": pneumonia is absent, not uncertain);
 * post-cues that are also pre-cues ("likely", "possible", "borderline") act backward
   only at the end of their clause ("pneumonia is likely.").
 
@@ -81,11 +84,15 @@ class Sentence:
       self.found.setdefault(cat, []).append((s, e, value, phrase))
     # A new clause starts at "and"/comma + a clause starter ("and there is", ", stable ...").
     starters = {s for s, _, _, _ in self.found.get("starter", ())}
+    punct = list(barrier)
+    in_normal = {j for s, e, _, _ in self.found.get("normal", ()) for j in range(s, e)}
     for i in sorted(starters):
+      if i > 0 and words[i - 1] == "and" and i - 1 in in_normal:
+        continue   # "normal and stable contours" is one clause
       if i > 0 and words[i - 1] == "and":
         barrier[i - 1] = True
         barrier[i] = True
-      elif comma[i]:
+      elif comma[i] and not self._list_item(i, punct):
         barrier[i] = True
     self.barrier = barrier + [True]
     self.comma = comma
@@ -96,6 +103,7 @@ class Sentence:
       for i in range(c.start, c.end):
         self._cue_at[i] = c
     verbs, aux = lists["scope_verbs"], lists["aux_before_post"]
+    self._bridges = lists["negation_bridges"]
     for c in self.cues:
       if c.kinds == {"pseudo"} or c.kinds == {"terminators"}:
         continue
@@ -103,15 +111,34 @@ class Sentence:
       c.bwd = (self._backward_start(c, verbs, aux), c.start)
     self.normal = self.found.get("normal", [])
 
+  def _list_item(self, i: int, punct: list) -> bool:
+    """True if word i (after a comma) opens an item of an "X, Y, or Z" list: an "or" / "nor"
+    follows before the next clause punctuation ("no consolidation, large effusion, or
+    pneumothorax" is one negated list, not a new clause)."""
+    for j in range(i + 1, self.n):
+      if punct[j]:
+        return False
+      if self.words[j] in ("or", "nor"):
+        return True
+    return False
+
   def _stops(self, i: int, cue: Cue) -> bool:
     other = self._cue_at[i]
     return other is not None and other is not cue and other.kinds != {"pseudo"}
 
   def _forward_end(self, cue: Cue, verbs: frozenset) -> int:
     negation = bool(cue.kinds & _NEG) and not cue.kinds & _UNC
-    j = cue.end
-    while j < self.n and j - cue.end < MAX_SCOPE:
-      if self.barrier[j] or self._stops(j, cue):
+    j, skipped = cue.end, 0
+    while j < self.n and j - cue.end - skipped < MAX_SCOPE:
+      if self.barrier[j]:
+        break
+      if self._stops(j, cue):
+        other = self._cue_at[j]
+        if negation and other.phrase in self._bridges and other.start == j:
+          other.kinds = frozenset({"pseudo"})   # "no opacity to suggest pneumonia"
+          skipped += other.end - j               # bridge words do not count against the scope
+          j = other.end
+          continue
         break
       if negation and j > cue.end and self.words[j] in verbs:
         break

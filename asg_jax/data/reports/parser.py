@@ -17,7 +17,9 @@ negated, the nearest free one of its sentence); `None` when there is none.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import re
 from typing import NamedTuple, Sequence
 
@@ -138,11 +140,20 @@ def find_tag_mentions(sent: negation.Sentence) -> list[tuple[str, int, int, str]
         return
     found.append((tag, s, e, existence))
 
-  for s, e, tag, _ in sent.found.get("direct", ()):
+  # Direct mentions and normal forms, longest first ("poorly expanded" beats "expanded").
+  # A normal form ("well aerated") states the finding's absence; negated, its presence.
+  flip = {PRESENT: ABSENT, ABSENT: PRESENT, UNCERTAIN: UNCERTAIN}
+  direct = [(s, e, tag, False) for s, e, tag, _ in sent.found.get("direct", ())]
+  direct += [(s, e, tag, True) for s, e, tag, _ in sent.found.get("normal_form", ())]
+  direct.sort(key=lambda x: (x[0] - x[1], x[0]))
+  for s, e, tag, normal_form in direct:
     existence = sent.existence(s, e, "asg")
-    if existence == PRESENT and tag in m["normal_negates"] and sent.near_normal(s, e):
+    if normal_form:
+      existence = flip[existence]
+    elif existence == PRESENT and tag in m["normal_negates"] and sent.near_normal(s, e):
       existence = ABSENT
     add(tag, s, e, existence)
+  found.sort(key=lambda x: x[1])
   predicates = sent.found.get("predicate", ())
   for s, e, tag, _ in sent.found.get("subject", ()):
     best, best_d = None, _NEAR + 1
@@ -270,6 +281,7 @@ def _attach(sent: negation.Sentence, findings: Sequence[tuple[str, int, int, str
 _CHX_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
+
 def _chexpert_text(piece: str) -> tuple[str, list[tuple[int, int]]]:
   """Space-joined words and punctuation of a piece, with each word's character range."""
   parts, ranges, pos = [], [], 1
@@ -284,6 +296,25 @@ def _chexpert_text(piece: str) -> tuple[str, list[tuple[int, int]]]:
   return " " + " ".join(parts) + " ", ranges
 
 
+@functools.lru_cache(maxsize=None)
+def _chexpert_index() -> tuple[re.Pattern, tuple[tuple[str, str], ...]]:
+  """A regex matching any CheXpert-labeler mention phrase (a quick "none here" test), and
+  every (observation, phrase) in observation order."""
+  mention = vocabulary.chexpert_phrases()["mention"]
+  flat = tuple((obs, phrase) for obs, plist in mention.items() for phrase in plist)
+  phrases = sorted({p for _, p in flat}, key=len, reverse=True)
+  return re.compile("|".join(re.escape(p) for p in phrases)), flat
+
+
+def _occurrences(text: str, phrase: str) -> list[int]:
+  """Start offsets of the non-overlapping occurrences of `phrase` (as re.finditer)."""
+  out, pos = [], text.find(phrase)
+  while pos != -1:
+    out.append(pos)
+    pos = text.find(phrase, pos + len(phrase))
+  return out
+
+
 def chexpert_mentions(sent: negation.Sentence, piece: str) -> list[tuple[str, str, str]]:
   """(observation, matched phrase, existence) of the CheXpert-labeler mentions of a sentence."""
   phrases = vocabulary.chexpert_phrases()
@@ -292,18 +323,27 @@ def chexpert_mentions(sent: negation.Sentence, piece: str) -> list[tuple[str, st
   if len(ranges) != sent.n:
     return []
   found: list[tuple[str, str, int, int]] = []
-  for obs, plist in phrases["mention"].items():
-    unm = [(m.start(), m.end()) for u in phrases["unmention"].get(obs, ()) if u in text
-           for m in re.finditer(re.escape(u), text)]
-    for phrase in plist:
-      if phrase not in text:
-        continue
-      for m in re.finditer(re.escape(phrase), text):
-        if any(_overlap((m.start(), m.end()), u) for u in unm):
-          continue
-        idx = [i for i, (a, b) in enumerate(ranges) if a < m.end() and m.start() < b]
-        if idx:
-          found.append((obs, phrase, idx[0], idx[-1] + 1))
+  starts = [a for a, _ in ranges]
+  unm_cache: dict[str, list[tuple[int, int]]] = {}
+  any_rx, flat = _chexpert_index()
+  hits = [] if any_rx.search(text) is None else [
+      (obs, phrase, pos) for obs, phrase in flat if phrase in text
+      for pos in _occurrences(text, phrase)]
+  for obs, phrase, pos in hits:
+    unm = unm_cache.get(obs)
+    if unm is None:
+      unm = unm_cache[obs] = [(a, a + len(u)) for u in phrases["unmention"].get(obs, ())
+                              if u in text for a in _occurrences(text, u)]
+    a, b = pos, pos + len(phrase)
+    if any(_overlap((a, b), u) for u in unm):
+      continue
+    # the words whose character range meets [a, b)
+    first = max(bisect.bisect_right(starts, a) - 1, 0)
+    if ranges[first][1] <= a:
+      first += 1
+    last = bisect.bisect_left(starts, b) - 1
+    if first < len(ranges) and first <= last:
+      found.append((obs, phrase, first, last + 1))
   out = []
   stable_subjects = lists["chexpert_stable_subjects"]
   stable = sent.found.get("stable", ())
@@ -372,6 +412,25 @@ def _tag_vector(mentions: Sequence[Mention], uncertain_as: int) -> np.ndarray:
   return vec
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def analyse_sentence(piece: str, sentence: str) -> tuple[tuple, tuple, tuple, tuple]:
+  """Everything the parser derives from one sentence, cached (reports repeat sentences a lot).
+
+  Args: the raw cleaning piece (punctuation kept, for clause boundaries) and its cleaned
+  sentence. Returns (findings: ((tag, start, end, existence), ...), region names mentioned,
+  regions attached to each finding, CheXpert mentions ((observation, phrase, existence), ...)).
+  """
+  sent = negation.Sentence(piece)
+  if sent.words != sentence.split():   # defensive: parse the cleaned words instead
+    sent = negation.Sentence(sentence)
+    piece = sentence
+  findings = find_tag_mentions(sent)
+  region_mentions = find_region_mentions(sent, findings)
+  names = tuple(dict.fromkeys(name for names, _, _ in region_mentions for name in names))
+  attached = _attach(sent, findings, region_mentions)
+  return (tuple(findings), names, tuple(attached), tuple(chexpert_mentions(sent, piece)))
+
+
 def _cleaned_from(raw_or_clean, sections_: bool) -> cleaning.CleanedReport | None:
   if isinstance(raw_or_clean, str):
     text = sections.report_text(raw_or_clean) if sections_ else raw_or_clean
@@ -416,16 +475,9 @@ def parse_report(raw_or_clean: str | Sequence[str], *, uncertain_as: int = 1,
   region_sentences: dict[str, set[int]] = {}
   chx: list[tuple[str, str, str]] = []
   for i, (sentence, piece) in enumerate(zip(cleaned.sentences, cleaned.pieces)):
-    sent = negation.Sentence(piece)
-    if sent.words != sentence.split():   # defensive: parse the cleaned words instead
-      sent = negation.Sentence(sentence)
-      piece = sentence
-    findings = find_tag_mentions(sent)
-    region_mentions = find_region_mentions(sent, findings)
-    for names, _, _ in region_mentions:
-      for name in names:
-        region_sentences.setdefault(name, set()).add(i)
-    attached = _attach(sent, findings, region_mentions)
+    findings, region_names, attached, sent_chx = analyse_sentence(piece, sentence)
+    for name in region_names:
+      region_sentences.setdefault(name, set()).add(i)
     sent_triplets: list[Triplet] = []
     for (tag, s, e, existence), regions in zip(findings, attached):
       mentions.append(Mention(tag, i, s, e, existence, regions))
@@ -434,7 +486,7 @@ def parse_report(raw_or_clean: str | Sequence[str], *, uncertain_as: int = 1,
         if t not in sent_triplets:
           sent_triplets.append(t)
     triplets.append(sent_triplets)
-    chx.extend(chexpert_mentions(sent, piece))
+    chx.extend(sent_chx)
   regions = {r: sorted(region_sentences[r]) for r in REGIONS if r in region_sentences}
   return ParsedReport(sentences=list(cleaned.sentences),
                       sentence_word_spans=list(cleaned.sentence_word_spans),

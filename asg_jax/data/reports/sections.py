@@ -1,9 +1,9 @@
 """Report sections: FINDINGS and IMPRESSION out of raw MIMIC-CXR-style report text.
 
 A header is a known section title (NegBio's 438 titles plus aliases below), any case, with
-a colon, at the start of a line, after a sentence end or after two spaces; or an
-upper-case title with a colon at the start of a line; or a bare `FINAL REPORT` /
-`(FINAL) ADDENDUM` line. Text before the first header is the `preamble`.
+a colon, at the start of a line, after a sentence end or after two spaces (never spanning
+lines); or an upper-case title with a colon at the start of a line; or a bare
+`FINAL REPORT` / `(FINAL) ADDENDUM` line. Text before the first header is the `preamble`.
 """
 from __future__ import annotations
 
@@ -24,14 +24,51 @@ _MARKERS = frozenset({"FINAL REPORT"})
 
 
 @functools.lru_cache(maxsize=None)
-def _header_regex() -> re.Pattern:
-  titles = set(vocabulary.section_titles()) | FINDINGS_ALIASES | IMPRESSION_ALIASES | ADDENDUM_NAMES
-  alts = sorted(titles, key=len, reverse=True)
-  body = "|".join(r"\s+".join(re.escape(w) for w in t.split()) for t in alts)
-  known = rf"(?:^|(?<=\n)|(?<=[.!?])|(?<=\s\s))[ \t]*(?P<known>{body})[ \t]*:"
-  upper = r"(?:^|(?<=\n))[ \t]*(?P<upper>[A-Z][A-Z0-9 /&,()'\-]{2,60}?)[ \t]*:"
-  bare = r"(?:^|(?<=\n))[ \t]*(?P<bare>FINAL\s+REPORT|FINAL\s+ADDENDUM|ADDENDUM)[ \t]*(?=\n|$)"
-  return re.compile(rf"{known}|(?-i:{upper})|(?-i:{bare})", re.IGNORECASE)
+def _titles() -> frozenset:
+  """Every known title, upper case, words separated by single spaces."""
+  return frozenset(" ".join(t.split()).upper() for t in (
+      set(vocabulary.section_titles()) | FINDINGS_ALIASES | IMPRESSION_ALIASES | ADDENDUM_NAMES))
+
+
+_UPPER = re.compile(r"[A-Z][A-Z0-9 /&,()'\-]{2,60}")
+_BARE = re.compile(r"(?m)^[ \t]*(FINAL\s+REPORT|FINAL\s+ADDENDUM|ADDENDUM)[ \t]*$")
+# Where a title may start: line start, after . ! ? or after two whitespace characters.
+_BOUNDARY = re.compile(r"(?:^|(?<=\n)|(?<=[.!?])|(?<=\s\s))(?=[^\n])")
+_MAX_TITLE = 120   # characters a title (with its inner whitespace) may span before its colon
+
+
+def _find_headers(text: str) -> list[tuple[int, int, str]]:
+  """(start, end, raw name) of every header, left to right (the leftmost header wins an
+  overlap). Linear: only the text before each colon is examined."""
+  titles = _titles()
+  found = []
+  prev = 0
+  c = text.find(":")
+  while c != -1:
+    lo = max(prev, c - _MAX_TITLE, text.rfind("\n", 0, c) + 1)
+    for b in _BOUNDARY.finditer(text, lo, c):
+      p = b.start()
+      line_start = p == 0 or text[p - 1] == "\n"
+      q = p
+      while q < c and text[q] in " \t":
+        q += 1
+      name = text[q:c].rstrip(" \t")
+      if not name or "\n" in name:   # a title never spans lines
+        continue
+      if " ".join(name.split()).upper() in titles or (line_start and _UPPER.fullmatch(name)):
+        found.append((p, c + 1, name))
+        break
+    prev = c + 1
+    c = text.find(":", prev)
+  for m in _BARE.finditer(text):
+    found.append((m.start(), m.end(), m.group(1)))
+  found.sort()
+  out, end = [], 0
+  for start, stop, name in found:
+    if start >= end:
+      out.append((start, stop, name))
+      end = stop
+  return out
 
 
 def _norm_name(name: str) -> str:
@@ -62,10 +99,10 @@ def extract_sections(raw: str) -> dict:
   out: dict = {"findings": None, "impression": None, "preamble": None, "has_headers": False}
   pieces: list[tuple[str, str]] = []
   last_key, last_end = "preamble", 0
-  for m in _header_regex().finditer(text):
-    name = _norm_name(m.group("known") or m.group("upper") or m.group("bare"))
-    pieces.append((last_key, text[last_end:m.start()]))
-    last_end = m.end()
+  for start, end, raw_name in _find_headers(text):
+    name = _norm_name(raw_name)
+    pieces.append((last_key, text[last_end:start]))
+    last_end = end
     if name in _MARKERS:
       last_key = "preamble" if not out["has_headers"] else last_key
       continue

@@ -74,18 +74,21 @@ class PhraseMatcher:
   """All occurrences of a set of phrases (each with a payload) in a list of words."""
 
   def __init__(self, entries: Iterable[tuple[str, Any]]):
-    self._exact: dict[str, list] = {}
+    self._exact: dict[str, list] = {}    # first word -> phrases with gaps / prefixes
+    self._simple: dict[str, list] = {}   # first word -> plain word sequences (fast path)
     self._prefix: dict[str, list] = {}
     for phrase, payload in entries:
       items = _compile(phrase)
       kind, value = items[0]
-      if kind == "w":
+      if all(k == "w" for k, _ in items):
+        self._simple.setdefault(value, []).append(([v for _, v in items], payload, phrase))
+      elif kind == "w":
         self._exact.setdefault(value, []).append((items, payload, phrase))
       else:
         self._prefix.setdefault(value[:3], []).append((items, payload, phrase))
 
   def candidates(self, word: str) -> list:
-    """Phrases whose first item accepts `word`."""
+    """Phrases with a gap or a prefix item whose first item accepts `word`."""
     out = list(self._exact.get(word, ()))
     for items, payload, phrase in self._prefix.get(word[:3], ()):
       if word.startswith(items[0][1]):
@@ -95,11 +98,18 @@ class PhraseMatcher:
   def find(self, words: Sequence[str]) -> list[tuple[int, int, Any, str]]:
     """Every (start, end, payload, phrase) match, longest end per phrase and start."""
     found = []
+    words = list(words)
+    simple, exact, prefix = self._simple, self._exact, self._prefix
     for i, word in enumerate(words):
-      for items, payload, phrase in self.candidates(word):
-        ends = _match_from(items, words, i, 0)
-        if ends:
-          found.append((i, max(ends), payload, phrase))
+      for seq, payload, phrase in simple.get(word, ()):
+        n = len(seq)
+        if n == 1 or words[i:i + n] == seq:
+          found.append((i, i + n, payload, phrase))
+      if word in exact or word[:3] in prefix:
+        for items, payload, phrase in self.candidates(word):
+          ends = _match_from(items, words, i, 0)
+          if ends:
+            found.append((i, max(ends), payload, phrase))
     return found
 
   def find_longest(self, words: Sequence[str]) -> list[tuple[int, int, Any, str]]:
@@ -197,6 +207,7 @@ def cue_lists() -> dict:
   return {
       "new_clause_starters": PhraseMatcher((p, True) for p in spec["new_clause_starters"]),
       "scope_verbs": frozenset(spec["scope_verbs"]),
+      "negation_bridges": frozenset(spec["negation_bridges"]),
       "aux_before_post": frozenset(spec["aux_before_post"]),
       "normal": PhraseMatcher((p, True) for p in spec["normal"]),
       "chexpert_stable": PhraseMatcher((p, True) for p in spec["chexpert_stable"]),
@@ -238,7 +249,7 @@ def section_titles() -> tuple[str, ...]:
 def all_phrases() -> PhraseMatcher:
   """One matcher over every phrase list, payload = (category, value), so that a sentence is
   scanned once. Categories: cue, starter, normal, stable, direct, exclude, subject,
-  predicate, region."""
+  predicate, normal_form, region."""
   spec = load_json("cues.json")
   entries: list[tuple[str, tuple]] = []
   kinds: dict[str, set] = {}
@@ -250,8 +261,9 @@ def all_phrases() -> PhraseMatcher:
   entries += [(p, ("normal", True)) for p in spec["normal"]]
   entries += [(p, ("stable", True)) for p in spec["chexpert_stable"]]
   direct, exclude, subjects, predicates, _ = _tag_entries()
+  normal_forms = [(p, tag) for tag in TAGS for p in load_json("tags.json")[tag].get("normal_forms", ())]
   for cat, lst in (("direct", direct), ("exclude", exclude), ("subject", subjects),
-                   ("predicate", predicates)):
+                   ("predicate", predicates), ("normal_form", normal_forms)):
     entries += [(p, (cat, tag)) for p, tag in lst]
   rspec = load_json("regions.json")
   for e in rspec["sided"]:

@@ -1,0 +1,138 @@
+"""tfds builder `image_text_csv`: your own chest X-ray image–report pairs.
+
+manual_dir holds `pairs.csv` (UTF-8, header row) with the columns
+
+  image_path  required: relative to manual_dir or absolute; JPEG, PNG (8/16-bit) or DICOM
+              (MONOCHROME1 inverted; VOI window when present, else min-max to 8 bit)
+  report      required: the report text (sections are used when it has FINDINGS: /
+              IMPRESSION: headers, else the whole text)
+  split       optional: train | validation (also valid / validate / val / test ->
+              validation); empty or no column: a deterministic 90/10 split by the SHA-1 of
+              image_path
+  boxes       optional: JSON {region name: [x1, y1, x2, y2]} in ORIGINAL-image pixels, region
+              names from vocab.json imagenome_regions_29 (region_source "annotation"); empty or
+              no column: the atlas (region_source "atlas")
+  study_id, dicom_id, subject_id, view_position   optional identifiers (default: the
+              image file's stem for study_id and dicom_id)
+  the 14 CheXpert observation columns (Atelectasis, ..., Support Devices)   optional, all
+              14 or none: 1 / 0 / -1 / empty; without them the parser's labels are stored
+
+Same features and parser as `mimic_cxr` (docs/interfaces.md §1, docs/data.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from asg_jax.data.builders import common
+from asg_jax.data.reports import CHEXPERT, REGIONS
+
+PAIRS_CSV = "pairs.csv"
+SPLIT_MAP = {"train": "train", "validation": "validation", "valid": "validation",
+             "validate": "validation", "val": "validation", "test": "validation"}
+VALIDATION_PERCENT = 10
+
+
+def hash_split(image_path: str) -> str:
+  """Deterministic 90/10 split of a path (as written in the CSV) by its SHA-1."""
+  digest = int(hashlib.sha1(image_path.encode("utf-8")).hexdigest(), 16)
+  return "validation" if digest % 100 < VALIDATION_PERCENT else "train"
+
+
+def parse_boxes(cell: str, file: str) -> dict[str, list[float]] | None:
+  """The `boxes` cell -> {region: [x1, y1, x2, y2]}; None when empty; Skip(BAD_BOX) if bad."""
+  if cell is None or not cell.strip():
+    return None
+  try:
+    boxes = json.loads(cell)
+  except ValueError as e:
+    raise common.Skip(common.BAD_BOX, file, f"boxes is not JSON: {e}") from e
+  if not isinstance(boxes, dict):
+    raise common.Skip(common.BAD_BOX, file, "boxes must be a JSON object {region: [x1,y1,x2,y2]}")
+  unknown = [r for r in boxes if r not in REGIONS]
+  if unknown:
+    raise common.Skip(common.BAD_BOX, file, f"unknown region name(s) {unknown} in boxes; "
+                      "expected names of vocab.json imagenome_regions_29")
+  return boxes
+
+
+class ImageTextCsv(common.ChestBuilder):
+  """Your own image–report pairs listed in pairs.csv (see the module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      common.ChestConfig(name="default", image_size=256, anatomy=True,
+                         description="longest side 256, regions (annotation or atlas)"),
+      common.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
+                         description="longest side 256, no regions stored (R = 0)"),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "default"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Put `pairs.csv` into the manual_dir: columns image_path (relative to manual_dir or absolute;
+JPEG / PNG / DICOM) and report; optional split (train / validation), boxes (JSON
+{region: [x1, y1, x2, y2]} in original pixels), study_id, dicom_id, subject_id,
+view_position and the 14 CheXpert observation columns. See docs/data.md.
+"""
+
+  def _split_generators(self, dl_manager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    path = os.path.join(manual_dir, PAIRS_CSV)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"image_text_csv: required file {path} not found: expected a CSV with columns "
+          f"image_path, report (optional split, boxes, ids, CheXpert labels)")
+    rows = common.read_csv(path, ("image_path", "report"))
+    header = set(rows[0]) if rows else set()
+    has_labels = all(c in header for c in CHEXPERT)
+    items: dict[str, list] = {"train": [], "validation": []}
+    for number, row in enumerate(rows, start=2):   # line 1 is the header
+      where = f"{path} line {number}"
+      try:
+        missing = [c for c in ("image_path", "report") if row.get(c) is None]
+        if not missing and "split" in header and row.get("split") is None:
+          missing = ["split"]
+        if missing or not row["image_path"].strip():
+          raise common.Skip(common.MISSING_COLUMN, where,
+                            f"no value for column(s) {missing or ['image_path']}")
+        value = (row.get("split") or "").strip().lower()
+        if value and value not in SPLIT_MAP:
+          raise common.Skip(common.BAD_VALUE, where,
+                            f"split {value!r} is not one of {sorted(SPLIT_MAP)}")
+        split = SPLIT_MAP[value] if value else hash_split(row["image_path"].strip())
+      except common.Skip as skip:
+        self.skips.skip("none", skip)
+        continue
+      items[split].append((number, where, row))
+    splits = {split: self._generate_examples(manual_dir, split, rows_, has_labels)
+              for split, rows_ in items.items() if rows_}   # tfds needs >= 1 example per split
+    if not splits:
+      raise ValueError(f"image_text_csv: {path} has no usable row")
+    return splits
+
+  def _generate_examples(self, manual_dir: str, split: str, rows: list, has_labels: bool):
+    config = self.builder_config
+    for number, where, row in rows:
+      def make(row=row, where=where):
+        image_path = os.path.join(manual_dir, row["image_path"].strip())
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        chexpert = None
+        if has_labels:
+          try:
+            chexpert = np.asarray([common.parse_label(row[c]) for c in CHEXPERT], np.float32)
+          except (TypeError, ValueError) as e:
+            raise common.Skip(common.BAD_VALUE, where, f"CheXpert labels: {e}") from e
+        boxes = parse_boxes(row.get("boxes"), where) if config.anatomy else None
+        ids = {"study_id": (row.get("study_id") or "").strip() or stem,
+               "dicom_id": (row.get("dicom_id") or "").strip() or stem,
+               "subject_id": (row.get("subject_id") or "").strip()}
+        return common.assemble_example(
+            file=where, report=row["report"], image_path=image_path,
+            image_size=config.image_size, ids=ids,
+            view_position=(row.get("view_position") or "").strip(), boxes=boxes,
+            region_source="annotation", anatomy=config.anatomy, chexpert=chexpert)
+      yield from self.guarded(split, f"{number:09d}", make)

@@ -1,0 +1,130 @@
+"""ASG's image geometry, applied jointly to an image and its region boxes (TF ops).
+
+Every function here is made of TensorFlow ops so it runs inside `tf.data` `map`. The
+transform of one example (asg.md "Pre-training recipe", MGCA's `resize_img`):
+
+1. **Resize** so the longest side is `resize` (aspect kept; the short side is
+   `round(short * resize / long)`), antialiased bilinear. The stored images of the project's
+   builders usually have longest side `resize` already, and are then not resampled.
+2. **Zero-pad** to `resize × resize`, CENTRED: `floor(pad / 2)` black rows/columns on the
+   top/left and the rest on the bottom/right (as MGCA/ASG's `cv2.copyMakeBorder`).
+3. **Crop** `image_size × image_size`: at a uniformly random offset in
+   `[0, resize - image_size]²` for training, drawn with a stateless RNG from a per-example
+   seed (so it is reproducible and independent of the order of the map calls), or at the
+   centre `((resize - image_size) // 2, …)` for evaluation.
+4. **Normalise**: grey values / 255, replicated to 3 channels, then `(x - mean) / std` with
+   ImageNet's mean/std (`"imagenet"`) or 0.5/0.5 (`"half"`). Padding is black before
+   normalisation (as in MGCA).
+
+Boxes `(x1, y1, x2, y2)` in input-image pixels follow the same steps exactly: scaled by
+`new_w / W`, `new_h / H`, shifted by the pad and by minus the crop offset, then clipped to
+`[0, image_size]`. A box is KEPT when at least `min_box_visibility` (default 0.5) of its
+area (measured after resize + pad, before the crop) lies inside the crop; a box with no
+area is never kept. Dropped boxes come back as zeros with `keep = False` — the pipeline
+drops them together with their sentence sets.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "half")
+
+
+def normalization_constants(normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per RGB channel for `normalization` in {"imagenet", "half"}."""
+  if normalization == "imagenet":
+    return IMAGENET_MEAN, IMAGENET_STD
+  if normalization == "half":
+    return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+  raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def resized_shape(height: tf.Tensor, width: tf.Tensor, resize: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Shape `(new_h, new_w)` with longest side `resize`, short side rounded, at least 1."""
+  h = tf.cast(height, tf.float64)
+  w = tf.cast(width, tf.float64)
+  scale = tf.cast(resize, tf.float64) / tf.maximum(h, w)
+  new_h = tf.maximum(tf.cast(tf.floor(h * scale + 0.5), tf.int32), 1)
+  new_w = tf.maximum(tf.cast(tf.floor(w * scale + 0.5), tf.int32), 1)
+  return new_h, new_w
+
+
+def crop_offset(resize: int, image_size: int, train: bool,
+                seed: tf.Tensor | None = None) -> tf.Tensor:
+  """Crop offset `(oy, ox)` int32 `[2]` in the padded `resize × resize` image.
+
+  Args:
+    train: random (needs `seed`, int `[2]`, for `tf.random.stateless_uniform`) or centred.
+  """
+  span = resize - image_size
+  if not train or span == 0:
+    return tf.constant([span // 2, span // 2], tf.int32)
+  if seed is None:
+    raise ValueError("crop_offset(train=True) needs a per-example seed")
+  return tf.random.stateless_uniform([2], seed=tf.cast(seed, tf.int64), minval=0,
+                                     maxval=span + 1, dtype=tf.int32)
+
+
+def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, train: bool,
+              seed: tf.Tensor | None = None, normalization: str = "imagenet",
+              min_box_visibility: float = 0.5) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Resize, pad, crop and normalise an image; move its boxes along.
+
+  Args:
+    image: uint8 (or float in 0..255) `[H, W, C]`, `C` = 1 (grey) or 3.
+    boxes: float32 `[R, 4]` `(x1, y1, x2, y2)` in `image` pixels.
+    resize: longest side after resizing and the side of the zero-padded square.
+    image_size: crop side `S` (`<= resize`).
+    train: random crop (seeded by `seed`, int `[2]`) or centre crop.
+    normalization: "imagenet" or "half".
+    min_box_visibility: fraction of a box's area that must stay inside the crop.
+  Returns:
+    image float32 `[S, S, 3]`, boxes float32 `[R, 4]` in crop pixels (zeros where dropped),
+    keep bool `[R]`.
+  """
+  if image_size > resize:
+    raise ValueError(f"image_size={image_size} is larger than resize={resize}")
+  mean, std = normalization_constants(normalization)
+  image = tf.convert_to_tensor(image)
+  if image.shape.rank != 3:
+    raise ValueError(f"image must be [H, W, C], got shape {image.shape}")
+  channels = image.shape[-1]
+  if channels not in (1, 3):
+    raise ValueError(f"image must have 1 or 3 channels, got {channels}")
+  image = tf.cast(image, tf.float32)
+  boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  new_h, new_w = resized_shape(height, width, resize)
+  needs_resize = tf.logical_or(tf.not_equal(new_h, height), tf.not_equal(new_w, width))
+  image = tf.cond(
+      needs_resize,
+      lambda: tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
+                              antialias=True),
+      lambda: image)
+  sx = tf.cast(new_w, tf.float32) / tf.cast(width, tf.float32)
+  sy = tf.cast(new_h, tf.float32) / tf.cast(height, tf.float32)
+  top = (resize - new_h) // 2
+  left = (resize - new_w) // 2
+  image = tf.pad(image, [[top, resize - new_h - top], [left, resize - new_w - left], [0, 0]])
+  offset = crop_offset(resize, image_size, train, seed)
+  image = tf.slice(image, tf.stack([offset[0], offset[1], 0]), [image_size, image_size, channels])
+  image = tf.ensure_shape(image, [image_size, image_size, channels])
+  if channels == 1:
+    image = tf.tile(image, [1, 1, 3])
+  image = (image / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+  scale = tf.stack([sx, sy, sx, sy])
+  shift = tf.cast(tf.stack([left - offset[1], top - offset[0],
+                            left - offset[1], top - offset[0]]), tf.float32)
+  moved = boxes * scale + shift
+  area = (tf.maximum(moved[:, 2] - moved[:, 0], 0.0) *
+          tf.maximum(moved[:, 3] - moved[:, 1], 0.0))
+  clipped = tf.clip_by_value(moved, 0.0, float(image_size))
+  inside = (tf.maximum(clipped[:, 2] - clipped[:, 0], 0.0) *
+            tf.maximum(clipped[:, 3] - clipped[:, 1], 0.0))
+  keep = tf.logical_and(area > 0.0, inside >= min_box_visibility * area)
+  clipped = tf.where(keep[:, None], clipped, tf.zeros_like(clipped))
+  return image, clipped, keep

@@ -1,0 +1,219 @@
+"""BERT text encoder (post-norm, exactly Hugging Face `BertModel` without the pooler).
+
+transformers v5 has no Flax models, so the encoder is written here:
+
+    e = LN(word[ids] + pos[0..L) + type[0])                     # LayerNorm eps 1e-12
+    per layer:  a = LN(x + Dense(Attn(x, mask)))                  # post-norm
+                x = LN(a + Dense(GELU(Dense(a))))                 # exact (erf) GELU
+
+Only the first `use_layers` layers exist and run (ASG uses 6 of Bio_ClinicalBERT's 12).
+Parameter names follow the Hugging Face checkpoint layout (`embeddings/word_embeddings`,
+`encoder/layer_0/attention/self/query`, `encoder/layer_0/attention/output/LayerNorm`, ...),
+so `checkpoint_convert.load_bert` maps a BERT checkpoint (keys possibly prefixed `bert.`)
+by name.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_LN_EPS = 1e-12
+_INIT = nn.initializers.normal(stddev=0.02)  # HF BERT initializer_range
+_TYPE_VOCAB = 2
+
+
+class SelfAttention(nn.Module):
+  """HF `BertSelfAttention`: query/key/value projections and masked softmax attention."""
+  hidden_size: int
+  num_heads: int
+  attention_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array, *,
+               train: bool) -> tuple[jax.Array, jax.Array]:
+    """Args:
+      x: `[B, L, D]`.
+      bias: `[B, 1, 1, L]` additive float32 mask (0 for real tokens, float32 min for padding).
+    Returns:
+      (context `[B, L, D]`, probabilities `[B, heads, L, L]` float32, before dropout).
+    """
+    b, n, d = x.shape
+    hd = d // self.num_heads
+
+    def heads(name):
+      y = nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=_INIT, name=name)(x)
+      return y.reshape(b, n, self.num_heads, hd)
+
+    q, k, v = heads("query"), heads("key"), heads("value")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5
+    probs = jax.nn.softmax(scores + bias, axis=-1)
+    dropped = nn.Dropout(self.attention_dropout, deterministic=not train)(probs)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(self.dtype), v)
+    return ctx.reshape(b, n, d), probs
+
+
+class DenseLayerNorm(nn.Module):
+  """HF `BertSelfOutput` / `BertOutput`: LN(residual + Dropout(Dense(x)))."""
+  hidden_size: int
+  hidden_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
+    h = nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
+    h = nn.Dropout(self.hidden_dropout, deterministic=not train)(h)
+    return nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="LayerNorm")(h + residual)
+
+
+class Attention(nn.Module):
+  """HF `BertAttention`: `self` + `output`."""
+  hidden_size: int
+  num_heads: int
+  hidden_dropout: float
+  attention_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    ctx, probs = SelfAttention(self.hidden_size, self.num_heads, self.attention_dropout,
+                               self.dtype, name="self")(x, bias, train=train)
+    out = DenseLayerNorm(self.hidden_size, self.hidden_dropout, self.dtype,
+                         name="output")(ctx, x, train=train)
+    return out, probs
+
+
+class Intermediate(nn.Module):
+  """HF `BertIntermediate`: GELU(Dense(x))."""
+  intermediate_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.Dense(self.intermediate_size, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
+    return nn.gelu(h, approximate=False)
+
+
+class Layer(nn.Module):
+  """HF `BertLayer` (post-norm)."""
+  hidden_size: int
+  num_heads: int
+  intermediate_size: int
+  hidden_dropout: float
+  attention_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    a, probs = Attention(self.hidden_size, self.num_heads, self.hidden_dropout,
+                         self.attention_dropout, self.dtype, name="attention")(
+                             x, bias, train=train)
+    h = Intermediate(self.intermediate_size, self.dtype, name="intermediate")(a)
+    out = DenseLayerNorm(self.hidden_size, self.hidden_dropout, self.dtype,
+                         name="output")(h, a, train=train)
+    return out, probs
+
+
+class Embeddings(nn.Module):
+  """HF `BertEmbeddings` (absolute positions, token type 0)."""
+  vocab_size: int
+  hidden_size: int
+  max_position_embeddings: int
+  hidden_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, *, train: bool) -> jax.Array:
+    embed = lambda n, name: nn.Embed(n, self.hidden_size, embedding_init=_INIT,
+                                     dtype=self.dtype, name=name)
+    length = input_ids.shape[1]
+    x = embed(self.vocab_size, "word_embeddings")(input_ids)
+    x = x + embed(self.max_position_embeddings, "position_embeddings")(
+        jnp.arange(length)[None, :])
+    x = x + embed(_TYPE_VOCAB, "token_type_embeddings")(jnp.zeros((1, length), jnp.int32))
+    x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="LayerNorm")(x)
+    return nn.Dropout(self.hidden_dropout, deterministic=not train)(x)
+
+
+class Encoder(nn.Module):
+  """`num_layers` BERT layers named `layer_{i}`; returns the last layer's attention."""
+  num_layers: int
+  hidden_size: int
+  num_heads: int
+  intermediate_size: int
+  hidden_dropout: float
+  attention_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    probs = None
+    for i in range(self.num_layers):
+      x, probs = Layer(self.hidden_size, self.num_heads, self.intermediate_size,
+                       self.hidden_dropout, self.attention_dropout, self.dtype,
+                       name=f"layer_{i}")(x, bias, train=train)
+    return x, probs
+
+
+class BertEncoder(nn.Module):
+  """BERT encoder, optionally truncated to its first `use_layers` layers.
+
+  Attributes:
+    vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+    max_position_embeddings: the Hugging Face `BertConfig` fields.
+    hidden_dropout, attention_dropout: `hidden_dropout_prob`, `attention_probs_dropout_prob`.
+    use_layers: run (and create parameters for) only the first `use_layers` layers;
+      None = all `num_hidden_layers`.
+    dtype: compute dtype (parameters stay float32; softmax in float32).
+  """
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  max_position_embeddings: int
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  use_layers: int | None = None
+  dtype: Any = jnp.float32
+
+  @property
+  def layers_run(self) -> int:
+    """How many layers exist and run."""
+    return self.num_hidden_layers if self.use_layers is None else self.use_layers
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, *,
+               train: bool) -> dict[str, jax.Array]:
+    """Args:
+      input_ids: int `[B, L]` WordPiece ids (`[CLS] ... [SEP] [PAD]...`).
+      attention_mask: `[B, L]`, 1 (or True) for real tokens.
+      train: dropout on.
+    Returns:
+      `hidden [B, L, D]` (last layer run), `cls [B, D]` (= hidden[:, 0], no pooler) and
+      `attention [B, heads, L, L]` (that layer's softmax probabilities, float32).
+    """
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+      raise ValueError(f"BertEncoder: expected input_ids and attention_mask of the same shape "
+                       f"[B, L], got {input_ids.shape} and {attention_mask.shape}")
+    if input_ids.shape[1] > self.max_position_embeddings:
+      raise ValueError(f"BertEncoder: sequence length {input_ids.shape[1]} exceeds "
+                       f"max_position_embeddings = {self.max_position_embeddings}")
+    if not 1 <= self.layers_run <= self.num_hidden_layers:
+      raise ValueError(f"BertEncoder: use_layers = {self.use_layers} must be in "
+                       f"[1, num_hidden_layers = {self.num_hidden_layers}]")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"BertEncoder: hidden_size = {self.hidden_size} is not divisible by "
+                       f"num_attention_heads = {self.num_attention_heads}")
+    x = Embeddings(self.vocab_size, self.hidden_size, self.max_position_embeddings,
+                   self.hidden_dropout, self.dtype, name="embeddings")(input_ids, train=train)
+    # HF's extended attention mask: (1 - mask) * float32 min, added to the scores
+    keep = jnp.asarray(attention_mask).astype(jnp.float32)
+    bias = ((1.0 - keep) * jnp.finfo(jnp.float32).min)[:, None, None, :]
+    x, probs = Encoder(self.layers_run, self.hidden_size, self.num_attention_heads,
+                       self.intermediate_size, self.hidden_dropout, self.attention_dropout,
+                       self.dtype, name="encoder")(x, bias, train=train)
+    return {"cls": x[:, 0], "hidden": x, "attention": probs}

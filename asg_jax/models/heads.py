@@ -1,0 +1,76 @@
+"""Projection heads (asg.md "Projection heads", as MGCA's Global/LocalEmbedding).
+
+    Linear(in, hidden) -> BatchNorm -> ReLU -> Linear(hidden, out) -> BatchNorm(no affine)
+    -> L2-normalise
+
+The same module serves the global head (`x [B, D]`) and the local head (applied per token,
+`x [B, N, D]`, BatchNorm statistics over all B*N tokens, or over the valid ones with `mask`).
+BatchNorm follows PyTorch defaults (momentum 0.1 => flax momentum 0.9, eps 1e-5, two-pass
+variance); the running variance is the biased batch variance (PyTorch stores the unbiased one,
+a factor n/(n-1) that is negligible at training batch sizes). Linear layers are initialised as
+PyTorch's `nn.Linear` (uniform +-1/sqrt(fan_in) for weight and bias).
+
+Under `jax.jit` with batch-sharded inputs the batch statistics are those of the GLOBAL batch:
+the means are ordinary reductions over the batch axis, which XLA partitions across devices.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+  """`nn.Dense` initialised like PyTorch `nn.Linear(fan_in, features)`."""
+  bound = fan_in ** -0.5
+  bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+  return nn.Dense(features, kernel_init=nn.initializers.variance_scaling(
+      1.0 / 3.0, "fan_in", "uniform"), bias_init=bias_init, name=name)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """`x / max(||x||, eps)` along the last axis (torch `F.normalize`), NaN-free gradients."""
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+class ProjectionHead(nn.Module):
+  """MLP projection to the shared embedding space, L2-normalised.
+
+  Attributes:
+    hidden: width of the hidden layer (2048 in ASG).
+    out: embedding size (128 in ASG).
+  """
+  hidden: int
+  out: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+    """Args:
+      x: `[B, D]` (global) or `[B, N, D]` (per token).
+      train: BatchNorm uses batch statistics and updates `batch_stats` (apply with
+        `mutable=["batch_stats"]`); otherwise the running statistics.
+      mask: optional bool `[B]` / `[B, N]` (same leading shape as `x`): only these rows
+        enter the batch statistics (Flax BatchNorm `mask=`). Outputs are still computed at
+        every position; padding never changes the valid outputs.
+    Returns:
+      `[..., out]` unit-norm embeddings, float32.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim not in (2, 3):
+      raise ValueError(f"ProjectionHead input: expected [B, D] or [B, N, D], got {x.shape}")
+    bn_mask = None
+    if mask is not None:
+      if mask.shape != x.shape[:-1]:
+        raise ValueError(f"ProjectionHead mask: expected shape {x.shape[:-1]} (the leading "
+                         f"axes of x {x.shape}), got {mask.shape}")
+      bn_mask = jnp.asarray(mask, bool)[..., None]
+    bn = lambda name, affine: nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+        use_bias=affine, use_scale=affine, name=name)
+    h = _torch_linear(self.hidden, x.shape[-1], "dense_0")(x)
+    h = nn.relu(bn("bn_0", True)(h, mask=bn_mask))
+    h = _torch_linear(self.out, self.hidden, "dense_1")(h)
+    h = bn("bn_1", False)(h, mask=bn_mask)
+    return l2_normalize(h)

@@ -1,0 +1,192 @@
+"""Vision Transformer (ViT / DeiT, e.g. ViT-B/16) image encoder.
+
+Semantics of Hugging Face `ViTModel` (= timm DeiT-base without distillation token):
+
+    x = [CLS; PatchConv(images)] + pos           # learned position embeddings incl. CLS
+    x = x + Attn(LN(x))                          # pre-norm blocks, qkv bias
+    x = x + FC2(GELU(FC1(LN(x))))                # exact (erf) GELU
+    out = LN(x)                                  # final norm, LayerNorm eps 1e-6
+
+Parameter names follow the Hugging Face checkpoint layout, so `checkpoint_convert.load_vit`
+maps a `ViTModel` / `ViTForImageClassification` checkpoint (keys possibly prefixed `vit.`)
+by name: `embeddings/{cls_token,position_embeddings,patch_embeddings/projection}`,
+`encoder/layer_{i}/{layernorm_before,attention/attention/{query,key,value},
+attention/output/dense,layernorm_after,intermediate/dense,output/dense}`, `layernorm`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_LN_EPS = 1e-6
+_INIT = nn.initializers.truncated_normal(stddev=0.02)  # HF ViT initializer_range
+
+
+def _split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+  """`[B, N, D]` -> `[B, heads, N, D/heads]`."""
+  b, n, d = x.shape
+  return x.reshape(b, n, num_heads, d // num_heads).transpose(0, 2, 1, 3)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention projections + probabilities (HF `ViTSelfAttention`)."""
+  hidden_size: int
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`x [B, N, D]` -> (context `[B, N, D]`, probabilities `[B, heads, N, N]` float32)."""
+    dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=_INIT,
+                                  name=name)
+    q = _split_heads(dense("query")(x), self.num_heads)
+    k = _split_heads(dense("key")(x), self.num_heads)
+    v = _split_heads(dense("value")(x), self.num_heads)
+    scale = (self.hidden_size // self.num_heads) ** -0.5
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
+    probs = jax.nn.softmax(scores, axis=-1)
+    ctx = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(self.dtype), v)
+    b, n = x.shape[:2]
+    return ctx.reshape(b, n, self.hidden_size), probs
+
+
+class _Dense(nn.Module):
+  """A module holding one `dense` Linear (HF `*.output.dense`, `intermediate.dense`)."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.Dense(self.features, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
+
+
+class Attention(nn.Module):
+  """HF `ViTAttention`: `attention` (q/k/v) + `output/dense`."""
+  hidden_size: int
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    ctx, probs = SelfAttention(self.hidden_size, self.num_heads, self.dtype,
+                               name="attention")(x)
+    return _Dense(self.hidden_size, self.dtype, name="output")(ctx), probs
+
+
+class EncoderBlock(nn.Module):
+  """One pre-norm ViT block (HF `ViTLayer`)."""
+  hidden_size: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]`)."""
+    drop = nn.Dropout(self.dropout, deterministic=not train)
+    h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_before")(x)
+    h, probs = Attention(self.hidden_size, self.num_heads, self.dtype, name="attention")(h)
+    x = x + drop(h)
+    h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_after")(x)
+    h = _Dense(self.mlp_dim, self.dtype, name="intermediate")(h)
+    h = nn.gelu(h, approximate=False)
+    h = _Dense(self.hidden_size, self.dtype, name="output")(h)
+    return x + drop(h), probs
+
+
+class PatchEmbeddings(nn.Module):
+  """Non-overlapping p x p patches -> `[B, gh*gw, D]` (row-major), HF `projection` conv."""
+  patch_size: int
+  hidden_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    p = self.patch_size
+    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=_INIT, name="projection")(images)
+    return x.reshape(x.shape[0], -1, self.hidden_size)
+
+
+class Embeddings(nn.Module):
+  """CLS token + patch embeddings + learned position embeddings (HF `ViTEmbeddings`)."""
+  patch_size: int
+  hidden_size: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    patches = PatchEmbeddings(self.patch_size, self.hidden_size, self.dtype,
+                              name="patch_embeddings")(images)
+    b, m, d = patches.shape
+    cls = self.param("cls_token", _INIT, (1, 1, d))
+    pos = self.param("position_embeddings", _INIT, (1, 1 + m, d))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(patches.dtype), patches], 1)
+    x = x + pos.astype(patches.dtype)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Encoder(nn.Module):
+  """`num_layers` blocks named `layer_{i}`; returns the last block's attention."""
+  num_layers: int
+  hidden_size: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    probs = None
+    for i in range(self.num_layers):
+      x, probs = EncoderBlock(self.hidden_size, self.num_heads, self.mlp_dim, self.dropout,
+                              self.dtype, name=f"layer_{i}")(x, train=train)
+    return x, probs
+
+
+class ViT(nn.Module):
+  """ViT image encoder (ViT-B/16: patch 16, hidden 768, 12 layers, 12 heads, MLP 3072).
+
+  Attributes:
+    patch_size, hidden_size, num_layers, num_heads, mlp_dim: architecture.
+    dropout: dropout rate on the embeddings, attention output and MLP output (DeiT: 0).
+    dtype: compute dtype (parameters stay float32; softmax in float32).
+  """
+  patch_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    """Args:
+      images: `[B, H, W, 3]`, H and W divisible by `patch_size`.
+      train: dropout on.
+    Returns:
+      `cls [B, D]` (CLS after the final LayerNorm), `patch_tokens [B, M, D]` (after the final
+      norm, M = (H/p)*(W/p), row-major over the patch grid), `attention [B, heads, 1+M, 1+M]`
+      (the last block's softmax probabilities, float32).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"ViT images: expected [B, H, W, 3], got shape {images.shape}")
+    h, w = images.shape[1:3]
+    if h % self.patch_size or w % self.patch_size:
+      raise ValueError(f"ViT images: H, W = {h}, {w} must be divisible by patch_size = "
+                       f"{self.patch_size}")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"ViT hidden_size = {self.hidden_size} is not divisible by num_heads = "
+                       f"{self.num_heads}")
+    x = Embeddings(self.patch_size, self.hidden_size, self.dropout, self.dtype,
+                   name="embeddings")(images.astype(self.dtype), train=train)
+    x, probs = Encoder(self.num_layers, self.hidden_size, self.num_heads, self.mlp_dim,
+                       self.dropout, self.dtype, name="encoder")(x, train=train)
+    x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm")(x)
+    return {"cls": x[:, 0], "patch_tokens": x[:, 1:], "attention": probs}
