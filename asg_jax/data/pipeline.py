@@ -25,7 +25,8 @@ How it reads (all deterministic, also with parallel map):
   the geometry of `geometry.py` is applied to image and boxes (random crop seeded by
   `(seed, epoch, index)` for training). Regions are kept when their name is in `regions`
   and their box stays visible; they are packed (stored order) and padded to `max_regions`.
-* **Host.** Batches are tokenised on the host with the Rust tokenizer (one `encode_batch`
+* **Host.** Images leave tf.data as cropped uint8 and are normalised on the host
+  (`geometry.normalize_numpy`). Batches are tokenised on the host with the Rust tokenizer (one `encode_batch`
   per batch) and `region_word_index` is computed in NumPy from the sentence character
   offsets: the slots of every word of a region's sentences (truncated words dropped); a
   region left with no word is invalid. A background thread keeps 2 batches ready on top of
@@ -256,7 +257,7 @@ def _records(source: ExampleSource, *, train: bool, seed: int, shuffle_buffer: i
   return ds.map(lambda i, r: (epoch, i, r))
 
 
-def _example_fn(*, decode, image_size: int, resize: int, max_regions: int, normalization: str,
+def _example_fn(*, decode, image_size: int, resize: int, max_regions: int,
                 keep_ids: Sequence[int], train: bool, seed: int, min_box_visibility: float):
   keep_ids_t = tf.constant(list(keep_ids), tf.int32)
 
@@ -268,9 +269,9 @@ def _example_fn(*, decode, image_size: int, resize: int, max_regions: int, norma
     ex_seed = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), index)
     boxes = tf.reshape(tf.cast(ex["region_boxes"], tf.float32), [-1, 4])
-    image, boxes, visible = geometry.transform(
+    image, boxes, visible = geometry.crop(
         image, boxes, resize=resize, image_size=image_size, train=train, seed=ex_seed,
-        normalization=normalization, min_box_visibility=min_box_visibility)
+        min_box_visibility=min_box_visibility)
     ids = tf.reshape(tf.cast(ex["region_ids"], tf.int32), [-1])
     wanted = tf.reduce_any(ids[:, None] == keep_ids_t[None, :], axis=1)
     kept = tf.where(tf.logical_and(wanted, visible))[:, 0][:max_regions]
@@ -306,7 +307,8 @@ def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_reg
                  min_box_visibility: float = 0.5) -> tf.data.Dataset:
   """This process's tf.data batches before tokenisation (see the module docstring).
 
-  Elements: `image` f32 `[b, S, S, 3]`, `tags` i32 `[b, 40]`, `chexpert` f32 `[b, 14]`,
+  Elements: `image` uint8 `[b, S, S, C]` (cropped, not yet normalised: `finalize_batch`
+  does it), `tags` i32 `[b, 40]`, `chexpert` f32 `[b, 14]`,
   `region_boxes` f32 `[b, R, 4]`, `region_ids` i32 `[b, R]`, `region_mask` bool `[b, R]`,
   `region_sentences` i32 `[b, R, S']` (sentence indices, -1 padded), `sentence_starts` i32
   `[b, S'']` (character offset of each sentence in the caption, -1 padded), `caption`
@@ -322,8 +324,9 @@ def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_reg
   n_local = source.num_examples
   if n_local == 0:
     raise ValueError(f"{source.name}: this process has no examples to read")
+  geometry.normalization_constants(normalization)
   fn = _example_fn(decode=source.decode, image_size=image_size, resize=resize,
-                   max_regions=max_regions, normalization=normalization, keep_ids=keep_ids,
+                   max_regions=max_regions, keep_ids=keep_ids,
                    train=train, seed=seed, min_box_visibility=min_box_visibility)
   skip = int(start_step) * local_batch_size
   if train:
@@ -368,27 +371,35 @@ def region_word_index(word_starts: np.ndarray, sentence_starts: np.ndarray,
   b, n = ws.shape
   if ss.shape[1] == 0 or rs.shape[2] == 0:
     return np.full((b, rs.shape[1], max_region_words), -1, np.int32)
+  num_sentences = ss.shape[1]
   started = (ss[:, None, :] >= 0) & (ss[:, None, :] <= ws[:, :, None])          # [B, N, S]
   sentence_of_word = np.where(ws >= 0, started.sum(-1) - 1, -1)                 # [B, N]
-  member = np.any((rs[:, :, None, :] == sentence_of_word[:, None, :, None])
-                  & (rs[:, :, None, :] >= 0), axis=-1)                          # [B, R, N]
-  member &= (sentence_of_word >= 0)[:, None, :]
-  slots = np.sort(np.where(member, np.arange(n), n), axis=-1)
-  if n < max_region_words:
-    slots = np.concatenate([slots, np.full(slots.shape[:2] + (max_region_words - n,), n)], -1)
-  slots = slots[..., :max_region_words]
-  return np.where(slots >= n, -1, slots).astype(np.int32)
+  # has[b, r, j]: region r's sentence set contains sentence j (column S: "no sentence")
+  has = np.zeros(rs.shape[:2] + (num_sentences + 1,), bool)
+  bi, ri, ki = np.nonzero((rs >= 0) & (rs < num_sentences))
+  has[bi, ri, rs[bi, ri, ki]] = True
+  lookup = np.where(sentence_of_word >= 0, sentence_of_word, num_sentences)     # [B, N]
+  member = np.take_along_axis(has, np.broadcast_to(lookup[:, None, :], rs.shape[:2] + (n,)),
+                              axis=2)                                           # [B, R, N]
+  # compact the member slots to the front, ascending, -1 padded
+  position = np.cumsum(member, axis=-1) - 1
+  out = np.full(rs.shape[:2] + (max_region_words,), -1, np.int32)
+  bi, ri, wi = np.nonzero(member & (position < max_region_words))
+  out[bi, ri, position[bi, ri, wi]] = wi
+  return out
 
 
-def finalize_batch(raw: dict, tokenizer, max_region_words: int) -> dict[str, np.ndarray]:
-  """tf.data batch (see `make_dataset`) → host batch of interfaces.md §2 (+ nothing else)."""
+def finalize_batch(raw: dict, tokenizer, max_region_words: int,
+                   normalization: str = "imagenet") -> dict[str, np.ndarray]:
+  """tf.data batch (see `make_dataset`) → host batch of interfaces.md §2: normalises the
+  image, tokenises the captions and points the regions at their words."""
   captions = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw["caption"]]
   tokens = tokenizer.encode_batch(captions, return_word_starts=True)
   rwi = region_word_index(tokens["word_starts"], raw["sentence_starts"],
                           raw["region_sentences"], max_region_words)
   mask = np.asarray(raw["region_mask"], bool) & (rwi >= 0).any(-1)
   return {
-      "image": np.asarray(raw["image"], np.float32),
+      "image": geometry.normalize_numpy(raw["image"], normalization),
       "input_ids": tokens["input_ids"],
       "attention_mask": tokens["attention_mask"],
       "word_ids": tokens["word_ids"],
@@ -505,12 +516,12 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
   def batches():
     if train:
       for raw in ds.as_numpy_iterator():
-        yield finalize_batch(raw, tokenizer, max_region_words)
+        yield finalize_batch(raw, tokenizer, max_region_words, normalization)
       return
     num_batches = math.ceil(math.ceil(total / process_count) / local) - int(start_step)
     last = None
     for raw in ds.as_numpy_iterator():
-      last = _pad_batch(finalize_batch(raw, tokenizer, max_region_words), local)
+      last = _pad_batch(finalize_batch(raw, tokenizer, max_region_words, normalization), local)
       num_batches -= 1
       yield last
     while num_batches > 0 and last is not None:   # other processes have one more batch

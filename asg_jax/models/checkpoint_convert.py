@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import jax.numpy as jnp
 import numpy as np

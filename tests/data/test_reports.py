@@ -439,3 +439,35 @@ def test_not_significantly_enlarged_is_negated():
   # "stable" heart size is uncertain for CheXpert (the labeler's rule), not a finding for ASG
   p = parse_report("Heart size is not significantly changed.", sections=False)
   assert p.tag_dict() == {} and p.chexpert[CHEXPERT.index("Cardiomegaly")] == -1.0
+
+
+REGION_PROBES = {
+    "right lung": "Right pleural effusion.", "right upper lung zone": "Right upper lobe opacity.",
+    "right mid lung zone": "Right middle lobe opacity.",
+    "right lower lung zone": "Right base atelectasis.",
+    "right hilar structures": "Right hilar fullness.",
+    "right apical zone": "Right apical pneumothorax.",
+    "right costophrenic angle": "Blunting of the right costophrenic angle.",
+    "right hemidiaphragm": "Elevated right hemidiaphragm.",
+    "left lung": "Left pleural effusion.", "left upper lung zone": "Left upper lobe nodule.",
+    "left mid lung zone": "Left midlung opacity.",
+    "left lower lung zone": "Retrocardiac opacity is seen.",
+    "left hilar structures": "Left perihilar opacity.",
+    "left apical zone": "Left apical scarring.",
+    "left costophrenic angle": "Blunting of the left costophrenic angle.",
+    "left hemidiaphragm": "Elevated left hemidiaphragm.",
+    "trachea": "The trachea is midline.", "spine": "Degenerative changes of the spine.",
+    "right clavicle": "Fracture of the right clavicle.",
+    "left clavicle": "Old left clavicle fracture.",
+    "aortic arch": "Calcification of the aortic knob.", "mediastinum": "The mediastinum is widened.",
+    "upper mediastinum": "Widening of the superior mediastinum.", "svc": "PICC tip in the SVC.",
+    "cardiac silhouette": "The heart is enlarged.",
+    "cavoatrial junction": "Catheter tip at the cavoatrial junction.",
+    "right atrium": "Line tip in the right atrium.", "carina": "ET tube 4 cm above the carina.",
+    "abdomen": "Free air in the upper abdomen."}
+
+
+@pytest.mark.parametrize("region", sorted(REGION_PROBES))
+def test_every_vocab_region_is_reachable(region):
+  assert set(REGION_PROBES) == set(REGIONS)
+  assert regions_of(REGION_PROBES[region]) == {region: [0]}

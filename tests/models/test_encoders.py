@@ -20,6 +20,16 @@ def _count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+def _random_variables(model, *args, seed=0):
+  """Variables with the shapes of `model.init` but NumPy-random values (compiling the
+  initialisers costs seconds on CPU); BatchNorm statistics start at (0, 1)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda: model.init(KEY, *args, train=False))
+  fill = lambda path, s: (np.ones if path[-1].key == "var" else np.zeros)(s.shape, s.dtype) \
+      if path[0].key == "batch_stats" else (0.2 * rng.normal(size=s.shape)).astype(s.dtype)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def _torch_param_count(model_cls, config, **kw) -> int:
   torch = pytest.importorskip("torch", reason="torch (the test extra) is needed for HF models")
   with torch.device("meta"):
@@ -61,7 +71,7 @@ def test_vit_b16_parameter_count_matches_hf():
 def test_resnet_shapes_and_batch_stats():
   model = ResNet50(stage_sizes=(1, 1, 1, 1), width=4)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
-  variables = jax.jit(lambda x: model.init(KEY, x, train=False))(x)
+  variables = _random_variables(model, x)
   assert set(variables) == {"params", "batch_stats"}
   out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables, x)
@@ -93,7 +103,7 @@ def test_bert_shapes_mask_and_use_layers():
   ids = jnp.asarray(rng.integers(1, 50, size=(2, 7)), jnp.int32)
   mask = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3], jnp.int32)
   full = BertEncoder(**TINY_BERT)
-  v = jax.jit(lambda i, m: full.init(KEY, i, m, train=False))(ids, mask)
+  v = _random_variables(full, ids, mask)
   assert sorted(v["params"]["encoder"]) == ["layer_0", "layer_1", "layer_2"]
   apply = jax.jit(lambda v, i, m: full.apply(v, i, m, train=False))
   out = apply(v, ids, mask)
@@ -135,8 +145,8 @@ def test_bf16_compute_dtype_runs():
   model = ViT(patch_size=8, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
               dtype=jnp.bfloat16)
   x = jnp.ones((1, 16, 16, 3))
-  v = jax.jit(lambda x: model.init(KEY, x, train=False))(x)
-  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
+  v = jax.eval_shape(lambda: model.init(KEY, x, train=False))
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), v)
   assert out["cls"].dtype == jnp.bfloat16
   assert jax.tree.leaves(v)[0].dtype == jnp.float32
   assert out["attention"].dtype == jnp.float32

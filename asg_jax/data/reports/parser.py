@@ -2,9 +2,10 @@
 
 Per cleaned sentence (see cleaning.py) the parser finds
 
-* finding mentions of the 40 ASG tags (resources/tags.json: direct phrases, and compound
-  subject + predicate mentions such as "heart size ... normal", "mediastinum ... widened"),
-  each with an existence from negation.py;
+* finding mentions of the 40 ASG tags (resources/tags.json: direct phrases, normal forms
+  such as "well expanded" (absent unless negated), and compound subject + predicate
+  mentions such as "heart size ... normal", "mediastinum ... widened"), each with an
+  existence from negation.py;
 * region mentions of the 29 Chest ImaGenome regions (resources/regions.json), sides resolved
   from "right / left / bilateral / both / bi-" and plural nouns;
 * CheXpert-labeler mentions (the labeler's own phrase lists, substring matching as it does)
@@ -14,6 +15,10 @@ A finding whose own words name a region ("cardiomegaly", "heart size") takes tha
 otherwise it takes the region mentions of its clause that are nearer to it than to any
 other finding of the clause (else the nearest free one of its clause; else, if it is not
 negated, the nearest free one of its sentence); `None` when there is none.
+
+The per-sentence work (`analyse_sentence`) depends on the sentence text only and is
+LRU-cached: real reports repeat sentences a lot (IU X-ray: 4.8k distinct of 13.6k).
+Rules, vocabulary and measured quality: docs/reports.md.
 """
 from __future__ import annotations
 
