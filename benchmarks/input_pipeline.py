@@ -76,7 +76,8 @@ def synthetic_example(rng: np.random.Generator, side: int) -> dict:
           "region_sentence_index": rsi}
 
 
-def write_tfrecords(directory: str, n: int, side: int, num_files: int = 4) -> pipeline.ExampleSource:
+def write_tfrecords(directory: str, n: int, side: int, num_files: int = 4
+                    ) -> pipeline.ExampleSource:
   feats = features()
   rng = np.random.default_rng(0)
   files, size = [], 0

@@ -33,7 +33,7 @@ class DataSource:
       from asg_jax.data import synthetic  # pylint: disable=import-outside-toplevel
       manual_dir = dc.manual_dir or os.path.join(self.data_dir, "demo_manual")
       synthetic.prepare_demo(self.data_dir, manual_dir, num_studies=dc.demo_num_studies,
-                             seed=dc.demo_seed)
+                             seed=dc.demo_seed, config=dc.builder_config or "demo")
     if manual_dir:   # build the tfds dataset from the manual download unless already built
       pipeline.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir)
     self.tokenizer = self._tokenizer(tokenization)

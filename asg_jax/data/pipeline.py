@@ -26,10 +26,11 @@ How it reads (all deterministic, also with parallel map):
   `(seed, epoch, index)` for training). Regions are kept when their name is in `regions`
   and their box stays visible; they are packed (stored order) and padded to `max_regions`.
 * **Host.** Images leave tf.data as cropped uint8 and are normalised on the host
-  (`geometry.normalize_numpy`). Batches are tokenised on the host with the Rust tokenizer (one `encode_batch`
-  per batch) and `region_word_index` is computed in NumPy from the sentence character
-  offsets: the slots of every word of a region's sentences (truncated words dropped); a
-  region left with no word is invalid. A background thread keeps 2 batches ready on top of
+  (`geometry.normalize_numpy`). Captions are tokenised on the host with the Rust tokenizer
+  (one `encode_batch` per batch) and `region_word_index` is computed in NumPy from the
+  sentence character offsets: the slots of every word of a region's sentences (truncated
+  words dropped); a region left with no word is invalid. A small thread pool does this
+  host work ahead of the consumer (in order; 2 batches beyond the workers), on top of
   tf.data's AUTOTUNE prefetch.
 * **Eval** (`train=False`): one pass in split order, no shuffle, centre crop; the last
   partial batch is padded to full size (copies of its first row with `valid = False`,
@@ -37,9 +38,12 @@ How it reads (all deterministic, also with parallel map):
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import logging
 import math
+import os
 import queue
 import threading
 from typing import Any, Callable, Iterator, Sequence
@@ -142,7 +146,8 @@ def _text_decoder(features):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   if "image" not in features.keys():
     return features.deserialize_example
-  return lambda rec: features.deserialize_example(rec, decoders={"image": tfds.decode.SkipDecoding()})
+  skip = {"image": tfds.decode.SkipDecoding()}
+  return lambda rec: features.deserialize_example(rec, decoders=skip)
 
 
 def open_split(name: str, builder_config: str | None, data_dir: str | None, split: str
@@ -150,7 +155,8 @@ def open_split(name: str, builder_config: str | None, data_dir: str | None, spli
   """The only function that touches tfds: a prepared split as an `ExampleSource`."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
-    import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    # registers the project's builders
+    import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel
   except ImportError:
     pass
   try:
@@ -163,8 +169,11 @@ def open_split(name: str, builder_config: str | None, data_dir: str | None, spli
         f"tfds dataset {name}/{builder_config} is not prepared in {builder.data_dir}: build it "
         f"first (`tfds build` with --manual_dir, or set config.data.manual_dir)")
   splits = builder.info.splits
-  if split not in splits:
-    raise ValueError(f"{name}/{builder_config} has no split {split!r}; it has {sorted(splits)}")
+  try:
+    instructions = splits[split].file_instructions   # also "train[:10%]"-style slices
+  except (KeyError, ValueError, AssertionError) as e:
+    raise ValueError(f"{name}/{builder_config} has no split {split!r}; it has "
+                     f"{sorted(splits)}") from e
   fmt = str(getattr(builder.info, "file_format", "tfrecord")).lower()
   if "tfrecord" not in fmt:
     raise ValueError(f"{name}: file format {fmt} is not supported (tfrecord expected)")
@@ -173,7 +182,6 @@ def open_split(name: str, builder_config: str | None, data_dir: str | None, spli
   if missing:
     raise ValueError(f"tfds dataset {name} ({builder.data_dir}) lacks the stored feature(s) "
                      f"{missing}; interfaces.md §1 expects {list(STORED_KEYS)}")
-  instructions = splits[split].file_instructions
   source = ExampleSource.from_tfrecords(
       [(fi.filename, fi.take) for fi in instructions], features, name=f"{name}/{split}")
   skips = [fi.skip for fi in instructions]
@@ -186,7 +194,8 @@ def prepare(name: str, builder_config: str | None, data_dir: str | None,
   """Build the tfds dataset from `manual_dir` unless it is already prepared."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
-    import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    # registers the project's builders
+    import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel
   except ImportError:
     pass
   builder = tfds.builder(name, config=builder_config or None, data_dir=data_dir or None)
@@ -257,28 +266,43 @@ def _records(source: ExampleSource, *, train: bool, seed: int, shuffle_buffer: i
   return ds.map(lambda i, r: (epoch, i, r))
 
 
-def _example_fn(*, decode, image_size: int, resize: int, max_regions: int,
+def _example_fn(*, decode, name: str, image_size: int, resize: int, max_regions: int,
                 keep_ids: Sequence[int], train: bool, seed: int, min_box_visibility: float):
   keep_ids_t = tf.constant(list(keep_ids), tf.int32)
 
   def fn(epoch, index, record):
     ex = decode(record)
+    missing = [k for k in STORED_KEYS if k not in ex]
+    if missing:
+      raise ValueError(f"{name}: the stored examples lack the feature(s) {missing}; "
+                       f"interfaces.md §1 expects {list(STORED_KEYS)}")
     image = ex["image"]
     if image.dtype == tf.string:
       image = tf.io.decode_image(image, channels=1, expand_animations=False)
     ex_seed = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), index)
     boxes = tf.reshape(tf.cast(ex["region_boxes"], tf.float32), [-1, 4])
+    ids = tf.reshape(tf.cast(ex["region_ids"], tf.int32), [-1])
+    rsi = tf.cast(ex["region_sentence_index"], tf.int32)
+    rows = tf.shape(ids)[0]
+    checks = [
+        tf.debugging.assert_equal(tf.shape(boxes)[0], rows, message=(
+            f"{name}: region_boxes and region_ids of a stored example have different "
+            "numbers of rows")),
+        tf.debugging.assert_equal(tf.shape(rsi)[0], rows, message=(
+            f"{name}: region_sentence_index and region_ids of a stored example have "
+            "different numbers of rows")),
+    ]
+    with tf.control_dependencies(checks):   # fail here, before any shape clash below
+      boxes, ids = tf.identity(boxes), tf.identity(ids)
+      rsi = tf.reshape(rsi, [rows, -1])
     image, boxes, visible = geometry.crop(
         image, boxes, resize=resize, image_size=image_size, train=train, seed=ex_seed,
         min_box_visibility=min_box_visibility)
-    ids = tf.reshape(tf.cast(ex["region_ids"], tf.int32), [-1])
     wanted = tf.reduce_any(ids[:, None] == keep_ids_t[None, :], axis=1)
     kept = tf.where(tf.logical_and(wanted, visible))[:, 0][:max_regions]
     n = tf.shape(kept)[0]
     pad = max_regions - n
-    rsi = tf.cast(ex["region_sentence_index"], tf.int32)
-    rsi = tf.reshape(rsi, [tf.shape(ids)[0], -1])
     sentences = tf.reshape(ex["sentences"], [-1])
     lengths = tf.strings.length(sentences, unit="UTF8_CHAR")
     return {
@@ -325,7 +349,7 @@ def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_reg
   if n_local == 0:
     raise ValueError(f"{source.name}: this process has no examples to read")
   geometry.normalization_constants(normalization)
-  fn = _example_fn(decode=source.decode, image_size=image_size, resize=resize,
+  fn = _example_fn(decode=source.decode, name=source.name, image_size=image_size, resize=resize,
                    max_regions=max_regions, keep_ids=keep_ids,
                    train=train, seed=seed, min_box_visibility=min_box_visibility)
   skip = int(start_step) * local_batch_size
@@ -438,9 +462,19 @@ class _Raised:
     self.exc = exc
 
 
-def _prefetch_thread(make_iterator: Callable[[], Iterator], size: int) -> Iterator:
-  """Run `make_iterator()` in a daemon thread, keeping up to `size` items ready."""
-  q: queue.Queue = queue.Queue(maxsize=size)
+def _host_map(make_iterator: Callable[[], Iterator], fn: Callable, workers: int,
+              depth: int) -> Iterator:
+  """`fn` over `make_iterator()`'s items, in order, computed ahead by `workers` threads.
+
+  A daemon thread pulls items (tf.data batches) and submits `fn(item)` to a thread pool,
+  keeping at most `depth` results in flight or ready; the consumer gets them in order.
+  With `workers == 0` everything runs in the caller's thread.
+  """
+  if workers <= 0:
+    yield from (fn(item) for item in make_iterator())
+    return
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="asg-input")
+  q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
   stop = threading.Event()
   done = object()
 
@@ -453,16 +487,16 @@ def _prefetch_thread(make_iterator: Callable[[], Iterator], size: int) -> Iterat
         continue
     return False
 
-  def worker():
+  def feeder():
     try:
       for item in make_iterator():
-        if not put(item):
+        if not put(pool.submit(fn, item)):
           return
       put(done)
     except BaseException as e:  # pylint: disable=broad-except
       put(_Raised(e))
 
-  thread = threading.Thread(target=worker, daemon=True, name="asg-input-prefetch")
+  thread = threading.Thread(target=feeder, daemon=True, name="asg-input-feeder")
   thread.start()
   try:
     while True:
@@ -471,9 +505,10 @@ def _prefetch_thread(make_iterator: Callable[[], Iterator], size: int) -> Iterat
         return
       if isinstance(item, _Raised):
         raise item.exc
-      yield item
+      yield item.result()
   finally:
     stop.set()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize: int,
@@ -482,8 +517,14 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
                    batch_size: int, train: bool, seed: int, start_step: int = 0,
                    max_examples: int | None = None, process_index: int = 0,
                    process_count: int = 1, min_box_visibility: float = 0.5,
-                   host_prefetch: int = HOST_PREFETCH) -> Iterator[dict[str, np.ndarray]]:
-  """Host batches of this process from a whole-split `source` (see `create_input_iterator`)."""
+                   host_prefetch: int = HOST_PREFETCH, host_workers: int | None = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches of this process from a whole-split `source` (see `create_input_iterator`).
+
+  `host_workers` threads (default `min(4, cores)`) normalise/tokenise batches ahead of the
+  consumer, `host_prefetch` batches deep; `host_prefetch=0` does it all in the caller's
+  thread. The output does not depend on either.
+  """
   if image_size > resize:
     raise ValueError(f"config.data.image_size={image_size} > config.data.resize={resize}")
   geometry.normalization_constants(normalization)
@@ -513,24 +554,29 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
                     local_batch_size=local, train=train, seed=seed, start_step=start_step,
                     min_box_visibility=min_box_visibility)
 
-  def batches():
-    if train:
-      for raw in ds.as_numpy_iterator():
-        yield finalize_batch(raw, tokenizer, max_region_words, normalization)
-      return
-    num_batches = math.ceil(math.ceil(total / process_count) / local) - int(start_step)
-    last = None
-    for raw in ds.as_numpy_iterator():
-      last = _pad_batch(finalize_batch(raw, tokenizer, max_region_words, normalization), local)
-      num_batches -= 1
-      yield last
-    while num_batches > 0 and last is not None:   # other processes have one more batch
-      yield _invalidate(last)
-      num_batches -= 1
+  finalize = functools.partial(finalize_batch, tokenizer=tokenizer,
+                               max_region_words=max_region_words, normalization=normalization)
+  workers = host_workers if host_workers is not None else min(4, os.cpu_count() or 1)
+  if host_prefetch <= 0:
+    workers = 0
+  batches = _host_map(ds.as_numpy_iterator, finalize, workers, host_prefetch + workers)
+  if train:
+    return batches
+  num_batches = math.ceil(math.ceil(total / process_count) / local) - int(start_step)
+  return _eval_padding(batches, local, num_batches)
 
-  if host_prefetch > 0:
-    return _prefetch_thread(batches, host_prefetch)
-  return batches()
+
+def _eval_padding(batches: Iterator[dict], size: int, num_batches: int) -> Iterator[dict]:
+  """Pad each batch to `size` rows (`valid`), then add all-padding batches up to
+  `num_batches` (so every process yields the same number)."""
+  last = None
+  for batch in batches:
+    last = _pad_batch(batch, size)
+    num_batches -= 1
+    yield last
+  while num_batches > 0 and last is not None:   # other processes have one more batch
+    yield _invalidate(last)
+    num_batches -= 1
 
 
 def _invalidate(batch: dict) -> dict:

@@ -6,6 +6,7 @@ transformers v5 has no Flax models, so the encoder is written here:
     per layer:  a = LN(x + Dense(Attn(x, mask)))                  # post-norm
                 x = LN(a + Dense(GELU(Dense(a))))                 # exact (erf) GELU
 
+The attention key bias gets an exactly-zero gradient (`KeyDense`; softmax cancels it).
 Only the first `use_layers` layers exist and run (ASG uses 6 of Bio_ClinicalBERT's 12).
 Parameter names follow the Hugging Face checkpoint layout (`embeddings/word_embeddings`,
 `encoder/layer_0/attention/self/query`, `encoder/layer_0/attention/output/LayerNorm`, ...),
@@ -19,10 +20,31 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 _LN_EPS = 1e-12
 _INIT = nn.initializers.normal(stddev=0.02)  # HF BERT initializer_range
 _TYPE_VOCAB = 2
+
+
+class KeyDense(nn.Module):
+  """`nn.Dense` (same `kernel` / `bias` parameters) whose bias gets an exactly-zero gradient.
+
+  Used for the attention KEY projection: adding a bias b to every key adds q·b to all
+  scores of a query, which the softmax cancels, so dL/db is mathematically 0. Autodiff
+  returns float noise instead, which Adam would blow up into lr-sized random steps (making
+  runs depend on the device count); stopping it changes no output.
+  """
+  features: int
+  dtype: Any = jnp.float32
+  kernel_init: Any = _INIT
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x, kernel, bias = promote_dtype(x, kernel, jax.lax.stop_gradient(bias), dtype=self.dtype)
+    return x @ kernel + bias
 
 
 class SelfAttention(nn.Module):
@@ -45,7 +67,8 @@ class SelfAttention(nn.Module):
     hd = d // self.num_heads
 
     def heads(name):
-      y = nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=_INIT, name=name)(x)
+      cls = KeyDense if name == "key" else nn.Dense
+      y = cls(self.hidden_size, dtype=self.dtype, kernel_init=_INIT, name=name)(x)
       return y.reshape(b, n, self.num_heads, hd)
 
     q, k, v = heads("query"), heads("key"), heads("value")

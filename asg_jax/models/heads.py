@@ -8,7 +8,8 @@ The same module serves the global head (`x [B, D]`) and the local head (applied 
 BatchNorm follows PyTorch defaults (momentum 0.1 => flax momentum 0.9, eps 1e-5, two-pass
 variance); the running variance is the biased batch variance (PyTorch stores the unbiased one,
 a factor n/(n-1) that is negligible at training batch sizes). Linear layers are initialised as
-PyTorch's `nn.Linear` (uniform +-1/sqrt(fan_in) for weight and bias).
+PyTorch's `nn.Linear` (uniform +-1/sqrt(fan_in) for weight and bias). In train mode their
+biases get an exactly-zero gradient (`Linear`): the BatchNorm after each cancels them.
 
 Under `jax.jit` with batch-sharded inputs the batch statistics are those of the GLOBAL batch:
 the means are ordinary reductions over the batch axis, which XLA partitions across devices.
@@ -20,13 +21,30 @@ import jax
 import jax.numpy as jnp
 
 
-def _torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
-  """`nn.Dense` initialised like PyTorch `nn.Linear(fan_in, features)`."""
-  bound = fan_in ** -0.5
-  bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
-  return nn.Dense(features, kernel_init=nn.initializers.variance_scaling(
-      1.0 / 3.0, "fan_in", "uniform"), bias_init=bias_init, name=name)
+class Linear(nn.Module):
+  """PyTorch `nn.Linear` (init uniform +-1/sqrt(fan_in) for weight and bias) as Flax
+  `kernel [in, out]` / `bias [out]`.
+
+  With `frozen_bias=True` the bias gets an exactly-zero gradient. The heads use it in train
+  mode, where each Linear feeds a BatchNorm that subtracts the batch mean: the bias cancels
+  and dL/db is mathematically 0, but autodiff returns float noise that Adam would turn into
+  lr-sized random steps (runs would then depend on the device count). No output changes.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, frozen_bias: bool = False) -> jax.Array:
+    fan_in = x.shape[-1]
+    bound = fan_in ** -0.5
+    kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
+                                                                   "uniform"),
+                        (fan_in, self.features))
+    bias = self.param("bias", lambda key, shape: jax.random.uniform(key, shape, jnp.float32,
+                                                                    -bound, bound),
+                      (self.features,))
+    if frozen_bias:
+      bias = jax.lax.stop_gradient(bias)
+    return x @ kernel + bias
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -69,8 +87,8 @@ class ProjectionHead(nn.Module):
     bn = lambda name, affine: nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
         use_bias=affine, use_scale=affine, name=name)
-    h = _torch_linear(self.hidden, x.shape[-1], "dense_0")(x)
+    h = Linear(self.hidden, name="dense_0")(x, frozen_bias=train)
     h = nn.relu(bn("bn_0", True)(h, mask=bn_mask))
-    h = _torch_linear(self.out, self.hidden, "dense_1")(h)
+    h = Linear(self.out, name="dense_1")(h, frozen_bias=train)
     h = bn("bn_1", False)(h, mask=bn_mask)
     return l2_normalize(h)

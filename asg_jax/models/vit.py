@@ -9,7 +9,8 @@ Semantics of Hugging Face `ViTModel` (= timm DeiT-base without distillation toke
 
 Parameter names follow the Hugging Face checkpoint layout, so `checkpoint_convert.load_vit`
 maps a `ViTModel` / `ViTForImageClassification` checkpoint (keys possibly prefixed `vit.`)
-by name: `embeddings/{cls_token,position_embeddings,patch_embeddings/projection}`,
+by name (the key bias gets an exactly-zero gradient, see `bert.KeyDense`):
+`embeddings/{cls_token,position_embeddings,patch_embeddings/projection}`,
 `encoder/layer_{i}/{layernorm_before,attention/attention/{query,key,value},
 attention/output/dense,layernorm_after,intermediate/dense,output/dense}`, `layernorm`.
 """
@@ -20,6 +21,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from asg_jax.models.bert import KeyDense
 
 _LN_EPS = 1e-6
 _INIT = nn.initializers.truncated_normal(stddev=0.02)  # HF ViT initializer_range
@@ -40,10 +43,10 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`x [B, N, D]` -> (context `[B, N, D]`, probabilities `[B, heads, N, N]` float32)."""
-    dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=_INIT,
-                                  name=name)
+    dense = lambda name, cls=nn.Dense: cls(self.hidden_size, dtype=self.dtype,
+                                           kernel_init=_INIT, name=name)
     q = _split_heads(dense("query")(x), self.num_heads)
-    k = _split_heads(dense("key")(x), self.num_heads)
+    k = _split_heads(dense("key", KeyDense)(x), self.num_heads)  # bias: exact zero gradient
     v = _split_heads(dense("value")(x), self.num_heads)
     scale = (self.hidden_size // self.num_heads) ** -0.5
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale

@@ -192,7 +192,7 @@ def test_determinism_and_resume_across_epochs(examples, tokenizer):
 
 
 def test_resume_does_not_decode_skipped_examples(tokenizer):
-  exs = make_examples(120, seed=5)
+  exs = make_examples(400, seed=5)   # one epoch >> anything tf.data prefetches
   decoded = []
 
   def record(marker):
@@ -205,13 +205,15 @@ def test_resume_does_not_decode_skipped_examples(tokenizer):
       return dict(ex, image=tf.identity(ex["image"]))
 
   kw = kwargs(tokenizer, batch_size=4, host_prefetch=0)
-  full = take(pipeline.iterate_source(source_of(exs), train=True, **kw), 10)
+  full = take(pipeline.iterate_source(source_of(exs, num_shards=1), train=True, **kw), 10)
   skipped = set(np.concatenate([b["index"] for b in full[:8]]).tolist())
-  it = pipeline.iterate_source(source_of(exs, decode=decode), train=True, start_step=8, **kw)
+  it = pipeline.iterate_source(source_of(exs, num_shards=1, decode=decode), train=True,
+                               start_step=8, **kw)
   got = take(it, 2)
   assert_batches_equal(got, full[8:])
   assert decoded, "the decode function was not called"
   assert not skipped & set(decoded), sorted(skipped & set(decoded))
+  print(f"decoded after resume: {len(decoded)}")
 
 
 def test_eval_padding_and_valid(examples, tokenizer):
@@ -365,3 +367,37 @@ def test_data_source_over_a_prepared_tfds_dataset(tmp_path):
   c.model.text.vocab_size = 50
   with pytest.raises(ValueError, match="vocab_size"):
     data_input.DataSource(c, str(tmp_path / "work"))
+
+
+def test_region_word_index_vs_loop_reference():
+  rng = np.random.default_rng(11)
+  for _ in range(30):
+    b, n, r, k = 3, int(rng.integers(1, 15)), 4, int(rng.integers(1, 12))
+    s = int(rng.integers(1, 5))
+    kept = rng.integers(0, n + 1, b)
+    ws = np.array([[10 * w if w < kept[i] else -1 for w in range(n)] for i in range(b)])
+    ss = np.stack([np.sort(rng.choice(10 * n, s, replace=False)) for _ in range(b)])
+    ss[:, 0] = 0
+    ss[0, -1] = -1 if s > 1 else 0                  # padded sentence
+    rs = rng.integers(-1, s + 1, (b, r, 3))          # includes out-of-range ids
+    got = pipeline.region_word_index(ws, ss, rs, k)
+    for i in range(b):
+      starts = [x for x in ss[i] if x >= 0]
+      for j in range(r):
+        sents = {x for x in rs[i, j] if 0 <= x < len(starts)}
+        words = [w for w in range(n) if ws[i, w] >= 0 and
+                 max(t for t, x in enumerate(starts) if x <= ws[i, w]) in sents][:k]
+        np.testing.assert_array_equal(got[i, j], words + [-1] * (k - len(words)))
+
+
+def test_stored_example_errors_name_the_field(examples, tokenizer):
+  broken = [dict(e, region_ids=e["region_ids"][:0]) for e in examples[:8] if len(e["region_ids"])]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="region_boxes and region_ids"):
+    next(pipeline.iterate_source(source_of(broken, num_shards=1), train=False,
+                                 **kwargs(tokenizer, host_prefetch=0)))
+  ds = tf.data.Dataset.from_generator(
+      lambda: ({k: v for k, v in e.items() if k != "tags"} for e in examples),
+      output_signature={k: v for k, v in SIGNATURE.items() if k != "tags"})
+  src = pipeline.ExampleSource.from_dataset(ds, len(examples), name="no-tags")
+  with pytest.raises(ValueError, match=r"no-tags.*\['tags'\]"):
+    pipeline.iterate_source(src, train=True, **kwargs(tokenizer))

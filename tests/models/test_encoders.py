@@ -150,3 +150,20 @@ def test_bf16_compute_dtype_runs():
   assert out["cls"].dtype == jnp.bfloat16
   assert jax.tree.leaves(v)[0].dtype == jnp.float32
   assert out["attention"].dtype == jnp.float32
+
+
+def test_attention_key_bias_has_exactly_zero_gradient_and_no_effect():
+  ids = jnp.asarray([[2, 7, 9, 3, 0]], jnp.int32)
+  mask = (ids > 0).astype(jnp.int32)
+  model = BertEncoder(**TINY_BERT)
+  v = _random_variables(model, ids, mask)
+  loss = jax.jit(lambda p: jnp.sum(model.apply({"params": p}, ids, mask,
+                                                train=False)["hidden"] ** 2))
+  g = jax.grad(loss)(v["params"])
+  key = g["encoder"]["layer_0"]["attention"]["self"]["key"]
+  assert np.all(np.asarray(key["bias"]) == 0) and np.any(np.asarray(key["kernel"]) != 0)
+  assert np.any(np.asarray(g["encoder"]["layer_0"]["attention"]["self"]["query"]["bias"]) != 0)
+  p2 = jax.tree.map(lambda a: a, v["params"])
+  layer = p2["encoder"]["layer_0"]["attention"]["self"]
+  layer["key"] = dict(layer["key"], bias=layer["key"]["bias"] + 1.0)
+  np.testing.assert_allclose(loss(p2), loss(v["params"]), rtol=1e-5)

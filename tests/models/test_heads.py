@@ -129,3 +129,25 @@ def test_sharded_batch_gives_global_statistics(variables):
   ref, (m0, _, _, _) = _np_head(variables["params"], None, x.astype(np.float64), valid, True)
   np.testing.assert_allclose(np.asarray(out)[valid], ref[valid], atol=1e-4)
   np.testing.assert_allclose(upd["batch_stats"]["bn_0"]["mean"], 0.1 * m0, atol=1e-5)
+
+
+def test_biases_before_batchnorm_get_exactly_zero_gradient_in_train_mode(variables):
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(5, 12)), jnp.float32)
+  t = jnp.asarray(np.random.default_rng(6).normal(size=(5, 8)), jnp.float32)
+
+  def loss(p, train):
+    out = HEAD.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=train,
+                     mutable=["batch_stats"])[0]
+    return jnp.sum((out - t) ** 2)
+
+  g = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], True)
+  assert np.all(np.asarray(g["dense_0"]["bias"]) == 0)
+  assert np.all(np.asarray(g["dense_1"]["bias"]) == 0)
+  assert np.any(np.asarray(g["dense_0"]["kernel"]) != 0)
+  # the true gradient is zero: a finite difference on the bias does not move the loss
+  p2 = jax.tree.map(lambda a: a, variables["params"])
+  p2["dense_0"] = dict(p2["dense_0"], bias=p2["dense_0"]["bias"] + 0.5)
+  np.testing.assert_allclose(loss(p2, True), loss(variables["params"], True), rtol=1e-5)
+  # eval mode (running statistics) keeps the ordinary bias gradient
+  g_eval = jax.grad(loss)(variables["params"], False)
+  assert np.any(np.asarray(g_eval["dense_0"]["bias"]) != 0)

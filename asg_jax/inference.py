@@ -1,0 +1,239 @@
+"""A small inference API over a trained workdir (in the spirit of GLoRIA / BioViL).
+
+    from asg_jax.inference import Pretrained
+    model = Pretrained.from_workdir("workdir/demo")            # best checkpoint
+    v = model.embed_images(images)                             # [N, E], L2-normalised
+    t = model.embed_texts(["small left pleural effusion"])     # [K, E]
+    model.similarity(images, texts)                            # [N, K] cosine similarities
+    model.zero_shot(images, {"effusion": ["pleural effusion"], "normal": ["no acute process"]})
+    model.tag_probabilities(images)                            # [N, 40] (IRL decoder)
+    model.heatmap(image, "left lower lobe opacity")            # [gh, gw] word–patch map
+
+`images` are uint8 arrays `[H, W]`, `[H, W, 1]` or `[H, W, 3]` of any size (a list, or one
+stacked array): they go through the evaluation geometry of training (longest side to
+`config.data.resize`, zero pad, centre crop `config.data.image_size`, the configured
+normalisation). Texts are cleaned like training captions (lower case, `\\w+` tokens).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from asg_jax.models import vlp
+
+CONSTANTS_FILE = "constants.npz"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, np.ndarray]:
+  """The model inputs (interfaces.md §2) of `batch_size` blank examples, for shapes."""
+  s, length = config.data.image_size, config.data.max_length
+  word_ids = -np.ones((batch_size, length), np.int32)
+  word_ids[:, 1] = 0
+  mask = np.zeros((batch_size, length), np.int32)
+  mask[:, :2] = 1
+  return {"image": np.zeros((batch_size, s, s, 3), np.float32),
+          "input_ids": np.zeros((batch_size, length), np.int32),
+          "attention_mask": mask, "word_ids": word_ids}
+
+
+def caption_of(text: str) -> str:
+  """A free text cleaned like the training captions (data.md): lower case, `\\w+` ASCII
+  tokens joined by spaces. `"Small L. effusion!"` -> `"small l effusion"`."""
+  words = re.findall(r"\w+", text.lower())
+  return " ".join(w for w in (w.encode("ascii", "ignore").decode() for w in words) if w)
+
+
+class Pretrained:
+  """A trained dual encoder with its tokenizer and constants, ready for inference."""
+
+  def __init__(self, config: ml_collections.ConfigDict, variables: dict, tokenizer,
+               constants: Mapping[str, np.ndarray] | None = None):
+    self.config = config
+    self.variables = variables
+    self.tokenizer = tokenizer
+    self.constants = dict(constants or {})
+    self.model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+    self._encode_image = jax.jit(lambda v, x: self.model.apply(
+        v, x, train=False, method="encode_image"))
+    self._encode_text = jax.jit(lambda v, i, m, w: self.model.apply(
+        v, i, m, w, train=False, method="encode_text"))
+    self._tag_logits = None
+    if config.model.tag_decoder.enabled and "tag_queries" in self.constants:
+      queries = jnp.asarray(self.constants["tag_queries"])
+      self._tag_logits = jax.jit(lambda v, p: self.model.apply(
+          v, p, queries, train=False,
+          method=lambda m, p_, q_: m.tag_decoder(p_, q_, train=False)))
+
+  # ------------------------------------------------------------------------ loading
+  @classmethod
+  def from_workdir(cls, workdir: str, *, checkpoint: str = "best", tokenizer=None
+                   ) -> "Pretrained":
+    """Loads `<workdir>/config.json`, the `best` (or `latest`) checkpoint, the tokenizer
+    (`<workdir>/tokenizer.json` unless one is given) and the constants of training.
+
+    Raises:
+      FileNotFoundError: naming the missing file or checkpoint folder.
+    """
+    from asg_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"{config_path} not found: is {workdir!r} a training workdir?")
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    if tokenizer is None:
+      from asg_jax.data import tokenization  # pylint: disable=import-outside-toplevel
+      path = os.path.join(workdir, TOKENIZER_FILE)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (written by training); pass tokenizer=")
+      tokenizer = tokenization.load_tokenizer(path, config.data.max_length,
+                                              config.data.lower_case)
+    constants = {}
+    constants_path = os.path.join(workdir, CONSTANTS_FILE)
+    if os.path.exists(constants_path):
+      with np.load(constants_path) as z:
+        constants = {k: z[k] for k in z.files}
+
+    model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+    tx, _ = train.make_optimizer(config.train, max(config.train.num_steps, 1))
+    batch = {k: jnp.asarray(v) for k, v in dummy_batch(config).items()}
+    queries = constants.get("tag_queries")
+
+    def init(rng):
+      variables = model.init({"params": rng, "dropout": rng}, batch, train=False,
+                             tag_queries=queries)
+      params = variables["params"]
+      return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              batch_stats=variables.get("batch_stats", {}),
+                              opt_state=tx.init(params))
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    manager = checkpoints.Manager(workdir, keep=1_000_000)
+    if checkpoint == "best":
+      state = manager.restore_best(abstract)
+    elif checkpoint == "latest":
+      state, step = manager.restore_latest(abstract)
+      if not step:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    else:
+      raise ValueError(f"checkpoint={checkpoint!r}; expected 'best' or 'latest'")
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return cls(config, variables, tokenizer, constants)
+
+  # ------------------------------------------------------------------------ inputs
+  def preprocess_images(self, images) -> np.ndarray:
+    """uint8 images of any size -> float32 `[N, S, S, 3]` (evaluation geometry)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+    dc = self.config.data
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (
+        images.ndim == 2 or images.shape[-1] not in (1, 3)):
+      images = [images]                     # one image [H, W] / [H, W, C>3 impossible]
+    out = []
+    for i, image in enumerate(images):
+      image = np.asarray(image)
+      if image.dtype != np.uint8:
+        raise ValueError(f"image {i}: expected uint8 pixels, got {image.dtype}")
+      if image.ndim == 2:
+        image = image[..., None]
+      if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"image {i}: expected [H, W], [H, W, 1] or [H, W, 3], got "
+                         f"{image.shape}")
+      if image.shape[-1] == 3:
+        image = np.round(image.astype(np.float32).mean(-1, keepdims=True)).astype(np.uint8)
+      x, _, _ = geometry.transform(tf.constant(image), tf.zeros((0, 4), tf.float32),
+                                   resize=dc.resize, image_size=dc.image_size, train=False,
+                                   normalization=dc.normalization)
+      out.append(x.numpy())
+    return np.stack(out)
+
+  def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Cleaned, tokenised texts: `input_ids`, `attention_mask`, `word_ids` `[K, L]`."""
+    if isinstance(texts, str):
+      texts = [texts]
+    tokens = self.tokenizer.encode_batch([caption_of(t) for t in texts])
+    return {k: np.asarray(tokens[k]) for k in ("input_ids", "attention_mask", "word_ids")}
+
+  # ------------------------------------------------------------------------ embeddings
+  def image_outputs(self, images) -> dict[str, np.ndarray]:
+    """`image_emb [N,E]`, `patch_emb [N,M,E]`, `image_feature`, `patch_tokens`."""
+    x = jnp.asarray(self.preprocess_images(images))
+    return jax.device_get(self._encode_image(self.variables, x))
+
+  def text_outputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """`text_emb [K,E]`, `word_emb [K,N,E]`, `word_mask [K,N]`, `word_importance [K,N]`."""
+    t = self.tokenize(texts)
+    return jax.device_get(self._encode_text(self.variables, t["input_ids"],
+                                            t["attention_mask"], t["word_ids"]))
+
+  def embed_images(self, images) -> np.ndarray:
+    """`[N, E]` L2-normalised global image embeddings."""
+    return self.image_outputs(images)["image_emb"]
+
+  def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    """`[K, E]` L2-normalised global report embeddings."""
+    return self.text_outputs(texts)["text_emb"]
+
+  def similarity(self, images, texts: Sequence[str]) -> np.ndarray:
+    """`[N, K]` cosine similarity of every image with every text."""
+    return self.embed_images(images) @ self.embed_texts(texts).T
+
+  def zero_shot(self, images, class_prompts: Mapping[str, Sequence[str]],
+                temperature: float | None = None) -> tuple[list[str], np.ndarray]:
+    """Prompt-based zero-shot classification (GLoRIA/MGCA style).
+
+    Each class is the re-normalised mean embedding of its prompts; probabilities are a
+    softmax over classes of cosine / τ (τ = `config.loss.temperature` by default).
+    Returns:
+      (class names, `[N, C]` probabilities).
+    """
+    names = list(class_prompts)
+    if not names:
+      raise ValueError("zero_shot needs at least one class")
+    protos = []
+    for name in names:
+      prompts = list(class_prompts[name])
+      if not prompts:
+        raise ValueError(f"class {name!r} has no prompt")
+      emb = self.embed_texts(prompts).mean(0)
+      protos.append(emb / max(np.linalg.norm(emb), 1e-12))
+    logits = self.embed_images(images) @ np.stack(protos).T
+    logits = logits / (temperature or self.config.loss.temperature)
+    logits = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(logits)
+    return names, probs / probs.sum(-1, keepdims=True)
+
+  def tag_probabilities(self, images) -> np.ndarray:
+    """`[N, 40]` sigmoid of the IRL tag decoder (tags in vocab.json `asg_tags_40` order)."""
+    if self._tag_logits is None:
+      raise ValueError("this model has no tag decoder (config.model.tag_decoder.enabled) or "
+                       f"no {CONSTANTS_FILE} with its tag queries")
+    patches = self.image_outputs(images)["patch_tokens"]
+    logits = np.asarray(self._tag_logits(self.variables, jnp.asarray(patches)))
+    return 1.0 / (1.0 + np.exp(-logits))
+
+  def heatmap(self, image, text: str) -> np.ndarray:
+    """`[gh, gw]` cosine similarity of each patch with the text's words (mean over the valid
+    words), on the patch grid of the centre crop — GLoRIA-style localisation."""
+    from asg_jax.objectives import _patch_grid  # pylint: disable=import-outside-toplevel
+    patches = self.image_outputs([np.asarray(image)])["patch_emb"][0]        # [M, E]
+    t = self.text_outputs([text])
+    words, mask = t["word_emb"][0], t["word_mask"][0]                        # [N, E], [N]
+    sim = patches @ words[mask].T                                            # [M, n]
+    gh, gw = _patch_grid(self.config)
+    return sim.mean(-1).reshape(gh, gw)
+
+
+def save_inference_files(workdir: str, tokenizer, constants: Mapping[str, np.ndarray]) -> None:
+  """Writes what `Pretrained.from_workdir` needs besides config and checkpoints."""
+  backend = getattr(tokenizer, "backend", None)
+  if backend is not None:
+    backend.save(os.path.join(workdir, TOKENIZER_FILE))
+  host = {k: np.asarray(jax.device_get(v)) for k, v in constants.items()}
+  np.savez(os.path.join(workdir, CONSTANTS_FILE), **host)
