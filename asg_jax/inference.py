@@ -70,7 +70,7 @@ class Pretrained:
       queries = jnp.asarray(self.constants["tag_queries"])
       self._tag_logits = jax.jit(lambda v, p: self.model.apply(
           v, p, queries, train=False,
-          method=lambda m, p_, q_: m.tag_decoder(p_, q_, train=False)))
+          method=lambda m, p_, q_, train: m.tag_decoder(p_, q_, train=train)))
 
   # ------------------------------------------------------------------------ loading
   @classmethod

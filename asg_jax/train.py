@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from asg_jax import checkpoints, objectives, parallel
+from asg_jax import checkpoints, inference, objectives, parallel
 from asg_jax.evaluators import runner as eval_runner
 from asg_jax.models import vlp
 
@@ -190,8 +190,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   init_rng, dropout_rng, query_rng = jax.random.split(rng, 3)
 
   with jax.set_mesh(mesh):
-    constants = parallel.replicate(
-        objectives.make_constants(config, data.tokenizer, query_rng), mesh)
+    host_constants = objectives.make_constants(config, data.tokenizer, query_rng)
+    if jax.process_index() == 0:
+      inference.save_inference_files(workdir, data.tokenizer, host_constants)
+    constants = parallel.replicate(host_constants, mesh)
     state = checkpoints.init_state(config, model, tx, init_rng, data.example_batch(), constants,
                                    mesh, TrainState)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
