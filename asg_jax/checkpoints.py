@@ -27,28 +27,33 @@ def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array,
   batch = {k: jnp.asarray(v[:2]) for k, v in example_batch.items()}
   variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, batch, train=False,
                                            tag_queries=constants.get("tag_queries")))(rng)
-  params = variables["params"]
-  batch_stats = variables.get("batch_stats", {})
-  params = load_pretrained(config, params)
+  params, batch_stats = load_pretrained(config, variables["params"],
+                                        variables.get("batch_stats", {}))
   state = state_cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params))
   return parallel.replicate(state, mesh)
 
 
-def load_pretrained(config: ml_collections.ConfigDict, params: dict) -> dict:
-  """Replaces the image/text encoder parameters with the checkpoints named in the config."""
+def load_pretrained(config: ml_collections.ConfigDict, params: dict,
+                    batch_stats: dict) -> tuple[dict, dict]:
+  """Replaces the image/text encoder parameters (and a ResNet's BatchNorm statistics) with
+  the checkpoints named in the config. Returns `(params, batch_stats)`."""
   from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
-  params = dict(params)
+  params, batch_stats = dict(params), dict(batch_stats)
   if config.model.text.pretrained:
     params["text_encoder"] = checkpoint_convert.load_bert(
         config.model.text.pretrained, params["text_encoder"])
     logger.info("text encoder initialised from %s", config.model.text.pretrained)
   if config.model.image.pretrained:
-    loader = (checkpoint_convert.load_vit if config.model.image.name == "vit"
-              else checkpoint_convert.load_resnet)
-    params["image_encoder"] = loader(config.model.image.pretrained, params["image_encoder"])
+    if config.model.image.name == "vit":
+      params["image_encoder"] = checkpoint_convert.load_vit(
+          config.model.image.pretrained, params["image_encoder"])
+    else:
+      params["image_encoder"], batch_stats["image_encoder"] = checkpoint_convert.load_resnet(
+          config.model.image.pretrained, params["image_encoder"],
+          batch_stats["image_encoder"])
     logger.info("image encoder initialised from %s", config.model.image.pretrained)
-  return params
+  return params, batch_stats
 
 
 class Manager:

@@ -105,10 +105,12 @@ def make_constants(config: ml_collections.ConfigDict, tokenizer, rng: jax.Array)
   tokens = tokenizer.encode_batch(tag_phrases())
   ids = jnp.asarray(tokens["input_ids"])
   mask = jnp.asarray(tokens["attention_mask"])
-  params = encoder.init(rng, ids[:1], mask[:1], train=False)["params"]
   if config.model.text.pretrained:
     from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
-    params = checkpoint_convert.load_bert(config.model.text.pretrained, params)
+    shapes = jax.eval_shape(lambda r: encoder.init(r, ids[:1], mask[:1], train=False), rng)
+    params = checkpoint_convert.load_bert(config.model.text.pretrained, shapes["params"])
+  else:
+    params = encoder.init(rng, ids[:1], mask[:1], train=False)["params"]
   cls = jax.jit(lambda p: encoder.apply({"params": p}, ids, mask, train=False)["cls"])(params)
   return {"tag_queries": np.asarray(cls, np.float32)}
 

