@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from asg_jax import inference, train
+from asg_jax import inference, objectives, train
 from tests.fakes import FakeData
 from tests.test_train import demo_config
 
@@ -69,8 +69,8 @@ def test_embeddings_similarity_zero_shot_and_heatmap_agree_with_numpy(pretrained
   patch = pretrained.image_outputs([images[0]])["patch_emb"][0]
   out = pretrained.text_outputs([texts[0]])
   words = out["word_emb"][0][out["word_mask"][0]]
-  side = pretrained.config.data.image_size // pretrained.config.model.image.patch_size
-  np.testing.assert_allclose(heat, (patch @ words.T).mean(-1).reshape(side, side), atol=1e-5)
+  grid = objectives._patch_grid(pretrained.config)   # pylint: disable=protected-access
+  np.testing.assert_allclose(heat, (patch @ words.T).mean(-1).reshape(grid), atol=1e-5)
 
   tags = pretrained.tag_probabilities(images)
   assert tags.shape == (2, 40) and np.all((tags > 0) & (tags < 1))

@@ -60,9 +60,9 @@ def run_steps(config, mesh, n):
   return jitted, state, history
 
 
-@pytest.mark.parametrize("objective", ["asg", "reclf"])
-def test_step_compiles_once_and_one_device_equals_eight(objective):
-  config = demo_config(f"runlocal,objective={objective}")
+@pytest.mark.parametrize("objective,image", [("asg", "resnet"), ("reclf", "vit")])
+def test_step_compiles_once_and_one_device_equals_eight(objective, image):
+  config = demo_config(f"runlocal,objective={objective},image={image}")
   jitted8, state8, hist8 = run_steps(config, parallel.make_mesh(8), 3)
   assert jitted8._cache_size() == 1          # pylint: disable=protected-access
   _, state1, hist1 = run_steps(config, parallel.make_mesh(1), 3)
