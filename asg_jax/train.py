@@ -51,7 +51,13 @@ def lr_schedule(train_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.S
                                        alpha=train_cfg.end_lr / train_cfg.lr)
   if warmup == 0:
     return cosine
-  linear = optax.linear_schedule(train_cfg.init_lr, train_cfg.lr, transition_steps=warmup)
+  init_lr, peak = float(train_cfg.init_lr), float(train_cfg.lr)
+
+  def linear(count):
+    # init + (peak - init)·t/warmup, written so step 0 is exactly init_lr in float32
+    # (optax.linear_schedule's (init - end)·(1 - t) + end loses init_lr to cancellation)
+    frac = jnp.clip(jnp.asarray(count, jnp.float32) / warmup, 0.0, 1.0)
+    return init_lr + (peak - init_lr) * frac
   return optax.join_schedules([linear, cosine], boundaries=[warmup])
 
 

@@ -60,7 +60,7 @@ def run_steps(config, mesh, n):
   return jitted, state, history
 
 
-@pytest.mark.parametrize("objective,image", [("asg", "resnet"), ("reclf", "vit")])
+@pytest.mark.parametrize("objective,image", [("asg", "vit"), ("reclf", "vit")])
 def test_step_compiles_once_and_one_device_equals_eight(objective, image):
   config = demo_config(f"runlocal,objective={objective},image={image}")
   jitted8, state8, hist8 = run_steps(config, parallel.make_mesh(8), 3)
@@ -88,13 +88,11 @@ def test_step_compiles_once_and_one_device_equals_eight(objective, image):
 
 
 def test_measurements_and_learning_signal():
-  config = demo_config()
+  config = demo_config("runlocal,image=vit")     # the step compiled above (compilation cache)
   _, _, hist = run_steps(config, parallel.make_mesh(8), 2)
   for key in ("loss", "lr", "grad_norm", "top1", "top5", "i2t_top1", "t2i_top5"):
     assert key in hist[0], key
-  # schedule starts at init_lr (optax's linear schedule loses ~0.1% of 1e-8 to float32
-  # cancellation against the 5e-4 peak)
-  np.testing.assert_allclose(hist[0]["lr"], 1e-8, rtol=1e-2)
+  np.testing.assert_allclose(hist[0]["lr"], 1e-8, rtol=1e-5)    # schedule starts at init_lr
   assert hist[1]["lr"] > hist[0]["lr"]
 
 
