@@ -59,7 +59,9 @@ def table(rows: list[tuple[str, dict]]) -> str:
       value = s["metrics"].get(key)
       cells.append("—" if value is None else f"{value:.3f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  chance = rows[0][1]["chance"]
+  chance = {}
+  for _, summary in rows:
+    chance.update(summary["chance"])
   cells = [("—" if chance.get(k) is None else f"{chance[k]:.3f}") for _, k in COLUMNS]
   lines.append("| *chance* | " + " | ".join(cells) + " |")
   return "\n".join(lines)
