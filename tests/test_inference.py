@@ -11,7 +11,7 @@ from tests.test_train import demo_config
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   config = demo_config(**{"train.num_steps": 2, "train.checkpoint_every": 2,
-                          "eval.every_steps": 2})
+                          "eval.every_steps": 2, "train.num_devices": 1})
   path = tmp_path_factory.mktemp("trained")
   train.train_and_evaluate(config, str(path), data=FakeData(config))
   return path, config
