@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Mapping, Sequence
 
 import jax
@@ -47,8 +46,8 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[
 def caption_of(text: str) -> str:
   """A free text cleaned like the training captions (data.md): lower case, `\\w+` ASCII
   tokens joined by spaces. `"Small L. effusion!"` -> `"small l effusion"`."""
-  words = re.findall(r"\w+", text.lower())
-  return " ".join(w for w in (w.encode("ascii", "ignore").decode() for w in words) if w)
+  from asg_jax.data.reports import cleaning  # pylint: disable=import-outside-toplevel
+  return " ".join(cleaning.ascii_tokens(text))
 
 
 class Pretrained:
@@ -221,12 +220,12 @@ class Pretrained:
   def heatmap(self, image, text: str) -> np.ndarray:
     """`[gh, gw]` cosine similarity of each patch with the text's words (mean over the valid
     words), on the patch grid of the centre crop — GLoRIA-style localisation."""
-    from asg_jax.objectives import _patch_grid  # pylint: disable=import-outside-toplevel
+    from asg_jax.objectives import patch_grid  # pylint: disable=import-outside-toplevel
     patches = self.image_outputs([np.asarray(image)])["patch_emb"][0]        # [M, E]
     t = self.text_outputs([text])
     words, mask = t["word_emb"][0], t["word_mask"][0]                        # [N, E], [N]
     sim = patches @ words[mask].T                                            # [M, n]
-    gh, gw = _patch_grid(self.config)
+    gh, gw = patch_grid(self.config)
     return sim.mean(-1).reshape(gh, gw)
 
 

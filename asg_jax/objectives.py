@@ -40,7 +40,7 @@ def make_objective(config: ml_collections.ConfigDict) -> Callable:
   """The objective named by `config.loss.name` ("ira", "asg", "reclf", "gloria")."""
   lc = config.loss
   name = lc.name
-  grid = _patch_grid(config)
+  grid = patch_grid(config)
 
   if name in ("ira", "asg"):
     use = dict(use_ira=lc.use_ira, use_arsa=lc.use_arsa, use_irl=lc.use_irl,
@@ -71,8 +71,9 @@ def make_objective(config: ml_collections.ConfigDict) -> Callable:
   raise ValueError(f"config.loss.name = {name!r}; expected ira, asg, reclf or gloria")
 
 
-def _patch_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """The static local-feature grid of the image tower for the configured input size."""
+def patch_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """`(gh, gw)`: the static local-feature grid of the image tower for the configured input
+  (ViT: image_size / patch; ResNet: layer3, stride 16)."""
   image = config.model.image
   if image.name == "vit":
     side = config.data.image_size // image.patch_size

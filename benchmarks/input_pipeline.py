@@ -25,30 +25,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from asg_jax.config import ASG_REGIONS_23  # noqa: E402
 from asg_jax.data import pipeline, tokenization  # noqa: E402
+from asg_jax.data.builders.common import features  # noqa: E402  (the builders' stored format)
 
 WORDS = ("the heart size is normal lungs are clear there is no pleural effusion or "
          "pneumothorax mild bibasilar atelectasis left lower lobe opacity may represent "
          "pneumonia cardiomediastinal silhouette within limits stable small right "
          "costophrenic angle blunting degenerative changes of the thoracic spine").split()
-
-
-def features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-      "sentences": tfds.features.Sequence(tfds.features.Text()),
-      "caption": tfds.features.Text(),
-      "tags": tfds.features.Tensor(shape=(40,), dtype=np.int8),
-      "chexpert": tfds.features.Tensor(shape=(14,), dtype=np.float32),
-      "region_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-      "region_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-      "region_sentence_index": tfds.features.Tensor(shape=(None, None), dtype=np.int32,
-                                                    encoding=tfds.features.Encoding.ZLIB),
-  })
 
 
 def synthetic_example(rng: np.random.Generator, side: int) -> dict:
@@ -73,7 +59,9 @@ def synthetic_example(rng: np.random.Generator, side: int) -> dict:
           "tags": rng.integers(-1, 2, 40).astype(np.int8),
           "chexpert": rng.choice([1.0, 0.0, -1.0, np.nan], 14).astype(np.float32),
           "region_boxes": boxes, "region_ids": rng.permutation(29)[:r].astype(np.int32),
-          "region_sentence_index": rsi}
+          "region_sentence_index": rsi, "study_id": "s0", "dicom_id": "d0",
+          "subject_id": "p0", "region_source": "atlas", "view_position": "PA",
+          "original_size": np.asarray([h, w], np.int32)}
 
 
 def write_tfrecords(directory: str, n: int, side: int, num_files: int = 4

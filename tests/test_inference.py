@@ -69,7 +69,7 @@ def test_embeddings_similarity_zero_shot_and_heatmap_agree_with_numpy(pretrained
   patch = pretrained.image_outputs([images[0]])["patch_emb"][0]
   out = pretrained.text_outputs([texts[0]])
   words = out["word_emb"][0][out["word_mask"][0]]
-  grid = objectives._patch_grid(pretrained.config)   # pylint: disable=protected-access
+  grid = objectives.patch_grid(pretrained.config)
   np.testing.assert_allclose(heat, (patch @ words.T).mean(-1).reshape(grid), atol=1e-5)
 
   tags = pretrained.tag_probabilities(images)

@@ -34,7 +34,7 @@ def per_example_outputs(outputs: Mapping[str, jax.Array], batch: Mapping[str, ja
   if "grounding" in config.eval.evaluators and "region_word_index" in batch:
     sentences = losses.sentence_features(outputs["word_emb"], batch["region_word_index"])
     g = grounding.pointing_game(outputs["patch_emb"], sentences, batch["region_boxes"],
-                                batch["region_mask"], objectives._patch_grid(config),  # pylint: disable=protected-access
+                                batch["region_mask"], objectives.patch_grid(config),
                                 config.data.image_size)
     out.update({f"grounding_{k}": v for k, v in g.items()})
   return out

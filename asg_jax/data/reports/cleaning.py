@@ -50,6 +50,13 @@ def ascii_word(token: str) -> str:
   return token.encode("ascii", "ignore").decode("ascii")
 
 
+def ascii_tokens(text: str) -> list[str]:
+  """Lower-cased `\\w+` tokens with their non-ASCII characters dropped (the cleaning's
+  tokenisation, without splitting or filtering pieces): `"Small L. Effusion"` ->
+  `["small", "l", "effusion"]`."""
+  return [w for w in (ascii_word(t) for t in _WORD.findall(text.lower())) if w]
+
+
 def split_pieces(text: str) -> list[str]:
   """Numbered-list then period splitting of MGCA (empty pieces removed)."""
   text = text.replace("\n", " ")
