@@ -58,7 +58,13 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict,
 
 class Manager:
   """`<workdir>/checkpoints` (the latest `keep`, for resume) and `<workdir>/best` (the best
-  by the validation metric, with `best.json` recording step and value)."""
+  by the validation metric, with `best.json` recording step and value).
+
+  A periodic checkpoint holds two items: `state` (the train state pytree) and `loop` (JSON:
+  the host loop's own state at that step — the best validation value so far, the early-
+  stopping counter, why training stopped), so a resumed run continues exactly as an
+  uninterrupted one would.
+  """
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -69,17 +75,32 @@ class Manager:
     self._best = ocp.CheckpointManager(
         self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
   def restore_latest(self, state: Any) -> tuple[Any, int]:
     """(restored state, its step), or (state, 0) when there is no checkpoint yet."""
     step = self._latest.latest_step()
     if step is None:
       return state, 0
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self._latest.restore(step, args=ocp.args.StandardRestore(abstract))
-    return restored, int(step)
+    restored = self._latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored["state"], int(step)
 
-  def save(self, step: int, state: Any, force: bool = False) -> None:
-    self._latest.save(step, args=ocp.args.StandardSave(state), force=force)
+  def restore_loop(self, step: int | None = None) -> dict:
+    """The `loop` item of checkpoint `step` (default: the latest); {} when there is none."""
+    step = self._latest.latest_step() if step is None else step
+    if step is None:
+      return {}
+    restored = self._latest.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    return dict(restored["loop"] or {})
+
+  def save(self, step: int, state: Any, loop: dict | None = None, force: bool = False) -> None:
+    """Checkpoint `state` and the host loop's state `loop` (JSON-serialisable) at `step`."""
+    self._latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(dict(loop or {}))),
+        force=force)
 
   def save_best(self, step: int, state: Any, record: dict) -> None:
     self._best.save(step, args=ocp.args.StandardSave(state), force=True)
@@ -92,6 +113,9 @@ class Manager:
       with open(self._best_json) as f:
         return json.load(f)
     return {}
+
+  def has_best(self) -> bool:
+    return self._best.latest_step() is not None
 
   def restore_best(self, state: Any) -> Any:
     step = self._best.latest_step()

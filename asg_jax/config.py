@@ -6,7 +6,13 @@ adds keys. The returned ConfigDict is locked, so a typo in a recipe or on the co
 """
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value or key that cannot work; the message names the key (one line)."""
 
 # The 23 Chest ImaGenome regions used for ARSA. ASG never published which 23 of the 29 it
 # kept; these are the 29 minus the 6 that rarely carry a finding or a sentence (see docs).
@@ -104,8 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "mimic_cxr"        # tfds builder name
   c.data.builder_config = "default"
-  c.data.data_dir = ""             # tfds data_dir ("" = tfds default)
-  c.data.manual_dir = ""           # where the manual download lives
+  c.data.data_dir = ""             # tfds data_dir ("" = <workdir>/data)
+  c.data.manual_dir = ""           # where the manual download / your pairs.csv lives (read only)
+  c.data.rebuild = "auto"          # "auto": rebuild when the label files changed | "never" | "always"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.tokenizer = "emilyalsentzer/Bio_ClinicalBERT"  # vocab.txt, local dir or cached hub name
@@ -180,7 +187,7 @@ def parse_arg(arg: str | None, **defaults) -> dict:
     key, _, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
+      raise ConfigError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
     kind = type(defaults[key])
     if kind is bool:
       out[key] = value.strip().lower() not in ("0", "false", "no") if value else True
@@ -192,7 +199,7 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 def apply_asg_ablation(c: ml_collections.ConfigDict, name: str) -> None:
   """Switch ASG's loss terms to a row of the published ablation (results.md)."""
   if name not in ASG_ABLATIONS:
-    raise ValueError(f"unknown ASG ablation {name!r}; expected one of {sorted(ASG_ABLATIONS)}")
+    raise ConfigError(f"unknown ASG ablation {name!r}; expected one of {sorted(ASG_ABLATIONS)}")
   for key, value in ASG_ABLATIONS[name].items():
     c.loss[key] = value
   c.model.tag_decoder.enabled = c.loss.use_irl
@@ -201,7 +208,7 @@ def apply_asg_ablation(c: ml_collections.ConfigDict, name: str) -> None:
 def apply_reclf_rung(c: ml_collections.ConfigDict, name: str) -> None:
   """Set the RECLF ablation-ladder rung (reclf.md)."""
   if name not in RECLF_LADDER:
-    raise ValueError(f"unknown RECLF rung {name!r}; expected one of {sorted(RECLF_LADDER)}")
+    raise ConfigError(f"unknown RECLF rung {name!r}; expected one of {sorted(RECLF_LADDER)}")
   rung = RECLF_LADDER[name]
   c.model.local_head.mode = rung["mode"]
   c.model.local_head.use_irm = rung["use_irm"]
@@ -226,24 +233,31 @@ def _check(c: ml_collections.ConfigDict) -> None:
       "loss.label_source": ("tags", "chexpert", "embedding"),
       "data.normalization": ("imagenet", "half"),
       "model.dtype": ("float32", "bfloat16"),
+      "data.rebuild": ("auto", "never", "always"),
   }
   for dotted, allowed in choices.items():
     value = c
     for part in dotted.split("."):
       value = value[part]
     if value not in allowed:
-      raise ValueError(f"config.{dotted} = {value!r}; expected one of {allowed}")
+      raise ConfigError(f"config.{dotted} = {value!r}; expected one of {allowed}")
+  from asg_jax.data.reports import REGIONS  # pylint: disable=import-outside-toplevel
+  regions = (c.data.regions,) if isinstance(c.data.regions, str) else tuple(c.data.regions)
+  unknown = [r for r in regions if r not in REGIONS]
+  if unknown or not regions:
+    raise ConfigError(f"config.data.regions: unknown region name(s) {unknown or '(empty list)'}; "
+                     f"expected names of vocab.json imagenome_regions_29, e.g. {REGIONS[:3]}")
   if c.loss.name in ("reclf", "gloria") and c.model.local_head.mode != c.loss.name:
-    raise ValueError(f"config.loss.name = {c.loss.name!r} needs config.model.local_head.mode = "
+    raise ConfigError(f"config.loss.name = {c.loss.name!r} needs config.model.local_head.mode = "
                      f"{c.loss.name!r} (got {c.model.local_head.mode!r})")
   if c.loss.name == "asg" and c.loss.use_irl and not c.model.tag_decoder.enabled:
-    raise ValueError("config.loss.use_irl = True needs config.model.tag_decoder.enabled = True")
+    raise ConfigError("config.loss.use_irl = True needs config.model.tag_decoder.enabled = True")
   if c.train.batch_size <= 0 or c.eval.batch_size <= 0:
-    raise ValueError("config.train.batch_size and config.eval.batch_size must be > 0")
+    raise ConfigError("config.train.batch_size and config.eval.batch_size must be > 0")
   if not 0.0 <= c.train.warmup_frac < 1.0:
-    raise ValueError(f"config.train.warmup_frac = {c.train.warmup_frac}; expected in [0, 1)")
+    raise ConfigError(f"config.train.warmup_frac = {c.train.warmup_frac}; expected in [0, 1)")
   if c.train.num_steps <= 0 and c.train.num_epochs <= 0:
-    raise ValueError("set config.train.num_steps or config.train.num_epochs (> 0)")
+    raise ConfigError("set config.train.num_steps or config.train.num_epochs (> 0)")
 
 
 def check_overrides_applied(config: ml_collections.ConfigDict) -> None:
@@ -291,3 +305,29 @@ def make_runlocal(c: ml_collections.ConfigDict) -> None:
   c.eval.every_steps = 4
   c.eval.batch_size = 16
   c.eval.max_examples = 32
+
+
+def flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf key of a config, dotted (`train.num_steps`)."""
+  out = []
+  for k, v in c.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.extend(flat_keys(v, f"{prefix}{k}."))
+    else:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def check_override_key(c: ml_collections.ConfigDict, dotted: str) -> None:
+  """ConfigError naming `dotted` and the closest valid keys unless it is a key of `c`."""
+  node = c
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      keys = flat_keys(c)
+      close = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.5)
+      if not close:
+        leaf = dotted.rsplit(".", 1)[-1]
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:3]
+      hint = f"; closest valid keys: {', '.join(close)}" if close else ""
+      raise ConfigError(f"unknown config key {dotted!r}{hint}")
+    node = node[part]

@@ -114,9 +114,12 @@ class Pretrained:
                               opt_state=tx.init(params))
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     manager = checkpoints.Manager(workdir, keep=1_000_000)
-    if checkpoint == "best":
+    if checkpoint == "best" and manager.has_best():
       state = manager.restore_best(abstract)
-    elif checkpoint == "latest":
+    elif checkpoint in ("best", "latest"):
+      if checkpoint == "best":
+        print(f"No best checkpoint in {manager.best_directory} (no validation metric was "
+              f"recorded): loading the latest checkpoint instead.", flush=True)
       state, step = manager.restore_latest(abstract)
       if not step:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")

@@ -7,6 +7,7 @@ NaN/Inf guard; clu writers; `<workdir>/summary.json` at the end.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -152,6 +153,29 @@ def _check_finite(step: int, measurements: Mapping[str, np.ndarray]) -> None:
       f"(the update was skipped; the last checkpoint holds the last good state)")
 
 
+SMALL_EVAL_SPLIT = 100   # below this many validation examples the figures are noisy
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """SHA-256 of the resolved config (what a finished run's summary.json is tied to)."""
+  text = config.to_json_best_effort(sort_keys=True)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """The summary of a COMPLETED run of exactly this config in `workdir`, else None: its
+  summary.json names this config and the step of the latest checkpoint."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.isfile(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  if summary.get("config_fingerprint") != config_fingerprint(config):
+    return None
+  step = checkpoints.Manager(workdir, config.train.keep_checkpoints).latest_step()
+  return summary if step is not None and step == summary.get("steps") else None
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the resolved config as `<workdir>/config.json` (and .txt)."""
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -162,8 +186,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 # ----------------------------------------------------------------------------- main loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=None,
-                       stop_after: int | None = None) -> dict:
+                       stop_after: int | None = None, reevaluate: bool = False) -> dict:
   """Pre-trains and evaluates; resumes from `<workdir>/checkpoints` if present.
+
+  Rerunning a finished job (same config, summary.json at the latest checkpoint) is a no-op
+  that returns the existing summary and leaves it as it was; `reevaluate=True` evaluates the
+  last checkpoint again and rewrites summary.json. The early-stopping state (best value,
+  evaluations without improvement, why training stopped) is part of every checkpoint, so a
+  resumed run stops where an uninterrupted one would.
 
   Args:
     config: a config from configs/ (see asg_jax/config.py for every key).
@@ -172,11 +202,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     data: a data source (see `asg_jax.data.input.DataSource`); built from `config.data`
       when None.
     stop_after: stop (as if killed) once this step is checkpointed — for resume tests.
+    reevaluate: evaluate a finished run again (see above).
   Returns:
     the summary dict also written to `<workdir>/summary.json` (None if stopped early).
   """
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
+  finished = finished_summary(config, workdir)
+  if finished is not None and not reevaluate:
+    print(f"Already finished: {workdir} holds the completed run of this config (step "
+          f"{finished['steps']}, {finished.get('stopped')}); summary.json is kept as it was. "
+          f"Pass --reevaluate to evaluate the last checkpoint again.", flush=True)
+    return finished
   write_config(config, workdir)
   mesh = parallel.make_mesh(config.train.num_devices or None)
   if config.train.batch_size % mesh.size or config.eval.batch_size % mesh.size:
@@ -188,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     from asg_jax.data import input as data_input  # pylint: disable=import-outside-toplevel
     data = data_input.DataSource(config, workdir)
   num_steps = num_train_steps(config, data.num_train_examples)
+  _warn_small_eval_split(getattr(data, "num_eval_examples", None), config)
 
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
   tx, schedule = make_optimizer(config.train, num_steps)
@@ -205,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     manager = checkpoints.Manager(workdir, config.train.keep_checkpoints)
     state, start_step = manager.restore_latest(state)
+    loop_state = manager.restore_loop(start_step) if start_step else {}
     if start_step:
       logger.info("resumed from %s at step %d", manager.directory, start_step)
       print(f"Resuming from step {start_step} ({manager.directory})", flush=True)
@@ -225,13 +264,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
 
     history: list[dict] = []
     pending = None            # (step, device measurements) checked one step late
-    best = manager.best_record()
-    stalls = best.get("stalls", 0)
-    stopped = "completed"
+    best = dict(loop_state.get("best", {}))
+    stalls = int(loop_state.get("stalls", 0))
+    stopped = loop_state.get("stopped")    # set once training has ended (early stopping)
+    loop = lambda: {"best": best, "stalls": stalls, "stopped": stopped}  # noqa: E731
     t0, s0 = time.time(), start_step
     last_eval = None
+    warned_metric = False
     train_iter = data.train_batches(start_step)
-    for step in range(start_step, num_steps):
+    for step in range(start_step, num_steps if stopped is None else start_step):
       batch = parallel.shard_batch(next(train_iter), mesh)
       state, measurements = train_step(state, batch, constants)
       if pending is not None:
@@ -252,47 +293,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
         writer.write_scalars(done, {f"val/{k}": v for k, v in last_eval["metrics"].items()})
         _print_eval(done, last_eval)
         metric = last_eval["metrics"].get(config.eval.best_metric)
-        if metric is not None and metric < best.get("value", math.inf):
-          best = {"step": done, "metric": config.eval.best_metric, "value": float(metric),
-                  "stalls": 0}
+        if metric is None:
+          if not warned_metric:
+            print(f"WARNING: config.eval.best_metric {config.eval.best_metric!r} is not among "
+                  f"the evaluation metrics {sorted(last_eval['metrics'])}: no best "
+                  f"checkpoint, no early stopping", flush=True)
+            warned_metric = True
+        elif metric < best.get("value", math.inf):
+          best = {"step": done, "metric": config.eval.best_metric, "value": float(metric)}
           stalls = 0
           manager.save_best(done, state, best)
         else:
           stalls += 1
-          best["stalls"] = stalls
         if config.train.early_stop_patience and stalls >= config.train.early_stop_patience:
           stopped = f"early stopping: no {config.eval.best_metric} improvement in {stalls} evals"
-          manager.save(done, state, force=True)
+          manager.save(done, state, loop(), force=True)
           break
       if done % config.train.checkpoint_every == 0 or is_last:
         if pending is not None:   # never checkpoint before the guard has seen this step
           history.append(_to_host(*pending))
           pending = None
-        manager.save(done, state)
+        manager.save(done, state, loop())
       if stop_after is not None and done >= stop_after:
         manager.wait()
         writer.flush()
         return None
     if pending is not None:
       history.append(_to_host(*pending))
+    if last_eval is None:   # nothing trained here (resumed at the end, or reevaluate)
+      last_eval = evaluate(state, embed_prompts=prompt_embedder(state))
+      _print_eval(int(jax.device_get(state.step)), last_eval)
     manager.wait()
     writer.flush()
 
   summary = {
       "name": config.name,
-      "metrics": last_eval["metrics"] if last_eval else {},
-      "chance": last_eval["chance"] if last_eval else {},
-      "num_eval_examples": last_eval["num_examples"] if last_eval else 0,
+      "metrics": last_eval["metrics"],
+      "chance": last_eval["chance"],
+      "num_eval_examples": last_eval["num_examples"],
       "steps": int(jax.device_get(state.step)),
-      "stopped": stopped,
-      "best": best,
+      "num_steps": num_steps,
+      "stopped": stopped or "completed",
+      "best": dict(best, stalls=stalls),
       "train_seconds": round(time.time() - t0, 1),
       "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
+      "config_fingerprint": config_fingerprint(config),
   }
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   print(f"Summary written to {os.path.join(workdir, 'summary.json')}", flush=True)
   return summary
+
+
+def _warn_small_eval_split(num_eval: int | None, config: ml_collections.ConfigDict) -> None:
+  if num_eval is None:
+    return
+  if num_eval == 0:
+    raise ValueError(f"the evaluation split {config.data.eval_split!r} is empty: no "
+                     f"validation loss, no best checkpoint (give the data a validation split)")
+  if num_eval < SMALL_EVAL_SPLIT:
+    print(f"WARNING: the evaluation split {config.data.eval_split!r} has only {num_eval} "
+          f"examples: validation loss and retrieval figures over so few are noisy "
+          f"(retrieval top-1 chance = 1/{num_eval}); early stopping on it is unreliable",
+          flush=True)
 
 
 def _to_host(step: int, measurements) -> dict:

@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.data.shuffle_buffer = 1000
 
   if args["image"] not in ("resnet", "vit"):
-    raise ValueError(f"image={args['image']!r}; expected resnet or vit")
+    raise config_lib.ConfigError(f"image={args['image']!r}; expected resnet or vit")
   c.model.image.name = "resnet50" if args["image"] == "resnet" else "vit"
   c.model.image.resnet_stage_sizes = (1, 1, 1, 1)
   c.model.image.resnet_width = 16  # layer3: 256 channels on a 7x7 grid at 112 px
@@ -84,7 +84,7 @@ def get_config(arg=None):
   elif objective in ("reclf", "gloria"):
     config_lib.apply_reclf_rung(c, "gloria" if objective == "gloria" else args["rung"])
   else:
-    raise ValueError(f"objective={objective!r}; expected asg, ira, reclf or gloria")
+    raise config_lib.ConfigError(f"objective={objective!r}; expected asg, ira, reclf or gloria")
 
   if args["runlocal"]:
     c.data.demo_num_studies = 96

@@ -62,6 +62,7 @@ def fake_batch(config, batch_size: int, seed: int, nan_image: bool = False) -> d
       "region_mask": region_mask,
       "region_ids": np.where(region_mask, rng.integers(0, 23, size=(batch_size, r)), -1).astype(np.int32),
       "region_word_index": np.where(region_mask[..., None], rwi, -1).astype(np.int32),
+      "boxes_annotated": np.ones(batch_size, bool),
       "index": np.arange(seed * batch_size, (seed + 1) * batch_size, dtype=np.int64),
   }
 

@@ -141,3 +141,91 @@ def test_fake_batch_follows_interface():
   assert b["image"].shape == (4, 112, 112, 3)
   assert b["region_word_index"].shape == (4, 23, 63)
   assert (b["word_ids"][:, 0] == -1).all()
+
+
+# ------------------------------------------------------------------ honest evaluation
+def _eval_parts(config, mesh):
+  data, state, constants, _ = build(config, mesh)
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+  eval_step = jax.jit(train.make_eval_step(model, objectives.make_objective(config), config))
+  return model, state, constants, eval_step
+
+
+def test_partial_batch_val_loss_is_the_per_example_mean():
+  from asg_jax.evaluators import runner
+  config = demo_config("runlocal,objective=ira,image=vit", **{"eval.evaluators": ()})
+  mesh = parallel.make_mesh(8)
+  model, state, constants, eval_step = _eval_parts(config, mesh)
+  data = FakeData(config, num_eval=27)            # batches of 16: 16 + 11 real rows
+  with jax.set_mesh(mesh):
+    result = runner.evaluate(state, eval_step=eval_step, data=data, constants=constants,
+                             mesh=mesh, config=config)
+  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  per_example = []
+  for batch in data.eval_batches():
+    valid = batch.pop("valid")
+    out = model.apply(variables, {k: v[valid] for k, v in batch.items()}, train=False)
+    v, t = np.asarray(out["image_emb"], np.float64), np.asarray(out["text_emb"], np.float64)
+    logits = v @ t.T / config.loss.temperature
+    lse_rows = np.log(np.exp(logits).sum(1))
+    lse_cols = np.log(np.exp(logits).sum(0))
+    per_example.append(lse_rows + lse_cols - 2 * np.diag(logits))   # CE(i2t) + CE(t2i)
+  expected = np.concatenate(per_example)
+  assert expected.shape == (27,) and result["num_examples"] == 27
+  np.testing.assert_allclose(result["metrics"]["val_loss"], expected.mean(), rtol=1e-4)
+  np.testing.assert_allclose(result["metrics"]["val_ira"], expected.mean(), rtol=1e-4)
+
+
+def test_grounding_is_absent_without_annotated_boxes():
+  from asg_jax.evaluators import runner
+  config = demo_config("runlocal,image=vit", **{"eval.evaluators": ("grounding",)})
+  mesh = parallel.make_mesh(8)
+  _, state, constants, eval_step = _eval_parts(config, mesh)
+
+  class AtlasOnly(FakeData):
+    def eval_batches(self):
+      for batch in super().eval_batches():
+        batch["boxes_annotated"] = np.zeros_like(batch["boxes_annotated"])
+        yield batch
+
+  with jax.set_mesh(mesh):
+    real = runner.evaluate(state, eval_step=eval_step, data=FakeData(config, num_eval=32),
+                           constants=constants, mesh=mesh, config=config)
+    atlas = runner.evaluate(state, eval_step=eval_step, data=AtlasOnly(config, num_eval=32),
+                            constants=constants, mesh=mesh, config=config)
+  assert "grounding_acc" in real["metrics"] and "grounding_acc" in real["chance"]
+  assert "grounding_acc" not in atlas["metrics"] and "grounding_acc" not in atlas["chance"]
+  assert atlas["metrics"]["val_loss"] == pytest.approx(real["metrics"]["val_loss"])
+
+
+def test_resume_with_patience_equals_uninterrupted_and_rerun_is_a_noop(tmp_path, capsys):
+  # zs_num_tags is constant, so after the first evaluation nothing "improves": with
+  # patience 2 and an evaluation every step, training stops at step 3.
+  config = demo_config(**{"train.num_steps": 8, "train.checkpoint_every": 1,
+                          "train.log_every": 1, "eval.every_steps": 1,
+                          "train.early_stop_patience": 2, "eval.best_metric": "zs_num_tags",
+                          "eval.evaluators": ("zeroshot",)})
+  full = train.train_and_evaluate(config, str(tmp_path / "full"), data=FakeData(config))
+  assert full["steps"] == 3 and full["stopped"].startswith("early stopping")
+  assert train.train_and_evaluate(config, str(tmp_path / "killed"), data=FakeData(config),
+                                  stop_after=2) is None
+  resumed = train.train_and_evaluate(config, str(tmp_path / "killed"), data=FakeData(config))
+  for key in ("steps", "stopped", "best", "metrics"):
+    assert resumed[key] == full[key], key
+  _, params_a = _latest_params(tmp_path / "full", config)
+  _, params_b = _latest_params(tmp_path / "killed", config)
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)
+  # rerunning the finished job: a no-op that keeps summary.json byte for byte
+  path = tmp_path / "full" / "summary.json"
+  before = path.read_bytes()
+  capsys.readouterr()
+  again = train.train_and_evaluate(config, str(tmp_path / "full"), data=FakeData(config))
+  assert "Already finished" in capsys.readouterr().out
+  assert again == json.loads(before) and path.read_bytes() == before
+  # ... unless asked to evaluate again; a changed config is not "finished"
+  redo = train.train_and_evaluate(config, str(tmp_path / "full"), data=FakeData(config),
+                                  reevaluate=True)
+  assert redo["steps"] == 3 and redo["metrics"] == full["metrics"]
+  assert train.finished_summary(demo_config(**{"train.num_steps": 9}), str(tmp_path / "full")) \
+      is None

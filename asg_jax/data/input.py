@@ -5,7 +5,8 @@
     data.eval_batches()              # one pass over the eval split, last batch padded (`valid`)
 
 With `config.data.demo_num_studies > 0` the synthetic demo is generated in the real
-MIMIC-CXR layout and built by the real `mimic_cxr` builder on first use.
+MIMIC-CXR layout and built by the real `mimic_cxr` builder on first use; other datasets are
+built from `config.data.manual_dir` (see `DataSource`).
 """
 from __future__ import annotations
 
@@ -16,32 +17,50 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
+from asg_jax import config as config_lib
+
 logger = logging.getLogger(__name__)
 
 
 class DataSource:
-  """Tokenizer, example counts and batch iterators for one config."""
+  """Tokenizer, example counts and batch iterators for one config.
+
+  The tfds data_dir is `config.data.data_dir`, or `<workdir>/data` when empty. With
+  `config.data.demo_num_studies > 0` the demo is generated into `config.data.manual_dir`, or
+  `<data_dir>/demo_manual` when empty — only ever into a folder the generator created
+  (`owned_dir`). The dataset is (re)built from the manual_dir when not built yet or when its
+  label files changed (`build.prepare`, `config.data.rebuild`).
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    from asg_jax.data import pipeline, tokenization  # pylint: disable=import-outside-toplevel
+    from asg_jax.data import build, pipeline, tokenization  # pylint: disable=import-outside-toplevel
     self.config = config
     dc = config.data
-    self.data_dir = dc.data_dir or (os.path.join(workdir, "data") if dc.demo_num_studies else None)
+    build.check_builder(dc.name, dc.builder_config)     # before anything is generated or built
+    self.data_dir = os.path.abspath(dc.data_dir or os.path.join(workdir, "data"))
     self._pipeline = pipeline
     manual_dir = dc.manual_dir or None
     if dc.demo_num_studies > 0:
       from asg_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+      if dc.name != "mimic_cxr":
+        raise config_lib.ConfigError(
+            f"config.data.demo_num_studies = {dc.demo_num_studies} generates the MIMIC-CXR-"
+            f"layout demo, but config.data.name = {dc.name!r}. To train on your own pairs use "
+            f"configs/own_data.py (or set config.data.demo_num_studies=0 and "
+            f"config.data.builder_config=default).")
       manual_dir = dc.manual_dir or os.path.join(self.data_dir, "demo_manual")
-      synthetic.prepare_demo(self.data_dir, manual_dir, num_studies=dc.demo_num_studies,
-                             seed=dc.demo_seed, config=dc.builder_config or "demo")
-    if manual_dir:   # build the tfds dataset from the manual download unless already built
-      pipeline.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir)
+      synthetic.ensure_demo(manual_dir, num_studies=dc.demo_num_studies, seed=dc.demo_seed)
+    self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
+                               rebuild=dc.rebuild)
     self.tokenizer = self._tokenizer(tokenization)
     vocab = self.tokenizer.vocab_size
     if vocab > config.model.text.vocab_size:
       raise ValueError(f"the tokenizer has {vocab} tokens but config.model.text.vocab_size = "
                        f"{config.model.text.vocab_size}")
     self.num_train_examples = pipeline.num_examples(self._kwargs(), dc.train_split)
+    self.num_eval_examples = pipeline.num_examples(self._kwargs(), dc.eval_split)
+    if config.eval.max_examples:
+      self.num_eval_examples = min(self.num_eval_examples, config.eval.max_examples)
 
   def _kwargs(self) -> dict:
     dc = self.config.data
@@ -59,7 +78,8 @@ class DataSource:
     if not dc.demo_vocab_size:
       raise ValueError("config.data.tokenizer is empty: name a vocab.txt / local model dir / "
                        "cached hub name, or set config.data.demo_vocab_size to train one")
-    path = os.path.join(self.data_dir, f"wordpiece_{dc.demo_vocab_size}.txt")
+    # next to the built dataset: a rebuild (changed inputs) also retrains the vocabulary
+    path = os.path.join(self.build["data_dir"], f"wordpiece_{dc.demo_vocab_size}.txt")
     if not os.path.exists(path):
       captions = self._pipeline_captions()
       tokenization.build_wordpiece_vocab(captions, dc.demo_vocab_size, path,

@@ -58,7 +58,10 @@ logger = logging.getLogger(__name__)
 STORED_KEYS = ("image", "sentences", "tags", "chexpert", "region_boxes", "region_ids",
                "region_sentence_index")
 BATCH_KEYS = ("image", "input_ids", "attention_mask", "word_ids", "tags", "chexpert",
-              "region_boxes", "region_mask", "region_ids", "region_word_index", "index")
+              "region_boxes", "region_mask", "region_ids", "region_word_index",
+              "boxes_annotated", "index")
+# region_source values whose boxes are priors, not the image's own anatomy
+PRIOR_REGION_SOURCES = ("atlas", "none")
 HOST_PREFETCH = 2
 
 
@@ -189,25 +192,6 @@ def open_split(name: str, builder_config: str | None, data_dir: str | None, spli
   return dataclasses.replace(source, shards=shards)
 
 
-def prepare(name: str, builder_config: str | None, data_dir: str | None,
-            manual_dir: str | None) -> None:
-  """Build the tfds dataset from `manual_dir` unless it is already prepared."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  try:
-    # registers the project's builders
-    import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel
-  except ImportError:
-    pass
-  builder = tfds.builder(name, config=builder_config or None, data_dir=data_dir or None)
-  if builder.is_prepared():
-    return
-  if not manual_dir:
-    raise FileNotFoundError(f"tfds dataset {name}/{builder_config} is not prepared in "
-                            f"{builder.data_dir} and no manual_dir was given to build it from")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-
-
 def _source(kwargs: dict, split: str) -> ExampleSource:
   return open_split(kwargs["name"], kwargs.get("builder_config"), kwargs.get("data_dir"), split)
 
@@ -304,6 +288,11 @@ def _example_fn(*, decode, name: str, image_size: int, resize: int, max_regions:
     n = tf.shape(kept)[0]
     pad = max_regions - n
     sentences = tf.reshape(ex["sentences"], [-1])
+    if "region_source" in ex:
+      source = tf.reshape(ex["region_source"], [])
+      annotated = tf.logical_not(tf.reduce_any(tf.equal(source, PRIOR_REGION_SOURCES)))
+    else:
+      annotated = tf.constant(True)
     lengths = tf.strings.length(sentences, unit="UTF8_CHAR")
     return {
         "image": image,
@@ -317,6 +306,7 @@ def _example_fn(*, decode, name: str, image_size: int, resize: int, max_regions:
         "region_sentences": tf.pad(tf.gather(rsi, kept), [[0, pad], [0, 0]], constant_values=-1),
         "sentence_starts": tf.cast(tf.cumsum(lengths + 1, exclusive=True), tf.int32),
         "caption": tf.strings.reduce_join(sentences, separator=" "),
+        "boxes_annotated": annotated,
         "index": tf.cast(index, tf.int64),
     }
   return fn
@@ -433,6 +423,7 @@ def finalize_batch(raw: dict, tokenizer, max_region_words: int,
       "region_mask": mask,
       "region_ids": np.where(mask, raw["region_ids"], -1).astype(np.int32),
       "region_word_index": np.where(mask[..., None], rwi, -1).astype(np.int32),
+      "boxes_annotated": np.asarray(raw["boxes_annotated"], bool),
       "index": np.asarray(raw["index"], np.int64),
   }
 

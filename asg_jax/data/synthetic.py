@@ -25,7 +25,8 @@ Uncertain findings ("possible ...") are drawn faintly; negated ones ("no pleural
 effusion") are not drawn. Deterministic for a seed.
 
 `prepare_demo(data_dir, manual_dir, num_studies, seed)` generates (if needed) and builds
-`mimic_cxr/demo`. CLI: `python -m asg_jax.data.synthetic --out DIR --num_studies N --seed S`.
+`mimic_cxr/demo`. The generator writes only into a folder it created (or found empty) and
+marked as its own (`owned_dir`); it refuses any other folder and never deletes one. CLI: `python -m asg_jax.data.synthetic --out DIR --num_studies N --seed S`.
 """
 from __future__ import annotations
 
@@ -36,13 +37,13 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from asg_jax.data import owned_dir
 from asg_jax.data.reports import CHEXPERT, REGIONS
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,11 @@ METADATA_HEADER = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStep
 SPLIT_HEADER = ["dicom_id", "study_id", "subject_id", "split"]
 LABEL_HEADER = ["subject_id", "study_id"] + list(CHEXPERT)
 EXTRA_OBJECTS = ("right cardiophrenic angle", "left cardiophrenic angle")
-MARKER = "demo_params.json"
+OWNER = "asg_jax.data.synthetic"
+OWN_DATA_HINT = ("To train on your own image-report pairs use configs/own_data.py (builder "
+                 "image_text_csv, data.demo_num_studies=0); to generate the demo leave "
+                 "config.data.manual_dir empty (it then goes into <workdir>/data/demo_manual) "
+                 "or name a new folder.")
 GENERATOR_VERSION = 1
 ZONES = ("upper", "mid", "lower")
 _ZONE_PHRASES = {"upper": ("{s} upper lung zone", "{s} upper lobe"),
@@ -683,7 +688,9 @@ def generate(out_dir: str, num_studies: int, seed: int = 0) -> dict:
   """Write the miniature MIMIC-CXR-JPG + reports + CSVs + Chest ImaGenome dataset.
 
   Args:
-    out_dir: destination (created); existing generated files are overwritten.
+    out_dir: destination: a new or empty folder, or one this generator wrote before (it is
+      marked, `owned_dir.MARKER_FILE`); the files of an earlier generation there are removed
+      first — only those. Any other non-empty folder raises `owned_dir.NotOwnedError`.
     num_studies: number of studies (each with one frontal image; ~30% also a lateral).
     seed: the generator seed (same seed, same bytes).
   Returns:
@@ -693,8 +700,10 @@ def generate(out_dir: str, num_studies: int, seed: int = 0) -> dict:
   if num_studies < 1:
     raise ValueError(f"num_studies must be >= 1, got {num_studies}")
   t0 = time.time()
+  folder = owned_dir.OwnedDir.claim(out_dir, OWNER, hint=OWN_DATA_HINT)
+  folder.start(_params(num_studies, seed))
+  rec = folder.record
   rng = np.random.default_rng(seed)
-  os.makedirs(out_dir, exist_ok=True)
   graph_dir = os.path.join(out_dir, "silver_dataset", "scene_graph")
   os.makedirs(graph_dir, exist_ok=True)
   meta, split_rows, labels, truth = [], [], [], []
@@ -720,7 +729,7 @@ def generate(out_dir: str, num_studies: int, seed: int = 0) -> dict:
     report, sentences = _report(srng, findings, view)
     study_dir = os.path.join(out_dir, "files", f"p{subj[:2]}", f"p{subj}")
     os.makedirs(os.path.join(study_dir, f"s{study}"), exist_ok=True)
-    with open(os.path.join(study_dir, f"s{study}.txt"), "w") as f:
+    with open(rec(os.path.join(study_dir, f"s{study}.txt")), "w") as f:
       f.write(report)
     date = f"21{int(srng.integers(10, 99)):02d}{int(srng.integers(1, 13)):02d}{int(srng.integers(1, 29)):02d}"
     time_ = f"{int(srng.integers(0, 24)):02d}{int(srng.integers(0, 60)):02d}{int(srng.integers(0, 60)):02d}.000"
@@ -731,14 +740,14 @@ def generate(out_dir: str, num_studies: int, seed: int = 0) -> dict:
       h, w = _size(srng)
       if vp in ("PA", "AP"):
         pixels, boxes = _draw_frontal(srng, h, w, findings)
-        with open(os.path.join(graph_dir, f"{dicom}_SceneGraph.json"), "w") as f:
+        with open(rec(os.path.join(graph_dir, f"{dicom}_SceneGraph.json")), "w") as f:
           json.dump(_scene_graph(dicom, subj, study, vp, boxes, h, w, sentences), f)
         counts["frontal"] += 1
       else:
         pixels = _draw_lateral(srng, h, w)
         counts["lateral"] += 1
       Image.fromarray(pixels, mode="L").save(
-          os.path.join(study_dir, f"s{study}", f"{dicom}.jpg"), quality=92)
+          rec(os.path.join(study_dir, f"s{study}", f"{dicom}.jpg")), quality=92)
       proc = "CHEST (PA AND LAT)" if view == "PA" else "CHEST (PORTABLE AP)"
       view_name = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral",
                    "LL": "left lateral"}[vp]
@@ -778,13 +787,14 @@ def generate(out_dir: str, num_studies: int, seed: int = 0) -> dict:
         counts["splits"]["train"] -= 1
         counts["splits"]["test"] += 1
         t["split"] = "test"
-  _write_csv_gz(os.path.join(out_dir, "mimic-cxr-2.0.0-metadata.csv.gz"), METADATA_HEADER, meta)
-  _write_csv_gz(os.path.join(out_dir, "mimic-cxr-2.0.0-split.csv.gz"), SPLIT_HEADER, split_rows)
-  _write_csv_gz(os.path.join(out_dir, "mimic-cxr-2.0.0-chexpert.csv.gz"), LABEL_HEADER, labels)
-  _write_csv_gz(os.path.join(out_dir, "mimic-cxr-2.0.0-negbio.csv.gz"), LABEL_HEADER, labels)
-  with open(os.path.join(out_dir, "demo_truth.jsonl"), "w") as f:
+  _write_csv_gz(rec(os.path.join(out_dir, "mimic-cxr-2.0.0-metadata.csv.gz")), METADATA_HEADER, meta)
+  _write_csv_gz(rec(os.path.join(out_dir, "mimic-cxr-2.0.0-split.csv.gz")), SPLIT_HEADER, split_rows)
+  _write_csv_gz(rec(os.path.join(out_dir, "mimic-cxr-2.0.0-chexpert.csv.gz")), LABEL_HEADER, labels)
+  _write_csv_gz(rec(os.path.join(out_dir, "mimic-cxr-2.0.0-negbio.csv.gz")), LABEL_HEADER, labels)
+  with open(rec(os.path.join(out_dir, "demo_truth.jsonl")), "w") as f:
     for t in truth:
       f.write(json.dumps(t) + "\n")
+  folder.finish()
   counts["seconds"] = round(time.time() - t0, 2)
   counts["out_dir"] = out_dir
   logger.info("generated %d demo studies (%d images) in %s in %.1f s", counts["studies"],
@@ -798,42 +808,38 @@ def read_truth(out_dir: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
-def prepare_demo(data_dir: str, manual_dir: str, num_studies: int, seed: int = 0,
-                 config: str = "demo") -> dict:
-  """Generate the demo into `manual_dir` (unless already there) and build mimic_cxr/<config>.
+def _params(num_studies: int, seed: int) -> dict:
+  return {"num_studies": int(num_studies), "seed": int(seed), "version": GENERATOR_VERSION}
 
-  A marker file (`demo_params.json`) records the generation parameters; a mismatch
-  regenerates. Building is skipped when `data_dir` already holds the dataset, so a second
-  call is fast and builds nothing. Returns {"generated": bool, "built": bool, "data_dir",
-  "manual_dir"}.
+
+def ensure_demo(manual_dir: str, num_studies: int, seed: int = 0) -> bool:
+  """Generate the demo into `manual_dir` unless that folder already holds this exact
+  generation. Returns whether it generated.
+
+  `manual_dir` must be new, empty, or a folder this generator made (marked): the generator
+  never writes into, nor removes, a folder it did not create (`owned_dir.NotOwnedError`,
+  raised before anything is written). Other parameters in an owned folder replace the files
+  of the earlier generation only.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  params = {"num_studies": int(num_studies), "seed": int(seed), "version": GENERATOR_VERSION}
-  marker = os.path.join(manual_dir, MARKER)
-  generated = False
-  current = None
-  if os.path.isfile(marker):
-    with open(marker) as f:
-      current = json.load(f)
-  if current != params:
-    if os.path.isdir(manual_dir) and current is not None:
-      shutil.rmtree(manual_dir)
-    generate(manual_dir, num_studies, seed)
-    with open(marker, "w") as f:
-      json.dump(params, f)
-    generated = True
-  builder = tfds.builder(f"mimic_cxr/{config}", data_dir=data_dir)
-  summary_path = os.path.join(builder.data_dir, "build_summary.json")
-  built = False
-  if generated and os.path.isdir(builder.data_dir):
-    shutil.rmtree(builder.data_dir)   # stale build of other demo parameters
-    builder = tfds.builder(f"mimic_cxr/{config}", data_dir=data_dir)
-  if not os.path.isfile(summary_path) or not os.path.isdir(builder.data_dir):
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    built = True
-  return {"generated": generated, "built": built, "data_dir": data_dir, "manual_dir": manual_dir}
+  folder = owned_dir.OwnedDir.claim(manual_dir, OWNER, hint=OWN_DATA_HINT)
+  if folder.params == _params(num_studies, seed):
+    return False
+  generate(manual_dir, num_studies, seed)
+  return True
+
+
+def prepare_demo(data_dir: str, manual_dir: str, num_studies: int, seed: int = 0,
+                 config: str = "demo", rebuild: str = "auto") -> dict:
+  """Generate the demo into `manual_dir` (unless already there) and build mimic_cxr/<config>
+  into `data_dir` (unless already built from these exact files: `build.prepare`).
+
+  Returns {"generated": bool, "built": bool, "data_dir", "manual_dir"}.
+  """
+  from asg_jax.data import build  # pylint: disable=import-outside-toplevel
+  generated = ensure_demo(manual_dir, num_studies, seed)
+  result = build.prepare("mimic_cxr", config, data_dir, manual_dir, rebuild=rebuild)
+  return {"generated": generated, "built": result["built"], "data_dir": data_dir,
+          "manual_dir": manual_dir}
 
 
 def main(argv=None) -> None:

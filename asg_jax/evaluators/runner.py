@@ -9,6 +9,8 @@ Evaluators (`config.eval.evaluators`):
              embeddings, `zs_prompt_auroc`) and, with the IRL decoder, its tag logits
              (`zs_tag_auroc`); macro over the tags with both classes in the split
   grounding  pointing game of region–sentence similarity maps vs the true region boxes
+             (only examples whose boxes are their own, `boxes_annotated`: absent when the
+             split has none, never scored against atlas priors)
 """
 from __future__ import annotations
 
@@ -33,9 +35,12 @@ def per_example_outputs(outputs: Mapping[str, jax.Array], batch: Mapping[str, ja
     out["tag_logits"] = outputs["tag_logits"]
   if "grounding" in config.eval.evaluators and "region_word_index" in batch:
     sentences = losses.sentence_features(outputs["word_emb"], batch["region_word_index"])
+    # only boxes that are the image's own anatomy, never atlas priors
+    mask = batch["region_mask"]
+    if "boxes_annotated" in batch:
+      mask = mask & batch["boxes_annotated"][:, None]
     g = grounding.pointing_game(outputs["patch_emb"], sentences, batch["region_boxes"],
-                                batch["region_mask"], objectives.patch_grid(config),
-                                config.data.image_size)
+                                mask, objectives.patch_grid(config), config.data.image_size)
     out.update({f"grounding_{k}": v for k, v in g.items()})
   return out
 
@@ -44,30 +49,45 @@ def evaluate(state, *, eval_step: Callable, data, constants, mesh,
              config: ml_collections.ConfigDict, embed_prompts: Callable | None = None) -> dict:
   """Runs the eval split through `eval_step` and computes every configured metric.
 
+  Validation losses are exact per-example means over the whole split: every batch's loss
+  terms are means over its examples (the contrastive terms over the batch's own pairs), and
+  they are averaged weighted by the batch's number of real examples. A partial last batch is
+  evaluated at its real size (its padding rows are dropped before the step, so they enter
+  no softmax; one more compilation of the eval step for that shape), so any non-empty split
+  gives `val_loss`.
+
   Returns:
     {"metrics": {name: value}, "chance": {name: chance-level value}, "num_examples": N}
   """
   collected: dict[str, list[np.ndarray]] = {}
   losses_sum: dict[str, float] = {}
-  n_loss_batches = 0
+  n_loss_examples = 0
   for host_batch in data.eval_batches():
     valid = np.asarray(host_batch.get("valid", np.ones(len(host_batch["image"]), bool)))
-    batch = parallel.shard_batch({k: v for k, v in host_batch.items() if k != "valid"}, mesh)
+    n_valid = int(valid.sum())
+    if n_valid == 0:   # all-padding batch (other processes have more examples)
+      continue
+    inputs = {k: v for k, v in host_batch.items() if k != "valid"}
+    if n_valid == len(valid):
+      batch = parallel.shard_batch(inputs, mesh)
+    else:   # the real rows only, unsharded (dense losses over exactly these pairs)
+      batch = {k: np.asarray(v)[valid] for k, v in inputs.items()}
     per_example, batch_measurements = jax.device_get(eval_step(state, batch, constants))
-    if valid.all():   # contrastive losses are only comparable over full batches
-      for k, v in batch_measurements.items():
-        losses_sum[k] = losses_sum.get(k, 0.0) + float(v)
-      n_loss_batches += 1
+    for k, v in batch_measurements.items():
+      losses_sum[k] = losses_sum.get(k, 0.0) + float(v) * n_valid
+    n_loss_examples += n_valid
+    rows = valid if n_valid == len(valid) else slice(None)
     for k, v in per_example.items():
-      collected.setdefault(k, []).append(np.asarray(v)[valid])
+      collected.setdefault(k, []).append(np.asarray(v)[rows])
+  if not collected:
+    raise ValueError(f"the evaluation split {config.data.eval_split!r} has no example")
   arrays = {k: np.concatenate(v) for k, v in collected.items()}
   n = len(arrays["image_emb"])
   result_metrics, chance = {}, {}
-  if n_loss_batches:
-    for k, v in losses_sum.items():
-      if k in ("finite",) or k.startswith(("i2t_", "t2i_", "top")):
-        continue
-      result_metrics["val_loss" if k == "loss" else f"val_{k}"] = v / n_loss_batches
+  for k, v in losses_sum.items():
+    if k in ("finite",) or k.startswith(("i2t_", "t2i_", "top")):
+      continue
+    result_metrics["val_loss" if k == "loss" else f"val_{k}"] = v / n_loss_examples
 
   evaluators = tuple(config.eval.evaluators)
   if "retrieval" in evaluators:

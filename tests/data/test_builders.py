@@ -278,8 +278,13 @@ def pairs(realdata_dir, tmp_path_factory):
       {"image_path": str(images / "00027426_000.png"), "report": "  ", "split": "train"},
       {"image_path": str(images / "00027426_000.png"), "report": reports[7], "split": "train",
        "boxes": json.dumps({r: [600, 600, 700, 700] for r in REGIONS})},
+      {"image_path": str(images / "00027426_000.png"), "report": "Normal chest.", "split": "train"},
+      {"image_path": str(images / "16747_3_1.jpg"), "report": reports[8], "split": "train",
+       "view_position": "LATERAL"},
+      {"image_path": str(images / "16747_3_1.jpg"), "report": reports[9], "split": "validation",
+       "view_position": "AP SUPINE"},
   ]
-  fields = ["image_path", "report", "split", "boxes"]
+  fields = ["image_path", "report", "split", "boxes", "view_position"]
   with open(root / "pairs.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
@@ -293,9 +298,14 @@ def pairs(realdata_dir, tmp_path_factory):
 
 def test_image_text_csv_real_images(pairs):
   images, rows, builder, got, fake_m2 = pairs
-  summary = common.read_summary(builder.data_dir_root, "image_text_csv", "default", "1.0.0")
-  assert summary["skipped_total"] == {"missing_image": 1, "empty_report": 1,
+  summary = common.read_summary(builder.data_dir_root, "image_text_csv", "default",
+                                str(builder.version))
+  # "  " and the two-word "Normal chest." are too short; the LATERAL row is filtered, the
+  # "AP SUPINE" one kept
+  assert summary["skipped_total"] == {"missing_image": 1, "too_short_report": 2,
                                       "box_outside_image": 1, "missing_column": 1}
+  assert summary["splits"]["train"]["filtered"] == {"view_LATERAL": 1}
+  assert [e["view_position"].decode() for e in got["validation"]].count("AP SUPINE") == 1
   by_id = {e["dicom_id"].decode(): e for s in got.values() for e in s}
   assert {e["dicom_id"].decode() for e in got["validation"]} >= {"00027426_000"}
   want_split = ("validation" if int(hashlib.sha1(rows[3]["image_path"].encode()).hexdigest(), 16) % 100 < 10
@@ -331,6 +341,31 @@ def test_image_text_csv_real_images(pairs):
     if e["dicom_id"].decode() != "a":
       assert e["region_source"].decode() == "atlas"
     assert e["caption"].decode() == " ".join(s.decode() for s in e["sentences"])
+
+
+def test_image_text_csv_splits_by_patient_and_all_views_keeps_laterals(realdata_dir, tmp_path):
+  from asg_jax.data.builders import image_text_csv
+  image = realdata_dir / "images" / "00000001_000.png"
+  report = "The heart is enlarged. No pleural effusion or pneumothorax."
+  # 12 patients x 3 images each, no split column: all images of a patient share a split
+  patients = [f"patient{i:02d}" for i in range(12)]
+  with open(tmp_path / "pairs.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image_path", "report", "patient_id", "view", "dicom_id"])
+    for p in patients:
+      for k, view in enumerate(("PA", "AP", "LL")):
+        writer.writerow([str(image), report, p, view, f"{p}_{k}"])
+  want = {p: image_text_csv.hash_split(p) for p in patients}
+  assert set(want.values()) == {"train", "validation"}      # both splits occur for these ids
+  for config, views in (("default", {"PA", "AP"}), ("all_views", {"PA", "AP", "LL"})):
+    builder = tfds.builder(f"image_text_csv/{config}_64", data_dir=str(tmp_path / "d"))
+    builder.download_and_prepare(download_config=_manual(tmp_path))
+    for split in ("train", "validation"):
+      got = _examples(builder, split)
+      assert sorted(e["dicom_id"].decode() for e in got) == sorted(
+          f"{p}_{k}" for p in patients if want[p] == split
+          for k, v in enumerate(("PA", "AP", "LL")) if v in views)
+      assert {e["subject_id"].decode() for e in got} == {p for p in patients if want[p] == split}
 
 
 def test_read_image_16bit_png(tmp_path):

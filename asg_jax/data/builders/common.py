@@ -41,15 +41,18 @@ SUMMARY_FILE = "build_summary.json"
 MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
 MISSING_REPORT = "missing_report"
-EMPTY_REPORT = "empty_report"          # no sentence left after sections + cleaning
+EMPTY_REPORT = "empty_report"          # no sentence of >= 3 words left after sections + cleaning
+TOO_SHORT_REPORT = "too_short_report"  # fewer than 3 word tokens in all after cleaning
 BOX_OUTSIDE_IMAGE = "box_outside_image"
 BAD_BOX = "bad_box"                    # unparseable / non-finite / x2 <= x1 box
 MISSING_COLUMN = "missing_column"      # a CSV row without a required value
 BAD_SCENE_GRAPH = "bad_scene_graph"
 NOT_IN_SPLIT = "not_in_split"          # frontal image absent from the split CSV
 BAD_VALUE = "bad_value"                # a CSV cell with an invalid value (split, label)
-SKIP_REASONS = (MISSING_IMAGE, CORRUPT_IMAGE, MISSING_REPORT, EMPTY_REPORT, BOX_OUTSIDE_IMAGE,
+SKIP_REASONS = (MISSING_IMAGE, CORRUPT_IMAGE, MISSING_REPORT, EMPTY_REPORT, TOO_SHORT_REPORT,
+                BOX_OUTSIDE_IMAGE,
                 BAD_BOX, MISSING_COLUMN, BAD_SCENE_GRAPH, NOT_IN_SPLIT, BAD_VALUE)
+MIN_REPORT_TOKENS = 3     # the cleaning keeps sentences of at least 3 tokens (data.md)
 MAX_LOGGED_SKIPS = 1000   # per build, in build_summary.json (counts are always complete)
 
 
@@ -253,7 +256,13 @@ def assemble_example(*, file: str, report: str, image_path: str, image_size: int
   """
   parsed = _parse(report)
   if not parsed.sentences:
-    raise Skip(EMPTY_REPORT, file, "no sentence left after sections + cleaning")
+    from asg_jax.data.reports import cleaning  # pylint: disable=import-outside-toplevel
+    tokens = len(cleaning.ascii_tokens(report or ""))
+    if tokens < MIN_REPORT_TOKENS:
+      raise Skip(TOO_SHORT_REPORT, file, f"{tokens} word token(s) after cleaning; captions "
+                 f"need at least {MIN_REPORT_TOKENS}")
+    raise Skip(EMPTY_REPORT, file, f"no sentence of >= {MIN_REPORT_TOKENS} words left after "
+               "sections + cleaning")
   pixels, original_size = read_image(image_path, target_size=image_size)
   image = resize_longest(pixels, original_size, image_size)
   w, h = image.size
@@ -348,6 +357,7 @@ class ChestConfig(tfds.core.BuilderConfig):
   """A builder variant: stored longest side and whether regions are stored."""
   image_size: int = 256
   anatomy: bool = True
+  frontal_only: bool = True   # image_text_csv: filter rows naming a non-frontal view
 
 
 _SIZED_NAME = re.compile(r"^(?P<base>[a-z_]+?)_(?P<size>[0-9]+)$")

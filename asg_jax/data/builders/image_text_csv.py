@@ -8,12 +8,16 @@ manual_dir holds `pairs.csv` (UTF-8, header row) with the columns
               IMPRESSION: headers, else the whole text)
   split       optional: train | validation (also valid / validate / val / test ->
               validation); empty or no column: a deterministic 90/10 split by the SHA-1 of
-              image_path
+              the row's patient (`subject_id` or `patient_id`, so all images of a patient
+              land in one split), or of image_path when the row names no patient
   boxes       optional: JSON {region name: [x1, y1, x2, y2]} in ORIGINAL-image pixels, region
               names from vocab.json imagenome_regions_29 (region_source "annotation"); empty or
               no column: the atlas (region_source "atlas")
-  study_id, dicom_id, subject_id, view_position   optional identifiers (default: the
+  study_id, dicom_id, subject_id (alias patient_id)   optional identifiers (default: the
               image file's stem for study_id and dicom_id)
+  view_position (alias view)   optional: PA / AP / frontal rows are kept; rows naming another
+              view (LATERAL, LL, ...) are filtered (counted in build_summary.json) unless the
+              `all_views` config is built; an empty cell is kept
   the 14 CheXpert observation columns (Atelectasis, ..., Support Devices)   optional, all
               14 or none: 1 / 0 / -1 / empty; without them the parser's labels are stored
 
@@ -35,11 +39,30 @@ PAIRS_CSV = "pairs.csv"
 SPLIT_MAP = {"train": "train", "validation": "validation", "valid": "validation",
              "validate": "validation", "val": "validation", "test": "validation"}
 VALIDATION_PERCENT = 10
+PATIENT_COLUMNS = ("subject_id", "patient_id")
+VIEW_COLUMNS = ("view_position", "view")
 
 
-def hash_split(image_path: str) -> str:
-  """Deterministic 90/10 split of a path (as written in the CSV) by its SHA-1."""
-  digest = int(hashlib.sha1(image_path.encode("utf-8")).hexdigest(), 16)
+def is_frontal(view: str) -> bool:
+  """PA / AP (incl. "AP SUPINE", "PA ERECT"), FRONTAL, POSTEROANTERIOR / ANTEROPOSTERIOR."""
+  v = view.strip().upper().replace("-", "")
+  return (v in ("PA", "AP", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR")
+          or v.startswith(("PA ", "AP ")))
+
+
+def first_value(row: dict, columns) -> str:
+  """The first non-empty cell among `columns` ('' when none)."""
+  for c in columns:
+    value = (row.get(c) or "").strip()
+    if value:
+      return value
+  return ""
+
+
+def hash_split(key: str) -> str:
+  """Deterministic 90/10 split of a patient id (or an image path, as written in the CSV) by
+  its SHA-1."""
+  digest = int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16)
   return "validation" if digest % 100 < VALIDATION_PERCENT else "train"
 
 
@@ -63,20 +86,25 @@ def parse_boxes(cell: str, file: str) -> dict[str, list[float]] | None:
 class ImageTextCsv(common.ChestBuilder):
   """Your own image–report pairs listed in pairs.csv (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Split by patient; non-frontal views filtered (all_views keeps "
+                            "them); too_short_report skip reason."}
   BUILDER_CONFIGS = [
       common.ChestConfig(name="default", image_size=256, anatomy=True,
                          description="longest side 256, regions (annotation or atlas)"),
       common.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
                          description="longest side 256, no regions stored (R = 0)"),
+      common.ChestConfig(name="all_views", image_size=256, anatomy=True, frontal_only=False,
+                         description="longest side 256, regions, lateral views kept"),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Put `pairs.csv` into the manual_dir: columns image_path (relative to manual_dir or absolute;
 JPEG / PNG / DICOM) and report; optional split (train / validation), boxes (JSON
-{region: [x1, y1, x2, y2]} in original pixels), study_id, dicom_id, subject_id,
-view_position and the 14 CheXpert observation columns. See docs/data.md.
+{region: [x1, y1, x2, y2]} in original pixels), study_id, dicom_id, subject_id (or
+patient_id), view_position (or view) and the 14 CheXpert observation columns. See
+docs/data.md, "Train on your own image-report pairs".
 """
 
   def _split_generators(self, dl_manager):
@@ -89,6 +117,7 @@ view_position and the 14 CheXpert observation columns. See docs/data.md.
     rows = common.read_csv(path, ("image_path", "report"))
     header = set(rows[0]) if rows else set()
     has_labels = all(c in header for c in CHEXPERT)
+    has_view = any(c in header for c in VIEW_COLUMNS)
     items: dict[str, list] = {"train": [], "validation": []}
     for number, row in enumerate(rows, start=2):   # line 1 is the header
       where = f"{path} line {number}"
@@ -103,9 +132,14 @@ view_position and the 14 CheXpert observation columns. See docs/data.md.
         if value and value not in SPLIT_MAP:
           raise common.Skip(common.BAD_VALUE, where,
                             f"split {value!r} is not one of {sorted(SPLIT_MAP)}")
-        split = SPLIT_MAP[value] if value else hash_split(row["image_path"].strip())
+        patient = first_value(row, PATIENT_COLUMNS)
+        split = SPLIT_MAP[value] if value else hash_split(patient or row["image_path"].strip())
       except common.Skip as skip:
         self.skips.skip("none", skip)
+        continue
+      view = first_value(row, VIEW_COLUMNS) if has_view else ""
+      if view and self.builder_config.frontal_only and not is_frontal(view):
+        self.skips.filtered(split, f"view_{view.upper()}")
         continue
       items[split].append((number, where, row))
     splits = {split: self._generate_examples(manual_dir, split, rows_, has_labels)
@@ -129,10 +163,10 @@ view_position and the 14 CheXpert observation columns. See docs/data.md.
         boxes = parse_boxes(row.get("boxes"), where) if config.anatomy else None
         ids = {"study_id": (row.get("study_id") or "").strip() or stem,
                "dicom_id": (row.get("dicom_id") or "").strip() or stem,
-               "subject_id": (row.get("subject_id") or "").strip()}
+               "subject_id": first_value(row, PATIENT_COLUMNS)}
         return common.assemble_example(
             file=where, report=row["report"], image_path=image_path,
             image_size=config.image_size, ids=ids,
-            view_position=(row.get("view_position") or "").strip(), boxes=boxes,
+            view_position=first_value(row, VIEW_COLUMNS), boxes=boxes,
             region_source="annotation", anatomy=config.anatomy, chexpert=chexpert)
       yield from self.guarded(split, f"{number:09d}", make)
