@@ -31,6 +31,9 @@ class CleanedReport:
   sentences: list[str]
   sentence_word_spans: list[tuple[int, int]]
   pieces: list[str]
+  # pieces dropped for having one token ("Cardiomegaly."): not sentences (MGCA drops them),
+  # but the parser's NIH-14 labels read them, since such a piece states a finding.
+  single_word_pieces: tuple[str, ...] = ()
 
   @property
   def caption(self) -> str:
@@ -77,9 +80,12 @@ def clean_report(text: str) -> CleanedReport | None:
   if not isinstance(text, str):
     raise ValueError(f"clean_report expects the report text as str, got {type(text).__name__}")
   sentences, spans, pieces, pos = [], [], [], 0
+  single = []
   for piece in split_pieces(text):
     sentence = clean_sentence(piece)
     if sentence is None:
+      if _WORD.search(piece):
+        single.append(piece)
       continue
     n = len(sentence.split())
     sentences.append(sentence)
@@ -88,4 +94,5 @@ def clean_report(text: str) -> CleanedReport | None:
     pos += n
   if pos < MIN_STUDY_TOKENS:
     return None
-  return CleanedReport(sentences=sentences, sentence_word_spans=spans, pieces=pieces)
+  return CleanedReport(sentences=sentences, sentence_word_spans=spans, pieces=pieces,
+                       single_word_pieces=tuple(single))

@@ -19,11 +19,15 @@ governs a scope:
 
 `existence(start, end, mode)` decides present / absent / uncertain for a finding at words
 [start, end): strong uncertainty (CheXpert's pre-negation uncertainty) > negation >
-uncertainty > "A or B" alternatives > present. In `mode="asg"` "no new X" negates X; in
-`mode="chexpert"` it is uncertain, as the CheXpert labeler does.
+uncertainty > "A or B" alternatives > present. In `mode="asg"` (and "nih") "no new X"
+negates X; in `mode="chexpert"` it is uncertain, as the CheXpert labeler does. In
+`mode="nih"` the hedges of nih14.json `positive_hedges` ("probable", "likely",
+"borderline", "versus") do not make a finding uncertain: the Open-i annotators coded them
+as present.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Sequence
 
@@ -140,7 +144,8 @@ class Sentence:
           j = other.end
           continue
         break
-      if negation and j > cue.end and self.words[j] in verbs:
+      if negation and j > cue.end and self.words[j] in verbs \
+         and self.words[j - 1] not in ("or", "and", "nor"):   # "no X or visualized Y"
         break
       j += 1
     return j
@@ -185,11 +190,14 @@ class Sentence:
     return best
 
   def _covered(self, start: int, end: int, kinds: frozenset, mode: str) -> bool:
+    hedges = _nih_positive_hedges() if mode == "nih" and kinds == _UNC else ()
     for c in self.cues:
       ks = c.kinds & kinds
       if not ks:
         continue
-      if mode == "asg" and c.phrase.startswith("no new") and kinds == _STRONG:
+      if mode != "chexpert" and c.phrase.startswith("no new") and kinds == _STRONG:
+        continue
+      if c.phrase in hedges:
         continue
       if ks & {"pre_negation", "pre_uncertainty", "pre_uncertainty_strong"} and c.covers(start, end, "fwd"):
         return True
@@ -205,11 +213,17 @@ class Sentence:
     """present / absent / uncertain for a finding at words [start, end)."""
     if self._covered(start, end, _STRONG, mode):
       return UNCERTAIN
-    if self._covered(start, end, _NEG, mode) or (mode == "asg" and self.negated_no_new(start, end)):
+    if self._covered(start, end, _NEG, mode) or (mode != "chexpert" and self.negated_no_new(start, end)):
       return ABSENT
     if self._covered(start, end, _UNC, mode):
       return UNCERTAIN
     return PRESENT
+
+
+@functools.lru_cache(maxsize=None)
+def _nih_positive_hedges() -> frozenset:
+  """Uncertainty cues that state a finding for the NIH / Open-i labels (nih14.json)."""
+  return frozenset(vocabulary.load_json("nih14.json")["positive_hedges"])
 
 
 def alternatives(sentence: Sentence, spans: Sequence[tuple[int, int]]) -> set[int]:

@@ -30,7 +30,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from asg_jax.data.reports import cleaning, negation, sections, vocabulary
+from asg_jax.data.reports import cleaning, negation, nih14 as nih14_lib, sections, vocabulary
 from asg_jax.data.reports.vocabulary import CHEXPERT, CHEXPERT_INDEX, REGION_INDEX, REGIONS, TAGS, TAG_INDEX
 
 PRESENT, ABSENT, UNCERTAIN = negation.PRESENT, negation.ABSENT, negation.UNCERTAIN
@@ -70,6 +70,8 @@ class ParsedReport:
   tags: np.ndarray          # int8[40], vocab order: 1 present, 0 absent, -1 not mentioned
   chexpert: np.ndarray      # float32[14], vocab order: 1, 0, -1 uncertain, NaN not mentioned
   regions: dict[str, list[int]]   # region -> sorted sentence indices, in vocab order
+  nih14: np.ndarray = dataclasses.field(    # int8[14], NIH-14 order: 1, 0, -1 (nih14.py)
+      default_factory=lambda: np.full(len(nih14_lib.NIH14), -1, np.int8))
 
   @property
   def caption(self) -> str:
@@ -101,6 +103,10 @@ class ParsedReport:
       out[i, :len(pos)] = pos
     return out
 
+  def nih14_dict(self) -> dict[str, int]:
+    """{NIH-14 label: 1 / 0 / -1} for the mentioned labels."""
+    return {c: int(v) for c, v in zip(nih14_lib.NIH14, self.nih14) if v != -1}
+
   def tag_dict(self) -> dict[str, int]:
     """{tag: 1 / 0 / -1} for the mentioned tags."""
     return {t: int(v) for t, v in zip(TAGS, self.tags) if v != -1}
@@ -126,8 +132,11 @@ def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 # ---------------------------------------------------------------- findings (ASG tags)
 
-def find_tag_mentions(sent: negation.Sentence) -> list[tuple[str, int, int, str]]:
-  """(tag, start, end, existence) of every ASG-tag mention in a sentence."""
+def find_tag_mentions(sent: negation.Sentence, mode: str = "asg") -> list[tuple[str, int, int, str]]:
+  """(tag, start, end, existence) of every ASG-tag mention in a sentence.
+
+  `mode="nih"` gives the existences the NIH-14 labels use: the nih14.json positive hedges
+  ("probable X", "X versus Y") and "A or B" alternatives state both findings as present."""
   m = vocabulary.tag_matchers()
   excluded = {}
   for s, e, tag, _ in sent.found.get("exclude", ()):
@@ -152,7 +161,7 @@ def find_tag_mentions(sent: negation.Sentence) -> list[tuple[str, int, int, str]
   direct += [(s, e, tag, True) for s, e, tag, _ in sent.found.get("normal_form", ())]
   direct.sort(key=lambda x: (x[0] - x[1], x[0]))
   for s, e, tag, normal_form in direct:
-    existence = sent.existence(s, e, "asg")
+    existence = sent.existence(s, e, mode)
     if normal_form:
       existence = flip[existence]
     elif existence == PRESENT and tag in m["normal_negates"] and sent.near_normal(s, e):
@@ -171,7 +180,9 @@ def find_tag_mentions(sent: negation.Sentence) -> list[tuple[str, int, int, str]
     if normal is not None and _dist((s, e), normal) <= best_d:
       add(tag, s, e, ABSENT)
     elif best is not None:
-      add(tag, best[0], best[1], sent.existence(best[0], best[1], "asg"))
+      add(tag, best[0], best[1], sent.existence(best[0], best[1], mode))
+  if mode == "nih":
+    return found
   alt = negation.alternatives(sent, [(s, e) for _, s, e, _ in found])
   return [(t, s, e, UNCERTAIN if i in alt and x == PRESENT else x)
           for i, (t, s, e, x) in enumerate(found)]
@@ -418,12 +429,13 @@ def _tag_vector(mentions: Sequence[Mention], uncertain_as: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def analyse_sentence(piece: str, sentence: str) -> tuple[tuple, tuple, tuple, tuple]:
+def analyse_sentence(piece: str, sentence: str) -> tuple[tuple, tuple, tuple, tuple, tuple]:
   """Everything the parser derives from one sentence, cached (reports repeat sentences a lot).
 
   Args: the raw cleaning piece (punctuation kept, for clause boundaries) and its cleaned
   sentence. Returns (findings: ((tag, start, end, existence), ...), region names mentioned,
-  regions attached to each finding, CheXpert mentions ((observation, phrase, existence), ...)).
+  regions attached to each finding, CheXpert mentions ((observation, phrase, existence), ...),
+  NIH-14 mentions ((label, existence), ...) of the findings).
   """
   sent = negation.Sentence(piece)
   if sent.words != sentence.split():   # defensive: parse the cleaned words instead
@@ -433,7 +445,18 @@ def analyse_sentence(piece: str, sentence: str) -> tuple[tuple, tuple, tuple, tu
   region_mentions = find_region_mentions(sent, findings)
   names = tuple(dict.fromkeys(name for names, _, _ in region_mentions for name in names))
   attached = _attach(sent, findings, region_mentions)
-  return (tuple(findings), names, tuple(attached), tuple(chexpert_mentions(sent, piece)))
+  nih_findings = findings
+  if any(x == UNCERTAIN for *_, x in findings):
+    nih_findings = find_tag_mentions(sent, "nih")
+  nih = nih14_lib.sentence_labels(sent, nih_findings)
+  return (tuple(findings), names, tuple(attached), tuple(chexpert_mentions(sent, piece)), nih)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _single_word_nih(piece: str) -> tuple[tuple[str, str], ...]:
+  """NIH-14 mentions of a one-word piece the cleaning drops ("Cardiomegaly.", "Emphysema.")."""
+  sent = negation.Sentence(piece)
+  return nih14_lib.sentence_labels(sent, find_tag_mentions(sent, "nih")) if sent.n else ()
 
 
 def _cleaned_from(raw_or_clean, sections_: bool) -> cleaning.CleanedReport | None:
@@ -457,7 +480,7 @@ def _cleaned_from(raw_or_clean, sections_: bool) -> cleaning.CleanedReport | Non
 
 
 def parse_report(raw_or_clean: str | Sequence[str], *, uncertain_as: int = 1,
-                 sections: bool = True) -> ParsedReport:
+                 sections: bool = True, nih14_uncertain_as: int = 0) -> ParsedReport:
   """Parse one report into sentences, triplets, tags, CheXpert-14 labels and regions.
 
   Args:
@@ -467,11 +490,16 @@ def parse_report(raw_or_clean: str | Sequence[str], *, uncertain_as: int = 1,
       CheXpert's U-ones), 0, or -1 (treated as not mentioned).
     sections: extract IMPRESSION + FINDINGS first (`report_text`); False parses the text
       as given.
+    nih14_uncertain_as: NIH-14 value of a label only mentioned as uncertain: 0 (default:
+      NIH labels are binary "present"), 1, or -1.
   Returns a ParsedReport; an empty or unusable report gives empty `sentences`, tags all
   -1 and CheXpert all NaN. Raises ValueError for input of the wrong type.
   """
   if uncertain_as not in (1, 0, -1):
     raise ValueError(f"parse_report: uncertain_as must be 1, 0 or -1, got {uncertain_as!r}")
+  if nih14_uncertain_as not in (1, 0, -1):
+    raise ValueError("parse_report: nih14_uncertain_as must be 1, 0 or -1, got "
+                     f"{nih14_uncertain_as!r}")
   cleaned = _cleaned_from(raw_or_clean, sections)
   if cleaned is None:
     return _empty()
@@ -479,8 +507,10 @@ def parse_report(raw_or_clean: str | Sequence[str], *, uncertain_as: int = 1,
   triplets: list[list[Triplet]] = []
   region_sentences: dict[str, set[int]] = {}
   chx: list[tuple[str, str, str]] = []
+  nih: list[tuple[str, str]] = []
   for i, (sentence, piece) in enumerate(zip(cleaned.sentences, cleaned.pieces)):
-    findings, region_names, attached, sent_chx = analyse_sentence(piece, sentence)
+    findings, region_names, attached, sent_chx, sent_nih = analyse_sentence(piece, sentence)
+    nih.extend(sent_nih)
     for name in region_names:
       region_sentences.setdefault(name, set()).add(i)
     sent_triplets: list[Triplet] = []
@@ -492,9 +522,12 @@ def parse_report(raw_or_clean: str | Sequence[str], *, uncertain_as: int = 1,
           sent_triplets.append(t)
     triplets.append(sent_triplets)
     chx.extend(sent_chx)
+  for piece in cleaned.single_word_pieces:   # "Cardiomegaly." (not a sentence, a finding)
+    nih.extend(_single_word_nih(piece))
   regions = {r: sorted(region_sentences[r]) for r in REGIONS if r in region_sentences}
   return ParsedReport(sentences=list(cleaned.sentences),
                       sentence_word_spans=list(cleaned.sentence_word_spans),
                       triplets=triplets, mentions=mentions,
                       tags=_tag_vector(mentions, uncertain_as),
-                      chexpert=aggregate_chexpert(chx), regions=regions)
+                      chexpert=aggregate_chexpert(chx), regions=regions,
+                      nih14=nih14_lib.aggregate(nih, nih14_uncertain_as))
