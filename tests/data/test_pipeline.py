@@ -19,7 +19,7 @@ SCHEMA = {
     "tags": (np.int32, (40,)), "chexpert": (np.float32, (14,)),
     "region_boxes": (np.float32, (R, 4)), "region_mask": (np.bool_, (R,)),
     "region_ids": (np.int32, (R,)), "region_word_index": (np.int32, (R, K)),
-    "index": (np.int64, ()),
+    "boxes_annotated": (np.bool_, ()), "index": (np.int64, ()),
 }
 SIGNATURE = dict(
     image=tf.TensorSpec([None, None, 1], tf.uint8), sentences=tf.TensorSpec([None], tf.string),

@@ -1,0 +1,107 @@
+"""The downstream demo stand-ins: real CheXpert / SIIM layouts, labels and masks that follow
+what is drawn, built unchanged by cxr_chexpert/demo and cxr_siim/demo; folder policy."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from asg_jax.data import downstream_demo
+from asg_jax.data.builders import cxr_chexpert, downstream
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("ddemo") / "out")
+  truth = downstream_demo.generate(out, num_images=60, num_siim=24, seed=3)
+  builders = downstream_demo.prepare(str(tmp_path_factory.mktemp("ddata")), out, 60, 24, 3)
+  ex = {name: {s: {e["image_id"].decode(): e for e in tfds.as_numpy(b.as_dataset(split=s, shuffle_files=False))}
+               for s in b.info.splits} for name, b in builders.items()}
+  return out, truth, builders, ex
+
+
+def test_chexpert_standin_layout_and_labels(demo):
+  out, truth, builders, ex = demo
+  root = os.path.join(out, "chexpert", "CheXpert-v1.0-small")
+  with open(os.path.join(root, "train.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == downstream_demo.HEADER
+  cells = {r[c] for r in rows for c in downstream_demo.HEADER[5:]}
+  assert cells == {"", "0.0", "1.0", "-1.0"}
+  assert any(r["Frontal/Lateral"] == "Lateral" for r in rows)
+  b = builders["cxr_chexpert/demo"]
+  assert set(b.info.splits) == {"train", "validation", "test"}
+  built = {**ex["cxr_chexpert/demo"]["train"], **ex["cxr_chexpert/demo"]["validation"],
+           **ex["cxr_chexpert/demo"]["test"], **ex["cxr_chexpert/demo_5x200"]["test"]}
+  frontal = [r for r in rows if r["Frontal/Lateral"] == "Frontal"]
+  assert len(ex["cxr_chexpert/demo"]["train"]) + len(ex["cxr_chexpert/demo"]["validation"]) \
+      + len(ex["cxr_chexpert/demo_5x200"]["test"]) == len(frontal)
+  for path, obs in truth["chexpert"].items():
+    e = ex["cxr_chexpert/demo"]["test"].get(path) or ex["cxr_chexpert/demo"]["train"].get(path) \
+        or ex["cxr_chexpert/demo"]["validation"].get(path)
+    if e is not None:
+      np.testing.assert_array_equal(e["labels"], cxr_chexpert.competition_labels(obs))
+  assert all(max(e["image"].shape[:2]) == 128 for e in built.values())
+
+
+def _feature(img, task):
+  """A crude read-out of a drawn finding from a stored image (fractions of its size)."""
+  img = img[..., 0].astype(np.float64)
+  h, w = img.shape
+  lungs = [img[int(0.25 * h):int(0.72 * h), int(0.18 * w):int(0.44 * w)],
+           img[int(0.25 * h):int(0.72 * h), int(0.56 * w):int(0.82 * w)]]
+  if task == "Cardiomegaly":   # heart widened to the image right
+    return img[int(0.6 * h):int(0.72 * h), int(0.64 * w):int(0.72 * w)].mean()
+  return max(l.mean() for l in lungs)   # effusion / consolidation / edema brighten a lung
+
+
+def test_chexpert_standin_follows_drawing(demo):
+  _, _, _, ex = demo
+  examples = list(ex["cxr_chexpert/demo"]["train"].values()) + list(ex["cxr_chexpert/demo"]["validation"].values())
+  checked = 0
+  for i, task in enumerate(downstream.CHEXPERT_5):
+    if task == "Atelectasis":
+      continue   # a thin band: too small for this read-out
+    pos = [_feature(e["image"], task) for e in examples if e["labels"][i] == 1]
+    neg = [_feature(e["image"], task) for e in examples if e["labels"].sum() == 0]
+    if len(pos) < 2:
+      continue   # too few in this small draw
+    assert neg and np.mean(pos) > np.mean(neg) + 3, task
+    checked += 1
+  assert checked >= 3
+
+
+def test_siim_standin_masks(demo):
+  out, truth, builders, ex = demo
+  with open(os.path.join(out, "siim", "train-rle.csv")) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "ImageId, EncodedPixels"
+  ids = [l.split(",")[0] for l in lines[1:]]
+  assert len(set(ids)) == len(truth["siim"])
+  built = {k: v for s in ex["cxr_siim/demo"].values() for k, v in s.items()}
+  assert set(built) == set(truth["siim"])
+  for image_id, mask in truth["siim"].items():
+    e = built[image_id]
+    np.testing.assert_array_equal(e["mask"][..., 0], mask)
+    assert e["labels"].tolist() == [float(mask.any())]
+    if mask.any():   # the pneumothorax is darker than the rest of the film's lungs
+      img = e["image"][..., 0].astype(np.float64)
+      assert img[mask > 0].mean() < 40
+  assert any(m.any() for m in truth["siim"].values()) and not all(m.any() for m in truth["siim"].values())
+
+
+def test_folder_policy(tmp_path):
+  user = tmp_path / "mine"
+  user.mkdir()
+  (user / "notes.txt").write_text("keep")
+  with pytest.raises(downstream_demo.FolderRefused, match="not empty"):
+    downstream_demo.generate(str(user), 4, 2, 0)
+  assert os.listdir(user) == ["notes.txt"]
+  out = tmp_path / "demo"
+  assert downstream_demo.generate(str(out), 4, 2, 0)["siim"]
+  files = sorted(str(p) for p in out.rglob("*"))
+  assert downstream_demo.generate(str(out), 4, 2, 0) == {"chexpert": {}, "siim": {}}   # already there
+  with pytest.raises(downstream_demo.FolderRefused, match="another"):
+    downstream_demo.generate(str(out), 4, 2, 1)
+  assert sorted(str(p) for p in out.rglob("*")) == files   # nothing deleted or added
