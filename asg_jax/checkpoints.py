@@ -1,70 +1,38 @@
-"""Train-state creation and orbax checkpointing (periodic keep-N, best-by-validation, resume)."""
+"""Orbax checkpointing: the latest N for resume, the best by validation, parameters apart.
+
+`<workdir>/checkpoints/<step>/` holds three items:
+  model   `{"params", "batch_stats"}`: all that inference needs (restored alone, no
+          optimizer is built to read it);
+  train   `{"step", "opt_state"}`: the rest of the train state;
+  loop    JSON: the host loop's own state at that step — the best validation value so
+          far, the early-stopping counter, why training stopped — so a resumed run
+          continues exactly as an uninterrupted one would.
+`<workdir>/best/<step>/` holds the `model` item of the best evaluation, `best.json` its step
+and value.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
-
-from asg_jax import parallel
 
 logger = logging.getLogger(__name__)
 
 
-def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array,
-               example_batch: dict, constants: dict, mesh, state_cls: Callable) -> Any:
-  """Initialises parameters (then loads pretrained encoders named in the config) and the
-  optimizer, and places the state replicated on the mesh.
-
-  Args:
-    example_batch: a host batch (any batch size) fixing the input shapes.
-  """
-  batch = {k: jnp.asarray(v[:2]) for k, v in example_batch.items()}
-  variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, batch, train=False,
-                                           tag_queries=constants.get("tag_queries")))(rng)
-  params, batch_stats = load_pretrained(config, variables["params"],
-                                        variables.get("batch_stats", {}))
-  state = state_cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params))
-  return parallel.replicate(state, mesh)
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def load_pretrained(config: ml_collections.ConfigDict, params: dict,
-                    batch_stats: dict) -> tuple[dict, dict]:
-  """Replaces the image/text encoder parameters (and a ResNet's BatchNorm statistics) with
-  the checkpoints named in the config. Returns `(params, batch_stats)`."""
-  from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
-  params, batch_stats = dict(params), dict(batch_stats)
-  if config.model.text.pretrained:
-    params["text_encoder"] = checkpoint_convert.load_bert(
-        config.model.text.pretrained, params["text_encoder"])
-    logger.info("text encoder initialised from %s", config.model.text.pretrained)
-  if config.model.image.pretrained:
-    if config.model.image.name == "vit":
-      params["image_encoder"] = checkpoint_convert.load_vit(
-          config.model.image.pretrained, params["image_encoder"])
-    else:
-      params["image_encoder"], batch_stats["image_encoder"] = checkpoint_convert.load_resnet(
-          config.model.image.pretrained, params["image_encoder"],
-          batch_stats["image_encoder"])
-    logger.info("image encoder initialised from %s", config.model.image.pretrained)
-  return params, batch_stats
+def _model_item(state) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class Manager:
-  """`<workdir>/checkpoints` (the latest `keep`, for resume) and `<workdir>/best` (the best
-  by the validation metric, with `best.json` recording step and value).
-
-  A periodic checkpoint holds two items: `state` (the train state pytree) and `loop` (JSON:
-  the host loop's own state at that step — the best validation value so far, the early-
-  stopping counter, why training stopped), so a resumed run continues exactly as an
-  uninterrupted one would.
-  """
+  """`<workdir>/checkpoints` (the latest `keep`) and `<workdir>/best` (see the module)."""
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -78,15 +46,30 @@ class Manager:
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
 
+  def has_best(self) -> bool:
+    return self._best.latest_step() is not None
+
+  # ------------------------------------------------------------------ train state
+  def save(self, step: int, state: Any, loop: dict | None = None, force: bool = False) -> None:
+    """Checkpoint the train state and the host loop's state `loop` (JSON) at `step`."""
+    self._latest.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(_model_item(state)),
+        train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+        loop=ocp.args.JsonSave(dict(loop or {}))), force=force)
+
   def restore_latest(self, state: Any) -> tuple[Any, int]:
-    """(restored state, its step), or (state, 0) when there is no checkpoint yet."""
+    """(restored state, its step), or (state, 0) when there is no checkpoint yet. `state`
+    gives structure, shapes and shardings."""
     step = self._latest.latest_step()
     if step is None:
       return state, 0
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = self._latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-    return restored["state"], int(step)
+        model=ocp.args.StandardRestore(_abstract(_model_item(state))),
+        train=ocp.args.StandardRestore(_abstract({"step": state.step,
+                                                  "opt_state": state.opt_state}))))
+    model, rest = restored["model"], restored["train"]
+    return state.replace(step=rest["step"], opt_state=rest["opt_state"],
+                         params=model["params"], batch_stats=model["batch_stats"]), int(step)
 
   def restore_loop(self, step: int | None = None) -> dict:
     """The `loop` item of checkpoint `step` (default: the latest); {} when there is none."""
@@ -96,14 +79,26 @@ class Manager:
     restored = self._latest.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
     return dict(restored["loop"] or {})
 
-  def save(self, step: int, state: Any, loop: dict | None = None, force: bool = False) -> None:
-    """Checkpoint `state` and the host loop's state `loop` (JSON-serialisable) at `step`."""
-    self._latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(dict(loop or {}))),
-        force=force)
+  # ------------------------------------------------------------------ model only
+  def restore_model(self, variables: dict, which: str = "best") -> tuple[dict, int]:
+    """(`{"params", "batch_stats"}`, step) of the `best` or `latest` checkpoint; `variables`
+    gives structure and shapes (e.g. `state.abstract_variables`).
+
+    Raises:
+      FileNotFoundError: no such checkpoint.
+    """
+    manager = {"best": self._best, "latest": self._latest}[which]
+    step = manager.latest_step()
+    if step is None:
+      folder = self.best_directory if which == "best" else self.directory
+      raise FileNotFoundError(f"no {which} checkpoint in {folder}")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(_abstract(variables))))
+    return restored["model"], int(step)
 
   def save_best(self, step: int, state: Any, record: dict) -> None:
-    self._best.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._best.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(_model_item(state))), force=True)
     if jax.process_index() == 0:
       with open(self._best_json, "w") as f:
         json.dump(record, f, indent=2)
@@ -113,16 +108,6 @@ class Manager:
       with open(self._best_json) as f:
         return json.load(f)
     return {}
-
-  def has_best(self) -> bool:
-    return self._best.latest_step() is not None
-
-  def restore_best(self, state: Any) -> Any:
-    step = self._best.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no best checkpoint in {self.best_directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self._best.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def wait(self) -> None:
     self._latest.wait_until_finished()

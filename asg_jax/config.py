@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"        # compute dtype of the encoders ("bfloat16" on TPU/GPU)
 
   c.model.image = ml_collections.ConfigDict()
-  c.model.image.name = "vit"       # "vit" | "resnet50"
+  c.model.image.name = "vit"       # an image tower of asg_jax/registry.py: "vit" | "resnet50"
   c.model.image.pretrained = ""    # local HF checkpoint dir/file or cached hub name ("" = random)
   c.model.image.input_resize = 0   # resize the crop inside the model (ResNet-50: 299); 0 = no
   c.model.image.patch_size = 16
@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.resnet_width = 64
 
   c.model.text = ml_collections.ConfigDict()
+  c.model.text.name = "bert"       # a text tower of asg_jax/registry.py
   c.model.text.pretrained = ""     # e.g. "emilyalsentzer/Bio_ClinicalBERT" or a local dir
   c.model.text.vocab_size = 28996
   c.model.text.hidden_size = 768
@@ -84,10 +85,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.local_head.gamma1 = 4.0
   c.model.local_head.gamma2 = 5.0
   c.model.local_head.block_size = 32          # reports per block of the pairwise matching
+  c.model.local_head.srm_qk_dim = 0           # SRM query/key width per layer (0 = E)
+  c.model.local_head.importance_source = "attention"  # IRM prior π: "attention" | "uniform"
+  c.model.local_head.detach_importance = True  # stop-gradient on π (IRM leaves the attention be)
+  c.model.local_head.pooling = "lse"          # reclf mode with IRM off: "lse" | "mean"
+  c.model.local_head.word_softmax_first = False  # GLoRIA code's extra softmax over words
+  c.model.local_head.remat = True             # rematerialise each block in the backward pass
+  c.model.local_head.shard = True             # shard_map by image rows when a mesh is active
 
   # ----------------------------------------------------------------- loss
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "asg"              # "ira" | "asg" | "reclf" | "gloria"
+  c.loss.name = "asg"              # an objective of asg_jax/registry.py: ira|asg|reclf|gloria
   c.loss.temperature = 0.07
   c.loss.global_batch = True       # IRA/ERL over the global batch (False: per device, as released)
   c.loss.use_ira = True
@@ -103,8 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.beta = 0.2
   c.loss.local_temperature = 0.1   # τ_l
   c.loss.lambda_local = 1.0
-  c.loss.label_source = "tags"     # "tags" | "chexpert" | "embedding"
+  c.loss.label_source = "tags"     # "tags" | "chexpert" | "embedding" | "auto" (what the batch has)
   c.loss.gamma3 = 10.0             # GLoRIA local logit scale
+  c.loss.semantic_local = True     # soft targets also on the local branch (False: hard)
 
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -150,13 +159,49 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_steps = 1000
+  c.eval.every_steps = 1000        # the default schedule of the evaluators (every_steps = -1)
   c.eval.batch_size = 288
   c.eval.max_examples = 0          # 0 = the whole split
-  c.eval.evaluators = ("retrieval", "zeroshot", "grounding")
-  c.eval.best_metric = "val_loss"  # lower is better
+  c.eval.best_metric = "val_loss"  # lower is better; early stopping and best/ follow it
+
+  # ---------------------------------------------------------------- evals
+  # Evaluator plug-ins (asg_jax/evaluators/common.py): `type` names the module; add more
+  # with `add_eval(c, name, type=..., **kwargs)` in a recipe.
+  c.evals = ml_collections.ConfigDict()
+  for name in ("loss", "retrieval", "zeroshot", "grounding"):
+    c.evals[name] = eval_entry(name)
+  c.evals.retrieval.ks = (1, 5, 10)
+  c.evals.zeroshot.prompts = True
+  c.evals.zeroshot.tag_decoder = True
   c.lock()
   return c
+
+
+def eval_entry(kind: str, *, every_steps: int = -1, split: str = "", dataset: str = "",
+               prefix: str = "") -> ml_collections.ConfigDict:
+  """A `config.evals` entry with the keys every evaluator has (see evaluators/common.py)."""
+  return ml_collections.ConfigDict({"type": kind, "every_steps": every_steps, "split": split,
+                                    "dataset": dataset, "prefix": prefix})
+
+
+def add_eval(c: ml_collections.ConfigDict, name: str, *, type: str, every_steps: int = -1,  # pylint: disable=redefined-builtin
+             split: str = "", dataset: str = "", prefix: str = "", **kwargs) -> None:
+  """Declare evaluator `name` (of module `type`) with its own keyword arguments."""
+  entry = eval_entry(type, every_steps=every_steps, split=split, dataset=dataset,
+                     prefix=prefix)
+  for k, v in kwargs.items():
+    entry[k] = v
+  with c.evals.unlocked():
+    c.evals[name] = entry
+
+
+def remove_evals(c: ml_collections.ConfigDict, *names: str) -> None:
+  """Drop evaluators from `config.evals` (e.g. grounding for data without boxes)."""
+  with c.evals.unlocked():
+    for name in names:
+      if name not in c.evals:
+        raise ConfigError(f"config.evals has no {name!r}; it has {sorted(c.evals)}")
+      del c.evals[name]
 
 
 # ASG ablation rows of results.md: which of the four terms are on.
@@ -226,11 +271,15 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _check(c: ml_collections.ConfigDict) -> None:
+  from asg_jax import registry  # pylint: disable=import-outside-toplevel
   choices = {
-      "model.image.name": ("vit", "resnet50"),
+      "model.image.name": tuple(registry.IMAGE_TOWERS),
+      "model.text.name": tuple(registry.TEXT_TOWERS),
       "model.local_head.mode": ("", "gloria", "reclf"),
-      "loss.name": ("ira", "asg", "reclf", "gloria"),
-      "loss.label_source": ("tags", "chexpert", "embedding"),
+      "model.local_head.importance_source": ("attention", "uniform"),
+      "model.local_head.pooling": ("lse", "mean"),
+      "loss.name": tuple(registry.OBJECTIVES),
+      "loss.label_source": ("tags", "chexpert", "embedding", "auto"),
       "data.normalization": ("imagenet", "half"),
       "model.dtype": ("float32", "bfloat16"),
       "data.rebuild": ("auto", "never", "always"),
@@ -258,6 +307,9 @@ def _check(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.train.warmup_frac = {c.train.warmup_frac}; expected in [0, 1)")
   if c.train.num_steps <= 0 and c.train.num_epochs <= 0:
     raise ConfigError("set config.train.num_steps or config.train.num_epochs (> 0)")
+  from asg_jax.evaluators import common  # pylint: disable=import-outside-toplevel
+  for name in c.evals:
+    common.check_entry(name, c.evals[name])
 
 
 def check_overrides_applied(config: ml_collections.ConfigDict) -> None:

@@ -16,7 +16,6 @@ normalisation). Texts are cleaned like training captions (lower case, `\\w+` tok
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -25,10 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from asg_jax import workdir as workdir_lib
 from asg_jax.models import vlp
 
-CONSTANTS_FILE = "constants.npz"
-TOKENIZER_FILE = "tokenizer.json"
+CONSTANTS_FILE = workdir_lib.CONSTANTS_FILE
+TOKENIZER_FILE = workdir_lib.TOKENIZER_FILE
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, np.ndarray]:
@@ -81,12 +81,8 @@ class Pretrained:
     Raises:
       FileNotFoundError: naming the missing file or checkpoint folder.
     """
-    from asg_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-      raise FileNotFoundError(f"{config_path} not found: is {workdir!r} a training workdir?")
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    from asg_jax import checkpoints, state as state_lib  # pylint: disable=import-outside-toplevel
+    config = workdir_lib.read_config(workdir)
     if tokenizer is None:
       from asg_jax.data import tokenization  # pylint: disable=import-outside-toplevel
       path = os.path.join(workdir, TOKENIZER_FILE)
@@ -94,38 +90,17 @@ class Pretrained:
         raise FileNotFoundError(f"{path} not found (written by training); pass tokenizer=")
       tokenizer = tokenization.load_tokenizer(path, config.data.max_length,
                                               config.data.lower_case)
-    constants = {}
-    constants_path = os.path.join(workdir, CONSTANTS_FILE)
-    if os.path.exists(constants_path):
-      with np.load(constants_path) as z:
-        constants = {k: z[k] for k in z.files}
-
-    model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-    tx, _ = train.make_optimizer(config.train, max(config.train.num_steps, 1))
-    batch = {k: jnp.asarray(v) for k, v in dummy_batch(config).items()}
-    queries = constants.get("tag_queries")
-
-    def init(rng):
-      variables = model.init({"params": rng, "dropout": rng}, batch, train=False,
-                             tag_queries=queries)
-      params = variables["params"]
-      return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              batch_stats=variables.get("batch_stats", {}),
-                              opt_state=tx.init(params))
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    manager = checkpoints.Manager(workdir, keep=1_000_000)
-    if checkpoint == "best" and manager.has_best():
-      state = manager.restore_best(abstract)
-    elif checkpoint in ("best", "latest"):
-      if checkpoint == "best":
-        print(f"No best checkpoint in {manager.best_directory} (no validation metric was "
-              f"recorded): loading the latest checkpoint instead.", flush=True)
-      state, step = manager.restore_latest(abstract)
-      if not step:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    else:
+    constants = workdir_lib.read_constants(workdir)
+    if checkpoint not in ("best", "latest"):
       raise ValueError(f"checkpoint={checkpoint!r}; expected 'best' or 'latest'")
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+    abstract = state_lib.abstract_variables(model, dummy_batch(config), constants)
+    manager = checkpoints.Manager(workdir, keep=1_000_000)
+    if checkpoint == "best" and not manager.has_best():
+      print(f"No best checkpoint in {manager.best_directory} (no validation metric was "
+            f"recorded): loading the latest checkpoint instead.", flush=True)
+      checkpoint = "latest"
+    variables, _ = manager.restore_model(abstract, checkpoint)
     return cls(config, variables, tokenizer, constants)
 
   # ------------------------------------------------------------------------ inputs
@@ -232,10 +207,4 @@ class Pretrained:
     return sim.mean(-1).reshape(gh, gw)
 
 
-def save_inference_files(workdir: str, tokenizer, constants: Mapping[str, np.ndarray]) -> None:
-  """Writes what `Pretrained.from_workdir` needs besides config and checkpoints."""
-  backend = getattr(tokenizer, "backend", None)
-  if backend is not None:
-    backend.save(os.path.join(workdir, TOKENIZER_FILE))
-  host = {k: np.asarray(jax.device_get(v)) for k, v in constants.items()}
-  np.savez(os.path.join(workdir, CONSTANTS_FILE), **host)
+save_inference_files = workdir_lib.save_inference_files

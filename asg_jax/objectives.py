@@ -10,7 +10,6 @@ import ml_collections
 import numpy as np
 
 from asg_jax import losses
-from asg_jax.models import bert, vlp
 
 
 def retrieval_measurements(image_emb: jax.Array, text_emb: jax.Array) -> dict[str, jax.Array]:
@@ -37,54 +36,50 @@ def retrieval_measurements(image_emb: jax.Array, text_emb: jax.Array) -> dict[st
 
 
 def make_objective(config: ml_collections.ConfigDict) -> Callable:
-  """The objective named by `config.loss.name` ("ira", "asg", "reclf", "gloria")."""
+  """The objective named by `config.loss.name` (asg_jax/registry.py OBJECTIVES)."""
+  from asg_jax import registry  # pylint: disable=import-outside-toplevel
+  return registry.objective_factory(config.loss.name)(config)
+
+
+def make_asg_objective(config: ml_collections.ConfigDict) -> Callable:
+  """ASG (`loss.name = "asg"`, the `use_*` switches) or IRA alone (`"ira"`). The in-batch
+  retrieval measurements come from the same (global or per-device) logits as the losses."""
   lc = config.loss
-  name = lc.name
   grid = patch_grid(config)
+  use = dict(use_ira=lc.use_ira, use_arsa=lc.use_arsa, use_irl=lc.use_irl, use_erl=lc.use_erl)
+  if lc.name == "ira":
+    use = dict(use_ira=True, use_arsa=False, use_irl=False, use_erl=False)
 
-  if name in ("ira", "asg"):
-    use = dict(use_ira=lc.use_ira, use_arsa=lc.use_arsa, use_irl=lc.use_irl,
-               use_erl=lc.use_erl)
-    if name == "ira":
-      use = dict(use_ira=True, use_arsa=False, use_irl=False, use_erl=False)
+  def objective(outputs, batch):
+    return losses.asg_objective(
+        outputs, batch, weights=(lc.w_ira, lc.w_arsa, lc.w_irl, lc.w_erl),
+        temperature=lc.temperature, mix=lc.soft_mix, grid=grid,
+        input_size=config.data.image_size, global_batch=lc.global_batch, **use)
+  return objective
 
-    def objective(outputs, batch):
-      loss, measurements = losses.asg_objective(
-          outputs, batch, weights=(lc.w_ira, lc.w_arsa, lc.w_irl, lc.w_erl),
-          temperature=lc.temperature, mix=lc.soft_mix, grid=grid,
-          input_size=config.data.image_size, global_batch=lc.global_batch, **use)
-      measurements = dict(measurements)
-      measurements.update(retrieval_measurements(outputs["image_emb"], outputs["text_emb"]))
-      return loss, measurements
-    return objective
 
-  if name in ("reclf", "gloria"):
-    def objective(outputs, batch):
-      loss, measurements = losses.reclf_objective(
-          outputs, batch, beta=lc.beta, temperature=lc.temperature,
-          local_temperature=lc.local_temperature, lambda_local=lc.lambda_local,
-          label_source=lc.label_source, gloria=name == "gloria", gamma3=lc.gamma3)
-      measurements = dict(measurements)
-      measurements.update(retrieval_measurements(outputs["image_emb"], outputs["text_emb"]))
-      return loss, measurements
-    return objective
-  raise ValueError(f"config.loss.name = {name!r}; expected ira, asg, reclf or gloria")
+def make_reclf_objective(config: ml_collections.ConfigDict) -> Callable:
+  """RECLF (`loss.name = "reclf"`) or its GLoRIA baseline (`"gloria"`)."""
+  lc = config.loss
+
+  def objective(outputs, batch):
+    loss, measurements = losses.reclf_objective(
+        outputs, batch, beta=lc.beta, temperature=lc.temperature,
+        local_temperature=lc.local_temperature, lambda_local=lc.lambda_local,
+        label_source=lc.label_source, gloria=lc.name == "gloria", gamma3=lc.gamma3,
+        semantic_local=lc.semantic_local)
+    measurements = dict(measurements)
+    measurements.update(retrieval_measurements(outputs["image_emb"], outputs["text_emb"]))
+    return loss, measurements
+  return objective
 
 
 def patch_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """`(gh, gw)`: the static local-feature grid of the image tower for the configured input
-  (ViT: image_size / patch; ResNet: layer3, stride 16)."""
-  image = config.model.image
-  if image.name == "vit":
-    side = config.data.image_size // image.patch_size
-  else:
-    side = math_ceil_div(image.input_resize or config.data.image_size, 16)
-  return side, side
-
-
-def math_ceil_div(a: int, b: int) -> int:
-  """ResNet-50 layer3 grid size for input side `a` (stride 16, 'SAME'-style padding)."""
-  return -(-a // b)
+  (the tower module's own `patch_grid`)."""
+  from asg_jax import registry  # pylint: disable=import-outside-toplevel
+  return registry.image_tower(config.model.image.name).patch_grid(config.model.image,
+                                                                  config.data.image_size)
 
 
 def tag_phrases() -> list[str]:
@@ -102,7 +97,9 @@ def make_constants(config: ml_collections.ConfigDict, tokenizer, rng: jax.Array)
   """
   if not config.model.tag_decoder.enabled:
     return {}
-  encoder = bert.BertEncoder(**vlp.text_encoder_kwargs(config.model.text), use_layers=None)
+  from asg_jax import registry  # pylint: disable=import-outside-toplevel
+  encoder = registry.text_tower(config.model.text.name).build(
+      config.model.text, jnp.float32, use_layers=None, name=None)
   tokens = tokenizer.encode_batch(tag_phrases())
   ids = jnp.asarray(tokens["input_ids"])
   mask = jnp.asarray(tokens["attention_mask"])

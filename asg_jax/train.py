@@ -15,15 +15,16 @@ import os
 import time
 from typing import Any, Callable, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from asg_jax import checkpoints, inference, objectives, parallel
-from asg_jax.evaluators import runner as eval_runner
+from asg_jax import checkpoints, objectives, parallel, predict
+from asg_jax import state as state_lib
+from asg_jax import workdir as workdir_lib
+from asg_jax.evaluators import common as eval_common
 from asg_jax.models import vlp
 
 logger = logging.getLogger(__name__)
@@ -33,43 +34,10 @@ class NonFiniteLossError(FloatingPointError):
   """Raised when a train step produced a NaN/Inf; the last good checkpoint is kept."""
 
 
-@flax.struct.dataclass
-class TrainState:
-  """The whole mutable training state: a plain pytree."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-
-# ----------------------------------------------------------------------------- optimizer
-def lr_schedule(train_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """ASG's per-step schedule: init_lr → linear warmup (warmup_frac of all steps) → lr,
-  then cosine decay to end_lr at the last step."""
-  warmup = int(round(train_cfg.warmup_frac * num_steps))
-  decay = max(num_steps - warmup, 1)
-  cosine = optax.cosine_decay_schedule(train_cfg.lr, decay_steps=decay,
-                                       alpha=train_cfg.end_lr / train_cfg.lr)
-  if warmup == 0:
-    return cosine
-  init_lr, peak = float(train_cfg.init_lr), float(train_cfg.lr)
-
-  def linear(count):
-    # init + (peak - init)·t/warmup, written so step 0 is exactly init_lr in float32
-    # (optax.linear_schedule's (init - end)·(1 - t) + end loses init_lr to cancellation)
-    frac = jnp.clip(jnp.asarray(count, jnp.float32) / warmup, 0.0, 1.0)
-    return init_lr + (peak - init_lr) * frac
-  return optax.join_schedules([linear, cosine], boundaries=[warmup])
-
-
-def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
-  """AdamW (decoupled weight decay on every parameter, as the released code) + schedule."""
-  schedule = lr_schedule(train_cfg, num_steps)
-  tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
-                   weight_decay=train_cfg.weight_decay)
-  if train_cfg.grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), tx)
-  return tx, schedule
+# the train state and its optimizer live in asg_jax/state.py (re-exported for callers)
+TrainState = state_lib.TrainState
+lr_schedule = state_lib.lr_schedule
+make_optimizer = state_lib.make_optimizer
 
 
 # ----------------------------------------------------------------------------- steps
@@ -110,20 +78,6 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
     return new_state, measurements
 
   return train_step
-
-
-def make_eval_step(model: vlp.VisionLanguageModel, objective: Callable,
-                   config: ml_collections.ConfigDict) -> Callable:
-  """`(state, batch, constants) -> per-example eval outputs + batch loss terms`."""
-
-  def eval_step(state: TrainState, batch, constants):
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch,
-                          train=False, tag_queries=constants.get("tag_queries"))
-    loss, measurements = objective(outputs, batch)
-    per_example = eval_runner.per_example_outputs(outputs, batch, config)
-    return per_example, dict(measurements, loss=loss)
-
-  return eval_step
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -176,12 +130,7 @@ def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict | 
   return summary if step is not None and step == summary.get("steps") else None
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config as `<workdir>/config.json` (and .txt)."""
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  with open(os.path.join(workdir, "config.txt"), "w") as f:
-    f.write(str(config))
+write_config = workdir_lib.write_config
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -236,10 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   with jax.set_mesh(mesh):
     host_constants = objectives.make_constants(config, data.tokenizer, query_rng)
     if jax.process_index() == 0:
-      inference.save_inference_files(workdir, data.tokenizer, host_constants)
+      workdir_lib.save_inference_files(workdir, data.tokenizer, host_constants)
     constants = parallel.replicate(host_constants, mesh)
-    state = checkpoints.init_state(config, model, tx, init_rng, data.example_batch(), constants,
-                                   mesh, TrainState)
+    state = state_lib.init_state(config, model, tx, init_rng, data.example_batch(), constants,
+                                 mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     manager = checkpoints.Manager(workdir, config.train.keep_checkpoints)
     state, start_step = manager.restore_latest(state)
@@ -252,15 +201,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
         make_train_step(model, tx, schedule, objective, dropout_rng),
         in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
         out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, objective, config))
+    predict_fns = predict.make_predict_fns(model, objective, data.tokenizer, config)
+    evaluators = eval_common.from_config(
+        config, predict_fns, mesh=mesh, constants=constants,
+        batches=lambda dataset, split: functools.partial(data.eval_batches, split=split,
+                                                         dataset=dataset))
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start_step == 0:
       writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()
                             if isinstance(v, (int, float, str, bool))})
-    evaluate = functools.partial(eval_runner.evaluate, eval_step=eval_step, data=data,
-                                 constants=constants, mesh=mesh, config=config)
-    prompt_embedder = eval_runner.make_prompt_embedder(model, data.tokenizer)
+
+    def evaluate(state, done: int, only_due: bool) -> dict | None:
+      due = [e for e in evaluators if not only_due or e.due(done, num_steps)]
+      if not due:
+        return None
+      t_eval = time.time()
+      values = {}
+      for e in due:
+        values.update(e.run(state))
+      result = {"metrics": {k: v for k, v in values.items() if not k.startswith("chance/")},
+                "chance": {k[len("chance/"):]: v for k, v in values.items()
+                           if k.startswith("chance/")},
+                "evaluators": [e.name for e in due], "seconds": time.time() - t_eval}
+      result["num_examples"] = max([e.data.num_examples for e in due] or [0])
+      return result
 
     history: list[dict] = []
     pending = None            # (step, device measurements) checked one step late
@@ -270,6 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     loop = lambda: {"best": best, "stalls": stalls, "stopped": stopped}  # noqa: E731
     t0, s0 = time.time(), start_step
     last_eval = None
+    final = {"metrics": {}, "chance": {}}     # the latest value of every metric
     warned_metric = False
     train_iter = data.train_batches(start_step)
     for step in range(start_step, num_steps if stopped is None else start_step):
@@ -285,11 +251,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
         pending = None
         _log_train(writer, history, done, num_steps, t0, s0)
         history = []
-      if done % config.eval.every_steps == 0 or is_last:
+      result = evaluate(state, done, only_due=True)
+      if result is not None:
         if pending is not None:
           history.append(_to_host(*pending))
           pending = None
-        last_eval = evaluate(state, embed_prompts=prompt_embedder(state))
+        last_eval = result
+        final["metrics"].update(result["metrics"])
+        final["chance"].update(result["chance"])
         writer.write_scalars(done, {f"val/{k}": v for k, v in last_eval["metrics"].items()})
         _print_eval(done, last_eval)
         metric = last_eval["metrics"].get(config.eval.best_metric)
@@ -321,15 +290,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     if pending is not None:
       history.append(_to_host(*pending))
     if last_eval is None:   # nothing trained here (resumed at the end, or reevaluate)
-      last_eval = evaluate(state, embed_prompts=prompt_embedder(state))
+      last_eval = evaluate(state, int(jax.device_get(state.step)), only_due=False) or {
+          "metrics": {}, "chance": {}, "num_examples": 0}
+      final["metrics"].update(last_eval["metrics"])
+      final["chance"].update(last_eval["chance"])
       _print_eval(int(jax.device_get(state.step)), last_eval)
     manager.wait()
     writer.flush()
 
   summary = {
       "name": config.name,
-      "metrics": last_eval["metrics"],
-      "chance": last_eval["chance"],
+      "metrics": final["metrics"],
+      "chance": final["chance"],
       "num_eval_examples": last_eval["num_examples"],
       "steps": int(jax.device_get(state.step)),
       "num_steps": num_steps,
@@ -339,9 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
       "config_fingerprint": config_fingerprint(config),
   }
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
-  print(f"Summary written to {os.path.join(workdir, 'summary.json')}", flush=True)
+  path = workdir_lib.write_summary(workdir, summary)
+  print(f"Summary written to {path}", flush=True)
   return summary
 
 

@@ -88,7 +88,8 @@ class FakeData:
                        nan_image=step == self.nan_at_step)
       step += 1
 
-  def eval_batches(self):
+  def eval_batches(self, split: str = "", dataset: str = ""):
+    del split, dataset   # one fake split
     bs = self.config.eval.batch_size
     for start in range(0, self.num_eval, bs):
       batch = fake_batch(self.config, bs, seed=50_000 + start)

@@ -8,18 +8,23 @@ import numpy as np
 import optax
 import pytest
 
-from asg_jax import checkpoints, objectives, parallel, train
+from asg_jax import checkpoints, config as config_lib, objectives, parallel, predict, train
+from asg_jax import state as state_lib
+from asg_jax.evaluators import common as eval_common
 from asg_jax.models import vlp
 from tests.fakes import FakeData, fake_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def demo_config(arg="runlocal", **overrides):
+def demo_config(arg="runlocal", evals=None, **overrides):
+  """configs/demo.py:`arg` with dotted overrides; `evals` keeps only those evaluators."""
   spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config(arg)
+  if evals is not None:
+    config_lib.remove_evals(c, *[n for n in c.evals if n not in evals])
   c.unlock()
   for dotted, value in overrides.items():
     node = c
@@ -39,8 +44,7 @@ def build(config, mesh):
   rng = jax.random.PRNGKey(0)
   with jax.set_mesh(mesh):
     constants = parallel.replicate(objectives.make_constants(config, data.tokenizer, rng), mesh)
-    state = checkpoints.init_state(config, model, tx, rng, data.example_batch(), constants,
-                                   mesh, train.TrainState)
+    state = state_lib.init_state(config, model, tx, rng, data.example_batch(), constants, mesh)
   step = train.make_train_step(model, tx, schedule, objective, jax.random.PRNGKey(1))
   return data, state, constants, step
 
@@ -144,22 +148,27 @@ def test_fake_batch_follows_interface():
 
 
 # ------------------------------------------------------------------ honest evaluation
-def _eval_parts(config, mesh):
-  data, state, constants, _ = build(config, mesh)
+def run_evals(config, mesh, data):
+  """Every configured evaluator once, on a fresh state: {metric: value} incl. chance/."""
+  _, state, constants, _ = build(config, mesh)
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  eval_step = jax.jit(train.make_eval_step(model, objectives.make_objective(config), config))
-  return model, state, constants, eval_step
+  fns = predict.make_predict_fns(model, objectives.make_objective(config), data.tokenizer,
+                                 config)
+  with jax.set_mesh(mesh):
+    evaluators = eval_common.from_config(
+        config, fns, mesh=mesh, constants=constants,
+        batches=lambda dataset, split: data.eval_batches)
+    values = {}
+    for e in evaluators:
+      values.update(e.run(state))
+  return values, state, model, evaluators
 
 
 def test_partial_batch_val_loss_is_the_per_example_mean():
-  from asg_jax.evaluators import runner
-  config = demo_config("runlocal,objective=ira,image=vit", **{"eval.evaluators": ()})
+  config = demo_config("runlocal,objective=ira,image=vit", evals=("loss",))
   mesh = parallel.make_mesh(8)
-  model, state, constants, eval_step = _eval_parts(config, mesh)
   data = FakeData(config, num_eval=27)            # batches of 16: 16 + 11 real rows
-  with jax.set_mesh(mesh):
-    result = runner.evaluate(state, eval_step=eval_step, data=data, constants=constants,
-                             mesh=mesh, config=config)
+  values, state, model, evaluators = run_evals(config, mesh, data)
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   per_example = []
   for batch in data.eval_batches():
@@ -171,16 +180,14 @@ def test_partial_batch_val_loss_is_the_per_example_mean():
     lse_cols = np.log(np.exp(logits).sum(0))
     per_example.append(lse_rows + lse_cols - 2 * np.diag(logits))   # CE(i2t) + CE(t2i)
   expected = np.concatenate(per_example)
-  assert expected.shape == (27,) and result["num_examples"] == 27
-  np.testing.assert_allclose(result["metrics"]["val_loss"], expected.mean(), rtol=1e-4)
-  np.testing.assert_allclose(result["metrics"]["val_ira"], expected.mean(), rtol=1e-4)
+  assert expected.shape == (27,) and evaluators[0].data.num_examples == 27
+  np.testing.assert_allclose(values["val_loss"], expected.mean(), rtol=1e-4)
+  np.testing.assert_allclose(values["val_ira"], expected.mean(), rtol=1e-4)
 
 
 def test_grounding_is_absent_without_annotated_boxes():
-  from asg_jax.evaluators import runner
-  config = demo_config("runlocal,image=vit", **{"eval.evaluators": ("grounding",)})
+  config = demo_config("runlocal,image=vit", evals=("loss", "grounding"))
   mesh = parallel.make_mesh(8)
-  _, state, constants, eval_step = _eval_parts(config, mesh)
 
   class AtlasOnly(FakeData):
     def eval_batches(self):
@@ -188,23 +195,20 @@ def test_grounding_is_absent_without_annotated_boxes():
         batch["boxes_annotated"] = np.zeros_like(batch["boxes_annotated"])
         yield batch
 
-  with jax.set_mesh(mesh):
-    real = runner.evaluate(state, eval_step=eval_step, data=FakeData(config, num_eval=32),
-                           constants=constants, mesh=mesh, config=config)
-    atlas = runner.evaluate(state, eval_step=eval_step, data=AtlasOnly(config, num_eval=32),
-                            constants=constants, mesh=mesh, config=config)
-  assert "grounding_acc" in real["metrics"] and "grounding_acc" in real["chance"]
-  assert "grounding_acc" not in atlas["metrics"] and "grounding_acc" not in atlas["chance"]
-  assert atlas["metrics"]["val_loss"] == pytest.approx(real["metrics"]["val_loss"])
+  real, _, _, _ = run_evals(config, mesh, FakeData(config, num_eval=32))
+  atlas, _, _, _ = run_evals(config, mesh, AtlasOnly(config, num_eval=32))
+  assert "grounding_acc" in real and "chance/grounding_acc" in real
+  assert "grounding_acc" not in atlas and "chance/grounding_acc" not in atlas
+  assert atlas["val_loss"] == pytest.approx(real["val_loss"])
 
 
 def test_resume_with_patience_equals_uninterrupted_and_rerun_is_a_noop(tmp_path, capsys):
   # zs_num_tags is constant, so after the first evaluation nothing "improves": with
   # patience 2 and an evaluation every step, training stops at step 3.
-  config = demo_config(**{"train.num_steps": 8, "train.checkpoint_every": 1,
-                          "train.log_every": 1, "eval.every_steps": 1,
-                          "train.early_stop_patience": 2, "eval.best_metric": "zs_num_tags",
-                          "eval.evaluators": ("zeroshot",)})
+  config = demo_config(evals=("zeroshot",), **{
+      "train.num_steps": 8, "train.checkpoint_every": 1, "train.log_every": 1,
+      "eval.every_steps": 1, "train.early_stop_patience": 2, "eval.best_metric": "zs_num_tags",
+      "evals.zeroshot.prompts": False})
   full = train.train_and_evaluate(config, str(tmp_path / "full"), data=FakeData(config))
   assert full["steps"] == 3 and full["stopped"].startswith("early stopping")
   assert train.train_and_evaluate(config, str(tmp_path / "killed"), data=FakeData(config),

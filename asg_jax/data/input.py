@@ -101,9 +101,15 @@ class DataSource:
         batch_size=self.config.train.batch_size, train=True, seed=self.config.seed,
         start_step=start_step)
 
-  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over the eval split (`config.eval.max_examples` caps it), with `valid`."""
+  def eval_batches(self, split: str = "", dataset: str = "") -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `split` (default `config.data.eval_split`) of `dataset` (default the
+    pre-training data; else a prepared tfds `name` or `name/config` in `config.data.data_dir`
+    stored in the same layout), with `valid`; `config.eval.max_examples` caps it."""
+    kwargs = self._kwargs()
+    if dataset:
+      name, _, builder_config = dataset.partition("/")
+      kwargs.update(name=name, builder_config=builder_config or None)
     return self._pipeline.create_input_iterator(
-        **self._kwargs(), split=self.config.data.eval_split, tokenizer=self.tokenizer,
+        **kwargs, split=split or self.config.data.eval_split, tokenizer=self.tokenizer,
         batch_size=self.config.eval.batch_size, train=False, seed=self.config.seed,
         start_step=0, max_examples=self.config.eval.max_examples or None)

@@ -39,3 +39,35 @@ def pointing_game(patch_emb: jax.Array, sentence_emb: jax.Array, boxes: jax.Arra
   return {"hit": hit.astype(jnp.float32) * mask,
           "chance": jnp.mean(inside.astype(jnp.float32), axis=-1) * mask,
           "mask": mask}
+
+
+class Evaluator:
+  """Region grounding (the pointing game) of region–sentence similarity maps against the
+  examples' OWN boxes (`boxes_annotated`); yields `grounding_acc` and its chance level (the
+  mean fraction of patch centres inside the boxes), nothing when the split has no such box
+  (atlas priors are never scored)."""
+
+  def __init__(self, predict_fns, *, data):
+    from asg_jax import losses, objectives  # pylint: disable=import-outside-toplevel
+    config = predict_fns["config"]
+    grid, size = objectives.patch_grid(config), config.data.image_size
+    self._data = data
+
+    def per_batch(outputs, batch):
+      if "region_word_index" not in batch:
+        return {}
+      sentences = losses.sentence_features(outputs["word_emb"], batch["region_word_index"])
+      mask = batch["region_mask"]
+      if "boxes_annotated" in batch:
+        mask = mask & batch["boxes_annotated"][:, None]
+      g = pointing_game(outputs["patch_emb"], sentences, batch["region_boxes"], mask, grid, size)
+      return {"hit": g["hit"].sum(-1), "chance": g["chance"].sum(-1), "mask": g["mask"].sum(-1)}
+    data.register("grounding", per_batch)
+
+  def run(self, state):
+    arrays = self._data.run(state)["grounding"]
+    if "mask" not in arrays or arrays["mask"].sum() == 0:
+      return
+    total = float(arrays["mask"].sum())
+    yield "grounding_acc", float(arrays["hit"].sum() / total)
+    yield "chance/grounding_acc", float(arrays["chance"].sum() / total)

@@ -5,11 +5,12 @@ __all__ = ["ira_loss"]
 from asg_jax.losses.reclf import (gloria_local_loss, gloria_local_similarity,  # noqa: E402
                                   local_matching_scores, pairwise_local_similarity,
                                   reclf_local_similarity, reclf_objective,
-                                  semantic_contrastive_loss, semantic_similarity)
+                                  semantic_contrastive_loss, semantic_similarity,
+                                  semantic_soft_targets)
 
 __all__ += ["gloria_local_loss", "gloria_local_similarity", "local_matching_scores",
             "pairwise_local_similarity", "reclf_local_similarity", "reclf_objective",
-            "semantic_contrastive_loss", "semantic_similarity"]
+            "semantic_contrastive_loss", "semantic_similarity", "semantic_soft_targets"]
 from asg_jax.losses.asg import (arsa_loss, asg_objective, region_features,  # noqa: E402
                                 sentence_features, tag_bce_loss)
 from asg_jax.losses.contrastive import (contrastive_terms, soft_label_loss,  # noqa: E402

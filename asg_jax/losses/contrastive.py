@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType
 
-DATA_AXIS = "data"
+from asg_jax.models.common import l2_normalize
+from asg_jax.parallel import DATA_AXIS
+
 _EPS = 1e-12
 _TOPK = (1, 5)
 
@@ -169,8 +171,7 @@ def _data_axis(batch: int) -> tuple[int, bool]:
 
 def _unit_tags(tags: jax.Array) -> jax.Array:
   """ŷ = y / max(‖y‖₂, 1e-12), y = (tags == 1). `[B, T]` -> `[B, T]` float32."""
-  y = (tags == 1).astype(jnp.float32)
-  return y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), _EPS)
+  return l2_normalize((tags == 1).astype(jnp.float32), eps=_EPS)
 
 
 def _raw_targets(y_rows: jax.Array, y_all: jax.Array, row_index: jax.Array,

@@ -240,3 +240,23 @@ class BertEncoder(nn.Module):
                        self.intermediate_size, self.hidden_dropout, self.attention_dropout,
                        self.dtype, name="encoder")(x, bias, train=train)
     return {"cls": x[:, 0], "hidden": x, "attention": probs}
+
+
+# ------------------------------------------------------------------- text-tower interface
+# (asg_jax/registry.py: every text tower module exposes build / load_pretrained)
+
+def build(cfg, dtype, use_layers: int | None, name: str = "text_encoder") -> BertEncoder:
+  """The Linen module for `config.model.text` (`use_layers`: first k layers; None = all)."""
+  return BertEncoder(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                     num_hidden_layers=cfg.num_hidden_layers,
+                     num_attention_heads=cfg.num_attention_heads,
+                     intermediate_size=cfg.intermediate_size,
+                     max_position_embeddings=cfg.max_position_embeddings,
+                     hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout,
+                     use_layers=use_layers, dtype=dtype, name=name)
+
+
+def load_pretrained(path: str, params):
+  """Hugging Face BERT weights (local path or cached hub name) into `params`."""
+  from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
+  return checkpoint_convert.load_bert(path, params)

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asg_jax.models.common import l2_normalize  # noqa: F401  (also re-exported)
+
 
 class Linear(nn.Module):
   """PyTorch `nn.Linear` (init uniform +-1/sqrt(fan_in) for weight and bias) as Flax
@@ -45,12 +47,6 @@ class Linear(nn.Module):
     if frozen_bias:
       bias = jax.lax.stop_gradient(bias)
     return x @ kernel + bias
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """`x / max(||x||, eps)` along the last axis (torch `F.normalize`), NaN-free gradients."""
-  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 class ProjectionHead(nn.Module):

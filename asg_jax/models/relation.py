@@ -1,9 +1,9 @@
 """RECLF / GLoRIA local-matching head: the parameters of SRM and IRM (reclf.md §2–3).
 
-The computation is the pure code of `asg_jax.losses.reclf`; this module only owns the
-learned weights and decides the mode. It is called by the model on the GLOBAL arrays inside
+The computation is the pure code of `asg_jax.models.local_matching`; this module only owns
+the learned weights and decides the mode. It is called by the model on the GLOBAL arrays inside
 the jitted step; under `jax.set_mesh` with a `data` axis the pairwise matching is a
-`shard_map` by image rows (see `reclf.pairwise_local_similarity`).
+`shard_map` by image rows (see `local_matching.pairwise_local_similarity`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asg_jax.losses import reclf
+from asg_jax.models import local_matching
 
 
 class ImportanceCorrection(nn.Module):
@@ -80,7 +80,7 @@ class LocalMatchingHead(nn.Module):
     common = dict(block_size=self.block_size, remat=self.remat, shard=self.shard,
                   word_softmax_first=self.word_softmax_first, gamma2=self.gamma2)
     if self.mode == "gloria":
-      return reclf.pairwise_local_similarity(patch_emb, word_emb, word_mask, None,
+      return local_matching.pairwise_local_similarity(patch_emb, word_emb, word_mask, None,
                                              attn_temperature=1.0 / self.gamma1,
                                              pooling="lse", **common)
     if self.mode != "reclf":
@@ -116,10 +116,10 @@ class LocalMatchingHead(nn.Module):
         raise ValueError(f"importance_source = {self.importance_source!r}; expected "
                          "'attention' or 'uniform'")
       correction = ImportanceCorrection(self.irm_hidden, name="irm")(
-          reclf.mask_words(word_emb, word_mask))
-      weights = reclf.importance_weights(prior, word_mask, correction)
+          local_matching.mask_words(word_emb, word_mask))
+      weights = local_matching.importance_weights(prior, word_mask, correction)
 
-    return reclf.pairwise_local_similarity(
+    return local_matching.pairwise_local_similarity(
         patch_emb, word_emb, word_mask, weights, srm_layers=layers, srm_heads=self.srm_heads,
         srm_visual_context=self.srm_visual_context, attn_temperature=self.attn_temperature,
         pooling=self.pooling, **common)

@@ -135,3 +135,32 @@ class ResNet50(nn.Module):
     outs = Encoder(tuple(self.stage_sizes), self.width, self.dtype, name="encoder")(
         h, train=train)
     return {"pooled": jnp.mean(outs[3], axis=(1, 2)), "layer3": outs[2]}
+
+
+# ------------------------------------------------------------------ image-tower interface
+# (asg_jax/registry.py: every image tower module exposes build / features / patch_grid /
+# load_pretrained)
+
+def build(cfg, dtype, name: str = "image_encoder") -> ResNet50:
+  """The Linen module for `config.model.image`."""
+  return ResNet50(stage_sizes=tuple(cfg.resnet_stage_sizes), width=cfg.resnet_width,
+                  dtype=dtype, name=name)
+
+
+def features(out: dict) -> tuple[jax.Array, jax.Array]:
+  """(global feature `[B, D]` = pooled layer4, local tokens `[B, M, D']` = layer3 grid)."""
+  layer3 = out["layer3"]
+  return out["pooled"], layer3.reshape(layer3.shape[0], -1, layer3.shape[-1])
+
+
+def patch_grid(cfg, image_size: int) -> tuple[int, int]:
+  """layer3 grid (stride 16, 'SAME'-style padding) of the input, resized to
+  `cfg.input_resize` when set."""
+  side = -(-(cfg.input_resize or image_size) // 16)
+  return side, side
+
+
+def load_pretrained(path: str, params, batch_stats):
+  """Hugging Face ResNet-50 weights and BatchNorm statistics into (params, batch_stats)."""
+  from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
+  return checkpoint_convert.load_resnet(path, params, batch_stats)

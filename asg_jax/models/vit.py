@@ -193,3 +193,31 @@ class ViT(nn.Module):
                        self.dropout, self.dtype, name="encoder")(x, train=train)
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm")(x)
     return {"cls": x[:, 0], "patch_tokens": x[:, 1:], "attention": probs}
+
+
+# ------------------------------------------------------------------ image-tower interface
+# (asg_jax/registry.py: every image tower module exposes build / features / patch_grid /
+# load_pretrained)
+
+def build(cfg, dtype, name: str = "image_encoder") -> ViT:
+  """The Linen module for `config.model.image`."""
+  return ViT(patch_size=cfg.patch_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+             num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
+             name=name)
+
+
+def features(out: dict) -> tuple[jax.Array, jax.Array]:
+  """(global feature `[B, D]` = CLS after the final norm, local tokens `[B, M, D]`)."""
+  return out["cls"], out["patch_tokens"]
+
+
+def patch_grid(cfg, image_size: int) -> tuple[int, int]:
+  """The static patch grid for a square input of `image_size`."""
+  side = image_size // cfg.patch_size
+  return side, side
+
+
+def load_pretrained(path: str, params, batch_stats):
+  """Hugging Face ViT/DeiT weights (local path or cached hub name) into `params`."""
+  from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
+  return checkpoint_convert.load_vit(path, params), batch_stats

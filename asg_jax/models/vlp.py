@@ -12,31 +12,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from asg_jax.models import aggregation, bert, heads, resnet, vit
+from asg_jax import registry
+from asg_jax.models import aggregation, heads
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def image_encoder(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
-  """The image tower named by `config.model.image`."""
-  if cfg.name == "vit":
-    return vit.ViT(patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
-                   num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                   dropout=cfg.dropout, dtype=dtype, name="image_encoder")
-  if cfg.name == "resnet50":
-    return resnet.ResNet50(stage_sizes=tuple(cfg.resnet_stage_sizes), width=cfg.resnet_width,
-                           dtype=dtype, name="image_encoder")
-  raise ValueError(f"config.model.image.name = {cfg.name!r}; expected 'vit' or 'resnet50'")
-
-
-def text_encoder_kwargs(cfg: ml_collections.ConfigDict) -> dict:
-  """BertEncoder keyword arguments from `config.model.text`."""
-  return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-              num_hidden_layers=cfg.num_hidden_layers,
-              num_attention_heads=cfg.num_attention_heads,
-              intermediate_size=cfg.intermediate_size,
-              max_position_embeddings=cfg.max_position_embeddings,
-              hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout)
 
 
 class VisionLanguageModel(nn.Module):
@@ -50,9 +29,10 @@ class VisionLanguageModel(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = _DTYPES[cfg.dtype]
-    self.image_encoder = image_encoder(cfg.image, dtype)
-    self.text_encoder = bert.BertEncoder(**text_encoder_kwargs(cfg.text),
-                                         use_layers=cfg.text.use_layers, dtype=dtype)
+    self.image_encoder = registry.image_tower(cfg.image.name).build(cfg.image, dtype,
+                                                                    name="image_encoder")
+    self.text_encoder = registry.text_tower(cfg.text.name).build(
+        cfg.text, dtype, use_layers=cfg.text.use_layers, name="text_encoder")
     self.image_global_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
     self.image_local_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
     self.text_global_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
@@ -73,12 +53,8 @@ class VisionLanguageModel(nn.Module):
       size = cfg.image.input_resize
       images = jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]),
                                 method="bilinear")
-    img = self.image_encoder(images, train=train)
-    if cfg.image.name == "vit":
-      image_feature, patch_tokens = img["cls"], img["patch_tokens"]
-    else:
-      image_feature, layer3 = img["pooled"], img["layer3"]
-      patch_tokens = layer3.reshape(layer3.shape[0], -1, layer3.shape[-1])
+    image_feature, patch_tokens = registry.image_tower(cfg.image.name).features(
+        self.image_encoder(images, train=train))
     out = {"image_feature": image_feature.astype(jnp.float32),
            "patch_tokens": patch_tokens.astype(jnp.float32)}
     out["image_emb"] = self.image_global_head(out["image_feature"], train=train)
@@ -130,8 +106,11 @@ def local_head_from_config(cfg: ml_collections.ConfigDict) -> nn.Module:
   return relation.LocalMatchingHead(
       mode=cfg.mode, use_srm=cfg.use_srm, use_irm=cfg.use_irm, srm_layers=cfg.srm_layers,
       srm_heads=cfg.srm_heads, srm_visual_context=cfg.srm_visual_context,
-      irm_hidden=cfg.irm_hidden, attn_temperature=cfg.attn_temperature, gamma1=cfg.gamma1,
-      gamma2=cfg.gamma2, block_size=cfg.block_size or None)
+      srm_qk_dim=cfg.srm_qk_dim or None, irm_hidden=cfg.irm_hidden,
+      importance_source=cfg.importance_source, detach_importance=cfg.detach_importance,
+      attn_temperature=cfg.attn_temperature, gamma1=cfg.gamma1, gamma2=cfg.gamma2,
+      pooling=cfg.pooling, word_softmax_first=cfg.word_softmax_first,
+      block_size=cfg.block_size or None, remat=cfg.remat, shard=cfg.shard)
 
 
 def frozen_model_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:

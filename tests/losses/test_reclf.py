@@ -236,7 +236,7 @@ def test_semantic_loss_matches_numpy():
   q = q / q.sum(1, keepdims=True)
   np.testing.assert_allclose(reclf.semantic_contrastive_loss(x, s, beta=0.2),
                              np_soft_ce(x, q), rtol=1e-5)
-  np.testing.assert_allclose(reclf.soft_targets(s, 0.2), q, rtol=1e-6)
+  np.testing.assert_allclose(reclf.semantic_soft_targets(s, 0.2), q, rtol=1e-6)
 
 
 def test_label_similarity_sources():
@@ -255,7 +255,7 @@ def test_label_similarity_sources():
   tags = np.array([[1, -1, 0, 1], [1, 1, -1, -1], [-1, -1, -1, -1]], np.int32)
   s = reclf.semantic_similarity({"tags": tags}, None, "tags")
   np.testing.assert_allclose(s, [[1, .5, 0], [.5, 1, 0], [0, 0, 0]], atol=1e-6)
-  q = reclf.soft_targets(s, 0.2)
+  q = reclf.semantic_soft_targets(s, 0.2)
   np.testing.assert_allclose(q[2], [0, 0, 1], atol=1e-6)  # unlabeled: one-hot
 
   emb = np.array([[1, 0], [0.6, 0.8], [-1, 0]], np.float32)
@@ -284,7 +284,7 @@ def test_reclf_objective(gloria):
   if gloria:
     g_ref, l_ref = np_soft_ce(10 * cos, np.eye(b)), np_soft_ce(10 * r, np.eye(b))
   else:
-    q = np.asarray(reclf.soft_targets(reclf.semantic_similarity(batch, None, "tags"), 0.2))
+    q = np.asarray(reclf.semantic_soft_targets(reclf.semantic_similarity(batch, None, "tags"), 0.2))
     g_ref, l_ref = np_soft_ce(cos / 0.07, q), np_soft_ce(r / 0.1, q)
   np.testing.assert_allclose(meas["global_loss"], g_ref, rtol=1e-5)
   np.testing.assert_allclose(meas["local_loss"], l_ref, rtol=1e-5)

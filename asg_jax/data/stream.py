@@ -1,0 +1,136 @@
+"""The tf.data stream: raw records of an `ExampleSource` → padded, cropped tf.data batches.
+
+`make_dataset` decodes each record after any skipping (`_example_fn`: image decode, the
+geometry of `geometry.py`, region selection and padding) and batches them; the host side
+(`asg_jax.data.host`) then tokenises and normalises. See `asg_jax.data.pipeline` for the
+whole pipeline and its determinism rules.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from asg_jax.data import geometry
+# _mix/_records: one epoch of raw records of a source (they live with the source)
+from asg_jax.data.source import (  # pylint: disable=unused-import
+    STORED_KEYS, ExampleSource, _mix, _records)
+
+# region_source values whose boxes are priors, not the image's own anatomy
+PRIOR_REGION_SOURCES = ("atlas", "none")
+
+
+def _example_fn(*, decode, name: str, image_size: int, resize: int, max_regions: int,
+                keep_ids: Sequence[int], train: bool, seed: int, min_box_visibility: float):
+  keep_ids_t = tf.constant(list(keep_ids), tf.int32)
+
+  def fn(epoch, index, record):
+    ex = decode(record)
+    missing = [k for k in STORED_KEYS if k not in ex]
+    if missing:
+      raise ValueError(f"{name}: the stored examples lack the feature(s) {missing}; "
+                       f"interfaces.md §1 expects {list(STORED_KEYS)}")
+    image = ex["image"]
+    if image.dtype == tf.string:
+      image = tf.io.decode_image(image, channels=1, expand_animations=False)
+    ex_seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), index)
+    boxes = tf.reshape(tf.cast(ex["region_boxes"], tf.float32), [-1, 4])
+    ids = tf.reshape(tf.cast(ex["region_ids"], tf.int32), [-1])
+    rsi = tf.cast(ex["region_sentence_index"], tf.int32)
+    rows = tf.shape(ids)[0]
+    checks = [
+        tf.debugging.assert_equal(tf.shape(boxes)[0], rows, message=(
+            f"{name}: region_boxes and region_ids of a stored example have different "
+            "numbers of rows")),
+        tf.debugging.assert_equal(tf.shape(rsi)[0], rows, message=(
+            f"{name}: region_sentence_index and region_ids of a stored example have "
+            "different numbers of rows")),
+    ]
+    with tf.control_dependencies(checks):   # fail here, before any shape clash below
+      boxes, ids = tf.identity(boxes), tf.identity(ids)
+      rsi = tf.reshape(rsi, [rows, -1])
+    image, boxes, visible = geometry.crop(
+        image, boxes, resize=resize, image_size=image_size, train=train, seed=ex_seed,
+        min_box_visibility=min_box_visibility)
+    wanted = tf.reduce_any(ids[:, None] == keep_ids_t[None, :], axis=1)
+    kept = tf.where(tf.logical_and(wanted, visible))[:, 0][:max_regions]
+    n = tf.shape(kept)[0]
+    pad = max_regions - n
+    sentences = tf.reshape(ex["sentences"], [-1])
+    if "region_source" in ex:
+      source = tf.reshape(ex["region_source"], [])
+      annotated = tf.logical_not(tf.reduce_any(tf.equal(source, PRIOR_REGION_SOURCES)))
+    else:
+      annotated = tf.constant(True)
+    lengths = tf.strings.length(sentences, unit="UTF8_CHAR")
+    return {
+        "image": image,
+        "tags": tf.reshape(tf.cast(ex["tags"], tf.int32), [40]),
+        "chexpert": tf.reshape(tf.cast(ex["chexpert"], tf.float32), [14]),
+        "region_boxes": tf.ensure_shape(tf.pad(tf.gather(boxes, kept), [[0, pad], [0, 0]]),
+                                        [max_regions, 4]),
+        "region_ids": tf.ensure_shape(tf.pad(tf.gather(ids, kept), [[0, pad]],
+                                             constant_values=-1), [max_regions]),
+        "region_mask": tf.range(max_regions) < n,
+        "region_sentences": tf.pad(tf.gather(rsi, kept), [[0, pad], [0, 0]], constant_values=-1),
+        "sentence_starts": tf.cast(tf.cumsum(lengths + 1, exclusive=True), tf.int32),
+        "caption": tf.strings.reduce_join(sentences, separator=" "),
+        "boxes_annotated": annotated,
+        "index": tf.cast(index, tf.int64),
+    }
+  return fn
+
+
+_PADDING = {"region_sentences": -1, "sentence_starts": -1}
+
+
+def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_regions: int,
+                 normalization: str, regions: Sequence[str], shuffle_buffer: int,
+                 local_batch_size: int, train: bool, seed: int, start_step: int = 0,
+                 min_box_visibility: float = 0.5) -> tf.data.Dataset:
+  """This process's tf.data batches before tokenisation (see the module docstring).
+
+  Elements: `image` uint8 `[b, S, S, C]` (cropped, not yet normalised: `finalize_batch`
+  does it), `tags` i32 `[b, 40]`, `chexpert` f32 `[b, 14]`,
+  `region_boxes` f32 `[b, R, 4]`, `region_ids` i32 `[b, R]`, `region_mask` bool `[b, R]`,
+  `region_sentences` i32 `[b, R, S']` (sentence indices, -1 padded), `sentence_starts` i32
+  `[b, S'']` (character offset of each sentence in the caption, -1 padded), `caption`
+  string `[b]`, `index` i64 `[b]`. Training batches drop the remainder (endless stream);
+  eval batches keep a smaller last batch.
+  """
+  from asg_jax.data.reports import vocabulary  # pylint: disable=import-outside-toplevel
+  unknown = [r for r in regions if r not in vocabulary.REGION_INDEX]
+  if unknown:
+    raise ValueError(f"config.data.regions: unknown region name(s) {unknown}; the names are "
+                     f"those of vocab.json imagenome_regions_29")
+  keep_ids = [vocabulary.REGION_INDEX[r] for r in regions]
+  n_local = source.num_examples
+  if n_local == 0:
+    raise ValueError(f"{source.name}: this process has no examples to read")
+  geometry.normalization_constants(normalization)
+  fn = _example_fn(decode=source.decode, name=source.name, image_size=image_size, resize=resize,
+                   max_regions=max_regions, keep_ids=keep_ids,
+                   train=train, seed=seed, min_box_visibility=min_box_visibility)
+  skip = int(start_step) * local_batch_size
+  if train:
+    first_epoch, skip = divmod(skip, n_local)
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(
+        lambda e: _records(source, train=True, seed=seed, shuffle_buffer=shuffle_buffer,
+                           epoch=e))
+  else:
+    ds = _records(source, train=False, seed=seed, shuffle_buffer=1,
+                  epoch=tf.constant(0, tf.int64))
+  if skip:
+    ds = ds.skip(skip)   # raw records: nothing skipped is decoded
+  ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  padding = {k: tf.constant("") if spec.dtype == tf.string else
+             tf.constant(False) if spec.dtype == tf.bool else
+             tf.constant(_PADDING.get(k, 0), dtype=spec.dtype)
+             for k, spec in ds.element_spec.items()}
+  ds = ds.padded_batch(local_batch_size, drop_remainder=train, padding_values=padding)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,115 @@
+"""The training state: a plain pytree, its optimizer and schedule, and its initialisation.
+
+    tx, schedule = make_optimizer(config.train, num_steps)
+    state = init_state(config, model, tx, rng, example_batch, constants, mesh)
+    variables = abstract_variables(config, model, constants)   # shapes only (inference)
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from asg_jax import parallel
+
+logger = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The whole mutable training state: a plain pytree."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self) -> dict:
+    """The model variables `{"params", "batch_stats"}` (what `model.apply` takes)."""
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def lr_schedule(train_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """ASG's per-step schedule: init_lr → linear warmup (warmup_frac of all steps) → lr,
+  then cosine decay to end_lr at the last step."""
+  warmup = int(round(train_cfg.warmup_frac * num_steps))
+  decay = max(num_steps - warmup, 1)
+  cosine = optax.cosine_decay_schedule(train_cfg.lr, decay_steps=decay,
+                                       alpha=train_cfg.end_lr / train_cfg.lr)
+  if warmup == 0:
+    return cosine
+  init_lr, peak = float(train_cfg.init_lr), float(train_cfg.lr)
+
+  def linear(count):
+    # init + (peak - init)·t/warmup, written so step 0 is exactly init_lr in float32
+    # (optax.linear_schedule's (init - end)·(1 - t) + end loses init_lr to cancellation)
+    frac = jnp.clip(jnp.asarray(count, jnp.float32) / warmup, 0.0, 1.0)
+    return init_lr + (peak - init_lr) * frac
+  return optax.join_schedules([linear, cosine], boundaries=[warmup])
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
+  """AdamW (decoupled weight decay on every parameter, as the released code) + schedule."""
+  schedule = lr_schedule(train_cfg, num_steps)
+  tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
+                   weight_decay=train_cfg.weight_decay)
+  if train_cfg.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), tx)
+  return tx, schedule
+
+
+def _init_variables(model, batch: dict, constants: dict, rng: jax.Array) -> dict:
+  return model.init({"params": rng, "dropout": rng}, batch, train=False,
+                    tag_queries=constants.get("tag_queries"))
+
+
+def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array,
+               example_batch: dict, constants: dict, mesh) -> TrainState:
+  """Initialises parameters (then loads the pretrained towers named in the config) and the
+  optimizer, and places the state replicated on the mesh.
+
+  Args:
+    example_batch: a host batch (any batch size) fixing the input shapes.
+  """
+  batch = {k: jnp.asarray(v[:2]) for k, v in example_batch.items()}
+  variables = jax.jit(lambda r: _init_variables(model, batch, constants, r))(rng)
+  params, batch_stats = load_pretrained(config, variables["params"],
+                                        variables.get("batch_stats", {}))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params))
+  return parallel.replicate(state, mesh)
+
+
+def abstract_variables(model, example_batch: dict, constants: dict) -> dict:
+  """`{"params", "batch_stats"}` as shape/dtype structs (no computation, no optimizer)."""
+  batch = {k: jnp.asarray(v) for k, v in example_batch.items()}
+  variables = jax.eval_shape(lambda r: _init_variables(model, batch, constants, r),
+                             jax.random.PRNGKey(0))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def load_pretrained(config: ml_collections.ConfigDict, params: dict,
+                    batch_stats: dict) -> tuple[dict, dict]:
+  """Replaces the image/text tower parameters (and a tower's BatchNorm statistics) with the
+  checkpoints named in the config (each tower's own loader, `registry`)."""
+  from asg_jax import registry  # pylint: disable=import-outside-toplevel
+  params, batch_stats = dict(params), dict(batch_stats)
+  if config.model.text.pretrained:
+    tower = registry.text_tower(config.model.text.name)
+    params["text_encoder"] = tower.load_pretrained(config.model.text.pretrained,
+                                                   params["text_encoder"])
+    logger.info("text encoder initialised from %s", config.model.text.pretrained)
+  if config.model.image.pretrained:
+    tower = registry.image_tower(config.model.image.name)
+    params["image_encoder"], stats = tower.load_pretrained(
+        config.model.image.pretrained, params["image_encoder"],
+        batch_stats.get("image_encoder", {}))
+    if stats:
+      batch_stats["image_encoder"] = stats
+    logger.info("image encoder initialised from %s", config.model.image.pretrained)
+  return params, batch_stats

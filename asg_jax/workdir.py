@@ -1,0 +1,71 @@
+"""What a training workdir holds and how it is written (and read back by inference).
+
+    <workdir>/config.json, config.txt   the resolved config
+    <workdir>/tokenizer.json            the tokenizer of training
+    <workdir>/constants.npz             constants of the step (the IRL tag queries)
+    <workdir>/checkpoints/, best/, best.json   (asg_jax.checkpoints)
+    <workdir>/summary.json              final metrics next to their chance levels
+    <workdir>/data/                     the tfds data_dir unless config.data.data_dir is set
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+CONSTANTS_FILE = "constants.npz"
+SUMMARY_FILE = "summary.json"
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config as `<workdir>/config.json` (and .txt)."""
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  with open(os.path.join(workdir, "config.txt"), "w") as f:
+    f.write(str(config))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def save_inference_files(workdir: str, tokenizer, constants: Mapping[str, np.ndarray]) -> None:
+  """Writes what `Pretrained.from_workdir` needs besides config and checkpoints."""
+  backend = getattr(tokenizer, "backend", None)
+  if backend is not None:
+    backend.save(os.path.join(workdir, TOKENIZER_FILE))
+  host = {k: np.asarray(jax.device_get(v)) for k, v in constants.items()}
+  np.savez(os.path.join(workdir, CONSTANTS_FILE), **host)
+
+
+def read_constants(workdir: str) -> dict[str, np.ndarray]:
+  path = os.path.join(workdir, CONSTANTS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
+
+
+def write_summary(workdir: str, summary: dict) -> str:
+  path = os.path.join(workdir, SUMMARY_FILE)
+  with open(path, "w") as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  return path
+
+
+def read_summary(workdir: str) -> dict | None:
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
