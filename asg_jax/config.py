@@ -11,8 +11,7 @@ import difflib
 import ml_collections
 
 
-class ConfigError(ValueError):
-  """A config value or key that cannot work; the message names the key (one line)."""
+from asg_jax.errors import ConfigError  # noqa: E402  (re-exported: config.ConfigError)
 
 # The 23 Chest ImaGenome regions used for ARSA. ASG never published which 23 of the 29 it
 # kept; these are the 29 minus the 6 that rarely carry a finding or a sentence (see docs).

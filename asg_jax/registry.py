@@ -34,7 +34,7 @@ OBJECTIVES = {
 
 def _lookup(table: dict, kind: str, name: str, key: str):
   if name not in table:
-    from asg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError(f"config.{key} = {name!r} is not a registered {kind}; expected one of "
                       f"{sorted(table)} (asg_jax/registry.py)")
   module, _, attr = table[name].partition(":")

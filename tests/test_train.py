@@ -17,9 +17,9 @@ from tests.fakes import FakeData, fake_batch
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def demo_config(arg="runlocal", evals=None, **overrides):
-  """configs/demo.py:`arg` with dotted overrides; `evals` keeps only those evaluators."""
-  spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
+def recipe(name, arg="runlocal", evals=None, **overrides):
+  """configs/`name`.py:`arg` with dotted overrides; `evals` keeps only those evaluators."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config(arg)
@@ -34,6 +34,10 @@ def demo_config(arg="runlocal", evals=None, **overrides):
     node[leaf] = value
   c.lock()
   return c
+
+
+def demo_config(arg="runlocal", evals=None, **overrides):
+  return recipe("demo", arg, evals, **overrides)
 
 
 def build(config, mesh):

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 
-from asg_jax.config import ConfigError
+from asg_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -154,11 +154,11 @@ def evaluator_module(kind: str):
   except ModuleNotFoundError as e:
     if e.name not in (path, path.rsplit(".", 1)[0]):
       raise
-    from asg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError(f"evaluator type {kind!r}: no module {path} (built-in types: "
                       f"{', '.join(builtin_types())})") from e
   if not hasattr(module, "Evaluator"):
-    from asg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError(f"evaluator type {kind!r}: module {path} has no `Evaluator` class")
   return module
 
@@ -172,7 +172,7 @@ def builtin_types() -> list[str]:
 
 def check_entry(name: str, entry: ml_collections.ConfigDict) -> None:
   """ConfigError naming the key when `entry` is not a valid `config.evals.<name>`."""
-  from asg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+  from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   missing = [k for k in COMMON_KEYS if k not in entry]
   if missing:
     raise ConfigError(f"config.evals.{name} lacks {missing} (add entries with "

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 
 from asg_jax import config as config_lib
 from asg_jax.data import build, owned_dir, synthetic
-from tests.test_train import demo_config
+from tests.test_train import demo_config, recipe
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 REPORT = "The heart is enlarged. There is a small left pleural effusion. No pneumothorax."
@@ -45,22 +44,11 @@ def user_folder(tmp_path, realdata_dir, n=12) -> pathlib.Path:
 
 
 def own_config(manual_dir, data_dir, **overrides):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("own", REPO / "configs" / "own_data.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("runlocal")
-  c.unlock()
-  c.data.manual_dir, c.data.data_dir = str(manual_dir), str(data_dir)
-  c.data.image_size, c.data.resize = 64, 72
-  for dotted, value in overrides.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  c.lock()
-  return c
+  """configs/own_data.py:runlocal on `manual_dir` at 64 px (+ dotted overrides)."""
+  return recipe("own_data", "runlocal", **{"data.manual_dir": str(manual_dir),
+                                           "data.data_dir": str(data_dir),
+                                           "data.image_size": 64, "data.resize": 72,
+                                           **overrides})
 
 
 def test_demo_refuses_a_users_folder_and_writes_nothing(tmp_path, realdata_dir):
