@@ -32,11 +32,37 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The workdir's config, merged onto today's schema (`config.base_config`): keys a newer
+  version added get their defaults, so older workdirs still load; keys the schema no longer
+  has are dropped."""
+  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  config = config_lib.base_config()
+  config.unlock()
+  _merge(config, saved)
+  return config
+
+
+def _merge(node: ml_collections.ConfigDict, saved: dict) -> None:
+  for key, value in saved.items():
+    if key not in node:
+      if isinstance(value, dict) and not node:   # an open section (config.evals entries)
+        node[key] = ml_collections.ConfigDict(value)
+      continue
+    current = node[key]
+    if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+      if key == "evals":   # the run's own evaluators replace the defaults
+        node[key] = ml_collections.ConfigDict(value)
+      else:
+        _merge(current, value)
+    elif isinstance(current, tuple) and isinstance(value, list):
+      node[key] = tuple(value)
+    else:
+      node[key] = value
 
 
 def save_inference_files(workdir: str, tokenizer, constants: Mapping[str, np.ndarray]) -> None:

@@ -1,5 +1,7 @@
 """The tf.data pipeline: schema (interfaces.md §2), regions, words, determinism, resume,
 eval padding, process shards, and the tfds path (a tiny real tfds builder)."""
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -357,7 +359,7 @@ def test_data_source_over_a_prepared_tfds_dataset(tmp_path):
   c.model.text.vocab_size = 100
   data = data_input.DataSource(c, str(tmp_path / "work"))
   assert data.num_train_examples == 20
-  assert (tmp_path / "wordpiece_60.txt").exists() and data.tokenizer.vocab_size == 60
+  assert (pathlib.Path(data.build["data_dir"]) / "wordpiece_60.txt").exists() and data.tokenizer.vocab_size == 60
   train = take(data.train_batches(0), 7)
   assert_batches_equal(take(data.train_batches(4), 3), train[4:])
   assert all(b["image"].shape == (4, SIZE, SIZE, 3) for b in train)
