@@ -172,6 +172,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.retrieval.ks = (1, 5, 10)
   c.evals.zeroshot.prompts = True
   c.evals.zeroshot.tag_decoder = True
+
+  # a transfer config (configs/transfer/<x>.py[:arg], relative to the repo or absolute) run
+  # on the finished workdir by the command line, printing the downstream table; "" = none
+  c.transfer = ""
   c.lock()
   return c
 

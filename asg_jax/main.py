@@ -50,6 +50,20 @@ def main(argv):
       chance = summary["chance"].get(name)
       suffix = f"   [{chance:.4f}]" if chance is not None else ""
       print(f"  {name:24s} {metrics[name]:.4f}{suffix}")
+  if summary and config.transfer:
+    run_transfer(config.transfer, _WORKDIR.value)
+
+
+def run_transfer(spec: str, workdir: str) -> None:
+  """The downstream evaluation of `spec` (a transfer config) on the finished workdir."""
+  from asg_jax import evaluate  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  print(f"Downstream evaluation ({spec}):", flush=True)
+  results = evaluate.run_transfer(workdir, evaluate.load_config(path + (f":{arg}" if arg else "")))
+  print(evaluate.format_table(results["rows"]), flush=True)
+  print(f"Downstream results written to {os.path.join(workdir, 'transfer')}", flush=True)
 
 
 def check_command_line(argv: list[str]) -> None:

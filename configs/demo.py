@@ -74,6 +74,8 @@ def get_config(arg=None):
   c.train.early_stop_patience = 0
   c.eval.every_steps = 250
   c.eval.batch_size = 64
+  # the main job ends with the downstream table on the demo's CheXpert-layout stand-in
+  c.transfer = "configs/transfer/demo.py"
 
   objective = args["objective"]
   if objective == "asg":
@@ -100,4 +102,5 @@ def get_config(arg=None):
     c.eval.every_steps = 6
     c.eval.batch_size = 16
     c.eval.max_examples = 32
+    c.transfer = ""
   return config_lib.finalize(c)

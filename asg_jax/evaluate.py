@@ -1,0 +1,298 @@
+"""Transfer evaluation of a pre-trained workdir (docs/transfer.md):
+
+    python -m asg_jax.evaluate --workdir workdir/demo --config configs/transfer/demo.py
+    python -m asg_jax.evaluate --config configs/transfer/chexpert.py \
+        --config.init=workdir/asg --config.data_dir=/data/tfds
+
+runs the evaluators declared in the transfer config (`config.evals`: linear_probe,
+transfer_zeroshot, transfer_retrieval) on the workdir's best checkpoint (`init` =
+"pretrained") and on the baselines named in `config.inits` ("random": the same
+architecture, freshly initialised), and writes `<out>/results.json`
+
+    {"rows": [{"dataset", "protocol", "metric", "fraction", "init", "value", "std",
+               "chance", "published"}, ...], "timing": {...}, "workdir": ..., "step": ...}
+
+and `<out>/results.md` (our numbers beside results.md's published ones and the chance
+level). `<out>` = `config.out`, default `<workdir>/transfer`; cached features in
+`<out>/features/`. From Python (the demo's main job):
+
+    from asg_jax import evaluate
+    results = evaluate.run_transfer("workdir/demo", evaluate.load_config("configs/transfer/demo.py"))
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from asg_jax.evaluators import transfer_common as tc  # noqa: E402
+
+RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+INITS = ("pretrained", "random")
+
+
+@dataclasses.dataclass
+class TransferState:
+  """What evaluators read of a state: `.params`, `.batch_stats`, `.step`, and `.init`."""
+  params: Any
+  batch_stats: Any
+  step: int = 0
+  init: str = "pretrained"
+
+
+def base_transfer_config() -> ml_collections.ConfigDict:
+  """Every key of a transfer config (configs/transfer/*.py start from this)."""
+  c = ml_collections.ConfigDict()
+  c.name = "transfer"
+  c.init = ""                 # workdir of the pre-trained model ("" = --workdir)
+  c.checkpoint = "best"       # best | latest
+  c.inits = INITS             # which encoders to evaluate ("imagenet" not supported yet)
+  c.random_seed = 0           # init=random
+  c.data_dir = ""             # tfds folder of the downstream datasets ("" = tfds default)
+  c.out = ""                  # "" = <workdir>/transfer
+  c.demo = ml_collections.ConfigDict({"prepare": False, "num_images": 600, "num_siim": 8,
+                                      "seed": 0, "dir": ""})
+  c.evals = ml_collections.ConfigDict()
+  return c
+
+
+def add(c: ml_collections.ConfigDict, name: str, *, type: str, **kwargs) -> None:  # pylint: disable=redefined-builtin
+  """Declare one transfer evaluator (as config.add_eval; kwargs = the Evaluator's)."""
+  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  config_lib.add_eval(c, name, type=type, every_steps=0, **kwargs)
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`configs/transfer/x.py[:arg]` -> its get_config(arg)."""
+  path, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location("transfer_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+# ------------------------------------------------------------------------- the model
+
+def make_fns(pretrained) -> dict:
+  """predict_fns (asg_jax.predict) of a `Pretrained`, plus `tag_logits(state, images)
+  -> [N, 40]` when it has a tag decoder and its tag queries."""
+  from asg_jax import predict  # pylint: disable=import-outside-toplevel
+  model, config = pretrained.model, pretrained.config
+  fns = predict.make_predict_fns(model, None, pretrained.tokenizer, config)
+  if config.model.tag_decoder.enabled and "tag_queries" in pretrained.constants:
+    queries = jnp.asarray(pretrained.constants["tag_queries"])
+
+    @jax.jit
+    def tag_logits(variables, images):
+      out = model.apply(variables, images, train=False, method="encode_image")
+      return model.apply(variables, out["patch_tokens"], queries, train=False,
+                         method=lambda m, p, q, train: m.tag_decoder(p, q, train=train))
+    fns["tag_logits"] = lambda state, images: tag_logits(
+        {"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(images))
+  return fns
+
+
+def random_variables(pretrained, seed: int = 0) -> dict:
+  """Freshly initialised variables of the same architecture (the random-init baseline)."""
+  from asg_jax.inference import dummy_batch  # pylint: disable=import-outside-toplevel
+  batch = {k: jnp.asarray(v) for k, v in dummy_batch(pretrained.config).items()}
+  rng = jax.random.PRNGKey(seed)
+  queries = pretrained.constants.get("tag_queries")
+  v = jax.jit(lambda r, b, q: pretrained.model.init({"params": r, "dropout": r}, b, train=False,
+                                                    tag_queries=q))(rng, batch, queries)
+  return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+
+
+def states(pretrained, config: ml_collections.ConfigDict, step: int) -> list[TransferState]:
+  out = []
+  for init in config.inits:
+    if init == "pretrained":
+      v = pretrained.variables
+      out.append(TransferState(v["params"], v.get("batch_stats", {}), step, "pretrained"))
+    elif init == "random":
+      v = random_variables(pretrained, config.random_seed)
+      out.append(TransferState(v["params"], v["batch_stats"], 0, "random"))
+    else:
+      raise ValueError(f"config.inits: {init!r} is not supported (pretrained, random); "
+                       f"ImageNet weights need a local checkpoint (docs/transfer.md)")
+  return out
+
+
+def build(config: ml_collections.ConfigDict, fns: dict, out_dir: str) -> list[tuple[str, Any]]:
+  """(name, Evaluator) of every `config.evals` entry (data_dir / cache_dir filled in)."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  from asg_jax.evaluators import common  # pylint: disable=import-outside-toplevel
+  out = []
+  for name in sorted(config.evals):
+    entry = config.evals[name]
+    common.check_entry(name, entry)
+    module = common.evaluator_module(entry.type)
+    params = inspect.signature(module.Evaluator).parameters
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in entry.items()
+              if k not in common.COMMON_KEYS}
+    if "data_dir" in params and not kwargs.get("data_dir"):
+      kwargs["data_dir"] = config.data_dir
+    if "cache_dir" in params and not kwargs.get("cache_dir"):
+      kwargs["cache_dir"] = os.path.join(out_dir, "features")
+    out.append((name, module.Evaluator(fns, data=None, **kwargs)))
+  return out
+
+
+def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Generate + build the CheXpert-layout demo stand-in (cxr_chexpert/demo, demo_5x200)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
+  d = config.demo
+  raw = d.dir or os.path.join(workdir, "downstream_demo")
+  downstream_demo.generate(raw, d.num_images, d.num_siim, d.seed)
+  for name in ("cxr_chexpert/demo", "cxr_chexpert/demo_5x200"):
+    b = tfds.builder(name, data_dir=config.data_dir)
+    if not b.is_prepared():
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=os.path.join(raw, "chexpert")))
+
+
+def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: str = "",
+                 pretrained=None, tokenizer=None) -> dict:
+  """Run the transfer config on a workdir; write and return results.json's dict.
+
+  `pretrained`: an `asg_jax.inference.Pretrained` to use instead of loading the workdir
+  (tests); `tokenizer` is passed to `Pretrained.from_workdir`.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")
+  config = ml_collections.ConfigDict(config.to_dict())      # a private, unlocked copy
+  workdir = config.init or workdir
+  if not workdir and pretrained is None:
+    raise ValueError("no pre-trained model: pass --workdir or --config.init")
+  out_dir = out_dir or config.out or os.path.join(workdir, "transfer")
+  os.makedirs(out_dir, exist_ok=True)
+  if config.demo.prepare:
+    if not config.data_dir:
+      config.data_dir = os.path.join(workdir, "downstream_demo", "tfds")
+    prepare_demo(config, workdir)
+  start = time.time()
+  if pretrained is None:
+    from asg_jax.inference import Pretrained  # pylint: disable=import-outside-toplevel
+    pretrained = Pretrained.from_workdir(workdir, checkpoint=config.checkpoint, tokenizer=tokenizer)
+  step = _step_of(workdir, config.checkpoint)
+  fns = make_fns(pretrained)
+  evaluators = build(config, fns, out_dir)
+  rows, timing = [], {}
+  tower = tc.tower_of(pretrained.config)
+  for state in states(pretrained, config, step):
+    for name, ev in evaluators:
+      tc.progress(f"[{state.init}] {name} ({type(ev).__module__.rsplit('.', 1)[-1]})")
+      t = time.time()
+      for r in ev.rows(state, state.init):
+        r["published"] = tc.published(r, tower)
+        rows.append(r)
+      timing[f"{state.init}/{name}"] = dict(getattr(ev, "timing", {}) or {},
+                                            seconds=time.time() - t)
+  results = {"workdir": os.path.abspath(workdir) if workdir else "", "step": step,
+             "config": config.name, "tower": tower, "rows": rows, "timing": timing,
+             "seconds": time.time() - start}
+  write_results(out_dir, results)
+  return results
+
+
+def _step_of(workdir: str, checkpoint: str) -> int:
+  path = os.path.join(workdir or "", "best.json")
+  if checkpoint == "best" and os.path.isfile(path):
+    try:
+      with open(path) as f:
+        return int(json.load(f).get("step", 0))
+    except (ValueError, OSError):
+      return 0
+  return 0
+
+
+# ------------------------------------------------------------------------- results
+
+def _fmt(v, std=None) -> str:
+  if v is None:
+    return "–"
+  s = f"{100 * v:.1f}"
+  return s + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def format_table(rows: list[dict], per_class: bool = False) -> str:
+  """Markdown: one line per (dataset, protocol, metric, fraction), a column per init, the
+  chance level and the published numbers (pretrained / random), all in %."""
+  inits = [i for i in ("pretrained", "random", "imagenet") if any(r["init"] == i for r in rows)]
+  keys, cell, chance, pub = [], {}, {}, {}
+  for r in rows:
+    if ("[" in r["metric"]) != per_class:
+      continue
+    key = (r["dataset"], r["protocol"], r["metric"], r["fraction"])
+    if key not in chance:
+      keys.append(key)
+    cell[key + (r["init"],)] = _fmt(r["value"], r["std"])
+    chance[key] = r["chance"] if chance.get(key) is None else chance[key]
+    if r["published"] is not None:
+      pub[key + (r["init"],)] = _fmt(r["published"])
+  head = ["dataset", "protocol", "metric", "labels"] + inits + ["chance"] + [
+      f"published ({i})" for i in inits]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (2 * len(inits) + 1)]
+  for key in keys:
+    dataset, protocol, metric, fraction = key
+    frac = "" if fraction is None else f"{100 * fraction:g} %"
+    vals = [cell.get(key + (i,), "–") for i in inits]
+    pubs = [pub.get(key + (i,), "–") for i in inits]
+    lines.append("| " + " | ".join([dataset, protocol, metric, frac] + vals +
+                                   [_fmt(chance[key])] + pubs) + " |")
+  return "\n".join(lines)
+
+
+def write_results(out_dir: str, results: dict) -> None:
+  with open(os.path.join(out_dir, RESULTS_JSON), "w") as f:
+    json.dump(results, f, indent=1)
+  md = [f"# Transfer results: {results.get('config', '')}", "",
+        f"Workdir `{results.get('workdir', '')}` (step {results.get('step')}, "
+        f"{results.get('tower')} tower). Values in %, mean ± sample std over the probe seeds "
+        f"where several; `published` = ../shared/reference/results.md (ASG's row for "
+        f"pretrained) where the paper has this dataset and protocol.", "",
+        format_table(results["rows"]), ""]
+  if any("[" in r["metric"] for r in results["rows"]):
+    md += ["## Per class", "", format_table(results["rows"], per_class=True), ""]
+  with open(os.path.join(out_dir, RESULTS_MD), "w") as f:
+    f.write("\n".join(md))
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  config_flag = config_flags.DEFINE_config_file("config", None, "configs/transfer/<x>.py[:arg]",
+                                                flag_values=fv, lock_config=True)
+  workdir_flag = flags.DEFINE_string("workdir", "", "pre-trained workdir (or --config.init)",
+                                     flag_values=fv)
+  out_flag = flags.DEFINE_string("out", "", "output folder (default <workdir>/transfer)",
+                                 flag_values=fv)
+  fv(argv)
+  if config_flag.value is None:
+    print("ERROR: --config configs/transfer/<x>.py is required", file=sys.stderr)
+    return 2
+  results = run_transfer(workdir_flag.value, config_flag.value, out_dir=out_flag.value)
+  out = out_flag.value or config_flag.value.out or os.path.join(
+      config_flag.value.init or workdir_flag.value, "transfer")
+  print(format_table(results["rows"]))
+  print(f"wrote {os.path.join(out, RESULTS_JSON)} and {RESULTS_MD}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

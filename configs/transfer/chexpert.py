@@ -1,0 +1,33 @@
+"""Transfer evaluation on CheXpert (`cxr_chexpert`, built from the manual download;
+docs/data.md "Downstream datasets", docs/transfer.md):
+
+    python -m asg_jax.evaluate --config configs/transfer/chexpert.py \
+        --config.init=workdir/asg --config.data_dir=/data/tfds
+
+linear probe (5 competition tasks, macro AUROC, 1 / 10 / 100 %, 3 seeds) and zero-shot
+AUROC / F1 / ACC (prompts + tag decoder) on the official validation set (our test);
+zero-shot top-1 and retrieval on `cxr_chexpert/5x200`. `runlocal`: the same evaluators on
+the demo stand-in (as configs/transfer/demo.py:runlocal).
+"""
+from asg_jax import evaluate
+
+
+def get_config(arg=None):
+  if arg == "runlocal":
+    import importlib.util, os  # pylint: disable=import-outside-toplevel,multiple-imports
+    spec = importlib.util.spec_from_file_location(
+        "transfer_demo", os.path.join(os.path.dirname(__file__), "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("runlocal")
+  c = evaluate.base_transfer_config()
+  c.name = "chexpert"
+  evaluate.add(c, "probe", type="linear_probe", downstream="cxr_chexpert",
+               fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), extract_batch_size=128)
+  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_chexpert",
+               val_split="validation", prompts="chexpert", extract_batch_size=128)
+  evaluate.add(c, "zeroshot_5x200", type="transfer_zeroshot", downstream="cxr_chexpert/5x200",
+               prompts="chexpert", extract_batch_size=128)
+  evaluate.add(c, "retrieval_5x200", type="transfer_retrieval", downstream="cxr_chexpert/5x200",
+               prompts="chexpert", max_prompts_per_class=10, extract_batch_size=128)
+  return c

@@ -1,0 +1,33 @@
+"""Transfer evaluation of a demo workdir on the CheXpert-layout demo stand-in
+(asg_jax.data.downstream_demo; docs/transfer.md):
+
+    python -m asg_jax.evaluate --workdir workdir/demo --config configs/transfer/demo.py
+
+generates + builds `cxr_chexpert/demo` and `cxr_chexpert/demo_5x200` into
+`<workdir>/downstream_demo/` (once), then, for the pre-trained and a random-init encoder:
+linear probe at 1 / 10 / 100 % (3 seeds), zero-shot AUROC / F1 / ACC (prompts and tag
+decoder; thresholds on validation), zero-shot top-1 on demo_5x200 and image↔prompt
+retrieval P@K / R@K on demo_5x200. `runlocal`: fewer images and seeds (tests).
+"""
+from asg_jax import evaluate
+
+
+def get_config(arg=None):
+  runlocal = arg == "runlocal"
+  c = evaluate.base_transfer_config()
+  c.name = "demo" + ("_runlocal" if runlocal else "")
+  c.demo.prepare = True
+  c.demo.num_images = 120 if runlocal else 600
+  seeds = (0, 1) if runlocal else (0, 1, 2)
+  evaluate.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
+               fractions=(0.01, 0.1, 1.0), seeds=seeds, max_epochs=10 if runlocal else 50)
+  if not runlocal:   # the same probe on z-scored features (docs/transfer.md: scale matters)
+    evaluate.add(c, "probe_zscored", type="linear_probe", downstream="cxr_chexpert/demo",
+                 fractions=(0.01, 0.1, 1.0), seeds=seeds, standardize=True)
+  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_chexpert/demo",
+               val_split="validation", prompts="chexpert")
+  evaluate.add(c, "zeroshot_5x200", type="transfer_zeroshot",
+               downstream="cxr_chexpert/demo_5x200", prompts="chexpert")
+  evaluate.add(c, "retrieval_5x200", type="transfer_retrieval",
+               downstream="cxr_chexpert/demo_5x200", prompts="chexpert", max_prompts_per_class=10)
+  return c

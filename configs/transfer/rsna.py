@@ -1,0 +1,27 @@
+"""Transfer evaluation on RSNA Pneumonia (`cxr_rsna`; docs/transfer.md):
+
+    python -m asg_jax.evaluate --config configs/transfer/rsna.py \
+        --config.init=workdir/asg --config.data_dir=/data/tfds
+
+linear probe (AUROC, 1 / 10 / 100 %, 3 seeds) and zero-shot AUROC / F1 / ACC, threshold
+chosen on validation (GLoRIA prompts vs negative prompts; the tag decoder's `pneumonia`).
+`runlocal`: the demo stand-in (configs/transfer/demo.py:runlocal).
+"""
+from asg_jax import evaluate
+
+
+def get_config(arg=None):
+  if arg == "runlocal":
+    import importlib.util, os  # pylint: disable=import-outside-toplevel,multiple-imports
+    spec = importlib.util.spec_from_file_location(
+        "transfer_demo", os.path.join(os.path.dirname(__file__), "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("runlocal")
+  c = evaluate.base_transfer_config()
+  c.name = "rsna"
+  evaluate.add(c, "probe", type="linear_probe", downstream="cxr_rsna",
+               fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), extract_batch_size=128)
+  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_rsna",
+               val_split="validation", prompts="rsna", extract_batch_size=128)
+  return c
