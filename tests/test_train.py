@@ -111,11 +111,23 @@ def _latest_params(workdir, config):
   return step, jax.device_get(restored.params)
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
+def test_kill_and_resume_equals_uninterrupted_with_a_toy_evaluator_from_config(tmp_path):
+  from tests.evaluators import toy
+  from tests.evaluators.test_common import CountingData
   config = demo_config(**{"train.num_steps": 6, "train.checkpoint_every": 3,
                           "eval.every_steps": 6})
+  # an evaluator living outside the package, declared through config alone
+  config_lib.add_eval(config, "toy", type="tests.evaluators.toy", every_steps=2, scale=3.0)
+  config_lib.check_overrides_applied(config)
   full = tmp_path / "full"
-  train.train_and_evaluate(config, str(full), data=FakeData(config))
+  toy.CALLS.clear()
+  CountingData.passes = 0
+  first = train.train_and_evaluate(config, str(full), data=CountingData(config))
+  assert [step for step, _ in toy.CALLS] == [2, 4, 6] and toy.CALLS[0][1] == 3.0
+  assert first["metrics"]["toy_mean_norm"] == pytest.approx(3.0, rel=1e-4)
+  assert first["chance"]["toy_mean_norm"] == 0.0
+  # rounds at steps 2 and 4 (toy) and 6 (all five): ONE pass over the split per round
+  assert CountingData.passes == 3
   killed = tmp_path / "killed"
   assert train.train_and_evaluate(config, str(killed), data=FakeData(config),
                                   stop_after=3) is None
@@ -210,7 +222,7 @@ def test_resume_with_patience_equals_uninterrupted_and_rerun_is_a_noop(tmp_path,
   # zs_num_tags is constant, so after the first evaluation nothing "improves": with
   # patience 2 and an evaluation every step, training stops at step 3.
   config = demo_config(evals=("zeroshot",), **{
-      "train.num_steps": 8, "train.checkpoint_every": 1, "train.log_every": 1,
+      "train.num_steps": 8, "train.checkpoint_every": 2, "train.log_every": 1,
       "eval.every_steps": 1, "train.early_stop_patience": 2, "eval.best_metric": "zs_num_tags",
       "evals.zeroshot.prompts": False})
   full = train.train_and_evaluate(config, str(tmp_path / "full"), data=FakeData(config))
