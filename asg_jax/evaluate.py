@@ -67,6 +67,16 @@ def base_transfer_config() -> ml_collections.ConfigDict:
   return c
 
 
+# the papers' probe protocol: 1 / 10 / 100 % of the training labels, 3 seeds
+PROBE_PROTOCOL = dict(fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2))
+
+
+def demo_config() -> ml_collections.ConfigDict:
+  """`configs/transfer/demo.py:runlocal`: what every transfer recipe's `runlocal` runs."""
+  return load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "configs", "transfer", "demo.py:runlocal"))
+
+
 def add(c: ml_collections.ConfigDict, name: str, *, type: str, **kwargs) -> None:  # pylint: disable=redefined-builtin
   """Declare one transfer evaluator (as config.add_eval; kwargs = the Evaluator's)."""
   from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel

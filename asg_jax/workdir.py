@@ -50,8 +50,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def _merge(node: ml_collections.ConfigDict, saved: dict) -> None:
   for key, value in saved.items():
     if key not in node:
-      if isinstance(value, dict) and not node:   # an open section (config.evals entries)
-        node[key] = ml_collections.ConfigDict(value)
       continue
     current = node[key]
     if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):

@@ -79,3 +79,17 @@ def test_reclf_ladder(rung, expect):
   lh = c.model.local_head
   assert (lh.mode, lh.use_irm, lh.use_srm, c.loss.beta) == expect
   assert c.loss.name == lh.mode
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "transfer").glob("*.py")))
+def test_every_transfer_recipe_loads_full_and_runlocal(name):
+  from asg_jax import evaluate
+  from asg_jax.evaluators import common
+  for arg in ("", ":runlocal"):
+    c = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py") + arg)
+    assert len(c.evals) > 0
+    for entry in c.evals:
+      common.check_entry(entry, c.evals[entry])     # every key is one its evaluator takes
+  probe = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py")).evals.probe
+  assert (tuple(probe.fractions), tuple(probe.seeds)) == ((0.01, 0.1, 1.0), (0, 1, 2)) or \
+      name == "demo"

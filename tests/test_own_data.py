@@ -69,7 +69,9 @@ def test_own_data_recipe_end_to_end(tmp_path, realdata_dir, capsys):
   assert laterals > 0 and filtered == laterals
   model = Pretrained.from_workdir(str(workdir))
   image = np.asarray(json.loads("[[0, 255], [128, 64]]"), np.uint8).repeat(40, 0).repeat(40, 1)
-  assert model.embed_images([image]).shape == (1, config.model.embed_dim)
+  from_best = np.asarray(model.embed_images([image]))
+  assert from_best.shape == (1, config.model.embed_dim)
+  np.testing.assert_allclose(np.linalg.norm(from_best, axis=-1), 1.0, rtol=1e-5)
   # the README command again: finished, summary.json untouched, nothing rebuilt
   summary_bytes = (workdir / "summary.json").read_bytes()
   args = [f"--config.data.manual_dir={folder}"] + [
@@ -83,6 +85,7 @@ def test_own_data_recipe_end_to_end(tmp_path, realdata_dir, capsys):
   # no best checkpoint (e.g. deleted): the latest is loaded, saying so
   shutil.rmtree(workdir / "best")
   capsys.readouterr()
-  assert Pretrained.from_workdir(str(workdir)).embed_images([image]).shape == (1, 128)
+  from_latest = np.asarray(Pretrained.from_workdir(str(workdir)).embed_images([image]))
   assert "loading the latest checkpoint instead" in capsys.readouterr().out
+  np.testing.assert_array_equal(from_latest, from_best)     # best step == last step (4)
   assert snapshot(folder) == before                      # the user's folder was only read

@@ -12,16 +12,11 @@ from asg_jax import evaluate
 
 def get_config(arg=None):
   if arg == "runlocal":
-    import importlib.util, os  # pylint: disable=import-outside-toplevel,multiple-imports
-    spec = importlib.util.spec_from_file_location(
-        "transfer_demo", os.path.join(os.path.dirname(__file__), "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("runlocal")
+    return evaluate.demo_config()
   c = evaluate.base_transfer_config()
   c.name = "rsna"
   evaluate.add(c, "probe", type="linear_probe", downstream="cxr_rsna",
-               fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), extract_batch_size=128)
+               **evaluate.PROBE_PROTOCOL, extract_batch_size=128)
   evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_rsna",
                val_split="validation", prompts="rsna", extract_batch_size=128)
   return c
