@@ -57,11 +57,13 @@ def base_transfer_config() -> ml_collections.ConfigDict:
   c.name = "transfer"
   c.init = ""                 # workdir of the pre-trained model ("" = --workdir)
   c.checkpoint = "best"       # best | latest
-  c.inits = INITS             # which encoders to evaluate ("imagenet" not supported yet)
+  c.inits = INITS             # which encoders to evaluate: pretrained | random | imagenet
+  c.imagenet = ""             # local HF checkpoint (dir / model.safetensors) of the tower's
+                              # ImageNet weights; set -> the `imagenet` rows are added too
   c.random_seed = 0           # init=random
   c.data_dir = ""             # tfds folder of the downstream datasets ("" = tfds default)
   c.out = ""                  # "" = <workdir>/transfer
-  c.demo = ml_collections.ConfigDict({"prepare": False, "num_images": 600, "num_siim": 8,
+  c.demo = ml_collections.ConfigDict({"prepare": False, "num_images": 600, "num_siim": 400,
                                       "seed": 0, "dir": ""})
   c.evals = ml_collections.ConfigDict()
   return c
@@ -95,8 +97,13 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------------- the model
 
 def make_fns(pretrained) -> dict:
-  """predict_fns (asg_jax.predict) of a `Pretrained`, plus `tag_logits(state, images)
-  -> [N, 40]` when it has a tag decoder and its tag queries."""
+  """predict_fns (asg_jax.predict) of a `Pretrained`, plus, when it has a tag decoder and its
+  tag queries:
+    `tag_logits(state, images) -> [N, 40]`                the 40 training tags;
+    `class_tag_logits(names) -> fn(state, images) -> [N, K]`  any class names (KAD protocol:
+      `Pretrained.tag_logits_fn`, the nearest-tag slot of asg_jax/inference.py); raises
+      `inference.NoQueryEncoder` when a new name cannot be embedded (an older workdir).
+  """
   from asg_jax import predict  # pylint: disable=import-outside-toplevel
   model, config = pretrained.model, pretrained.config
   fns = predict.make_predict_fns(model, None, pretrained.tokenizer, config)
@@ -108,8 +115,16 @@ def make_fns(pretrained) -> dict:
       out = model.apply(variables, images, train=False, method="encode_image")
       return model.apply(variables, out["patch_tokens"], queries, train=False,
                          method=lambda m, p, q, train: m.tag_decoder(p, q, train=train))
-    fns["tag_logits"] = lambda state, images: tag_logits(
-        {"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(images))
+
+    def variables_of(state):
+      return {"params": state.params, "batch_stats": state.batch_stats}
+
+    def class_tag_logits(names):
+      fn = pretrained.tag_logits_fn(list(names))
+      return lambda state, images: fn(variables_of(state), images)
+    fns["tag_logits"] = lambda state, images: tag_logits(variables_of(state),
+                                                         jnp.asarray(images))
+    fns["class_tag_logits"] = class_tag_logits
   return fns
 
 
@@ -124,18 +139,45 @@ def random_variables(pretrained, seed: int = 0) -> dict:
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 
+def imagenet_variables(pretrained, path: str, seed: int = 0) -> dict:
+  """The random-init variables with the image tower replaced by the ImageNet weights of a
+  local Hugging Face checkpoint (`path`: a folder with model.safetensors / pytorch_model.bin
+  or the file; ViT: `ViTModel` layout, ResNet: `ResNetModel`, via the tower's
+  `load_pretrained`); the heads and the text tower stay random."""
+  from asg_jax import registry  # pylint: disable=import-outside-toplevel
+  if not path:
+    raise ValueError("config.inits has 'imagenet' but config.imagenet is empty: pass "
+                     "--config.imagenet=<local checkpoint of the ImageNet weights> (nothing "
+                     "is downloaded; docs/transfer.md)")
+  v = random_variables(pretrained, seed)
+  params, stats = dict(v["params"]), dict(v["batch_stats"])
+  tower = registry.image_tower(pretrained.config.model.image.name)
+  params["image_encoder"], enc_stats = tower.load_pretrained(
+      path, params["image_encoder"], stats.get("image_encoder", {}))
+  if enc_stats:
+    stats["image_encoder"] = enc_stats
+  return {"params": params, "batch_stats": stats}
+
+
 def states(pretrained, config: ml_collections.ConfigDict, step: int) -> list[TransferState]:
+  """The encoders `config.inits` names (+ `imagenet` when `config.imagenet` is set)."""
   out = []
-  for init in config.inits:
+  inits = list(config.inits)
+  if config.get("imagenet") and "imagenet" not in inits:
+    inits.append("imagenet")
+  for init in inits:
     if init == "pretrained":
       v = pretrained.variables
       out.append(TransferState(v["params"], v.get("batch_stats", {}), step, "pretrained"))
     elif init == "random":
       v = random_variables(pretrained, config.random_seed)
       out.append(TransferState(v["params"], v["batch_stats"], 0, "random"))
+    elif init == "imagenet":
+      v = imagenet_variables(pretrained, config.get("imagenet", ""), config.random_seed)
+      out.append(TransferState(v["params"], v["batch_stats"], 0, "imagenet"))
     else:
-      raise ValueError(f"config.inits: {init!r} is not supported (pretrained, random); "
-                       f"ImageNet weights need a local checkpoint (docs/transfer.md)")
+      raise ValueError(f"config.inits: {init!r} is not supported (pretrained, random, "
+                       f"imagenet)")
   return out
 
 
@@ -160,18 +202,23 @@ def build(config: ml_collections.ConfigDict, fns: dict, out_dir: str) -> list[tu
 
 
 def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Generate + build the CheXpert-layout demo stand-in (cxr_chexpert/demo, demo_5x200)."""
+  """Generate the demo stand-ins; build the CheXpert-layout ones (cxr_chexpert/demo,
+  demo_5x200) and, when an evaluator uses it, the SIIM-layout cxr_siim/demo."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
   d = config.demo
   raw = d.dir or os.path.join(workdir, "downstream_demo")
   downstream_demo.generate(raw, d.num_images, d.num_siim, d.seed)
-  for name in ("cxr_chexpert/demo", "cxr_chexpert/demo_5x200"):
+  used = {str(e.get("downstream", "")) for e in config.evals.values()}
+  for name, sub in (("cxr_chexpert/demo", "chexpert"), ("cxr_chexpert/demo_5x200", "chexpert"),
+                    ("cxr_siim/demo", "siim")):
+    if name not in used and (sub == "siim" or "cxr_siim/demo" in used):
+      continue        # a segmentation-only config builds only cxr_siim/demo
     b = tfds.builder(name, data_dir=config.data_dir)
     if not b.is_prepared():
       b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=os.path.join(raw, "chexpert")))
+          manual_dir=os.path.join(raw, sub)))
 
 
 def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: str = "",
@@ -207,7 +254,8 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
       tc.progress(f"[{state.init}] {name} ({type(ev).__module__.rsplit('.', 1)[-1]})")
       t = time.time()
       for r in ev.rows(state, state.init):
-        r["published"] = tc.published(r, tower)
+        if r.get("published") is None:        # an evaluator may know its paper numbers
+          r["published"] = tc.published(r, tower)
         rows.append(r)
       timing[f"{state.init}/{name}"] = dict(getattr(ev, "timing", {}) or {},
                                             seconds=time.time() - t)

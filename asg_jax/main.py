@@ -4,6 +4,13 @@ Overrides use ml_collections syntax, e.g. `--config.train.num_steps=10`; an unkn
 an impossible value is a one-line error naming the key (exit status 2), before any data is
 generated or built. Rerunning the same command resumes from the last checkpoint; rerunning a
 finished one says so and keeps its summary.json (`--reevaluate` evaluates it again).
+
+The console shows the project's lines only (data generation / build, "Initialising the
+model", "Compiling the train step", the progress line, evaluation lines, the final metrics and
+where everything is); `--verbosity=0` (absl's flag) brings back every library log line
+(asg_jax/console.py). The resolved config is written to `<workdir>/config.json`, not printed.
+At the end the run's figures are drawn into `<workdir>/figures/` (asg_jax/visualize.py;
+`--nofigures` skips them).
 """
 from __future__ import annotations
 
@@ -20,21 +27,28 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in config
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, logs, summary).")
 _REEVALUATE = flags.DEFINE_bool("reevaluate", False, "Evaluate a finished run again and "
                                 "rewrite its summary.json.")
+_FIGURES = flags.DEFINE_bool("figures", True, "At the end, write the figures of the run "
+                             "(grounding, retrieval, t-SNE, curves) into <workdir>/figures.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from asg_jax import console  # pylint: disable=import-outside-toplevel
+  # the project's lines only, unless the user asked for library logs with --verbosity
+  verbose = flags.FLAGS["verbosity"].present
+  console.configure(verbose=verbose)
+  with console.quiet_native_stderr(not verbose):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
   # The train loop pins TF to the CPU; it must never grab the accelerator JAX uses.
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
   from asg_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
   from asg_jax.data import owned_dir  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   try:
     config_lib.check_overrides_applied(config)
-    logging.info("config:\n%s", config)
+    logging.info("config:\n%s", config)   # shown with --verbosity; always in config.json
     summary = train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)
   except (config_lib.ConfigError, owned_dir.NotOwnedError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
@@ -50,8 +64,47 @@ def main(argv):
       chance = summary["chance"].get(name)
       suffix = f"   [{chance:.4f}]" if chance is not None else ""
       print(f"  {name:24s} {metrics[name]:.4f}{suffix}")
+  figures = write_figures(_WORKDIR.value) if summary and _FIGURES.value else {}
   if summary and config.transfer:
     run_transfer(config.transfer, _WORKDIR.value)
+  if summary:
+    print_where(_WORKDIR.value, figures, bool(config.transfer))
+
+
+def write_figures(workdir: str) -> dict[str, str]:
+  """The figures of the finished run (asg_jax.visualize) unless they are newer than its
+  summary.json; a figure that fails is reported, never fatal (the run is done)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from asg_jax import visualize  # pylint: disable=import-outside-toplevel
+  if jax.process_index() != 0:
+    return {}
+  out = os.path.join(workdir, visualize.FIGURES_DIR)
+  paths = {n: os.path.join(out, f"{n}.png") for n in visualize.FIGURE_NAMES}
+  summary = os.path.join(workdir, "summary.json")
+  if all(os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(summary)
+         for p in paths.values()):
+    return paths
+  print("Drawing the figures (grounding, retrieval, t-SNE, curves) ...", flush=True)
+  try:
+    return visualize.write_figures(workdir, out)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"WARNING: the figures were not written ({type(e).__name__}: {e}); "
+          f"`python -m asg_jax.visualize --workdir {workdir}` draws them", flush=True)
+    return {}
+
+
+def print_where(workdir: str, figures: dict[str, str], transfer: bool) -> None:
+  """The closing lines: where the results of the run are."""
+  print(f"Results in {workdir}:", flush=True)
+  print(f"  metrics      {os.path.join(workdir, 'summary.json')}")
+  if transfer:
+    print(f"  downstream   {os.path.join(workdir, 'transfer', 'results.md')}")
+  if figures:
+    folder = os.path.dirname(next(iter(figures.values())))
+    print(f"  figures      {folder}/ ({', '.join(os.path.basename(p) for p in figures.values())})")
+  print(f"  TensorBoard  tensorboard --logdir {workdir}")
+  print(f"  config       {os.path.join(workdir, 'config.json')}   (checkpoints: "
+        f"{os.path.join(workdir, 'best')}, {os.path.join(workdir, 'checkpoints')})", flush=True)
 
 
 def run_transfer(spec: str, workdir: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from asg_jax import checkpoints, objectives, parallel, predict
+from asg_jax import console
 from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
 from asg_jax.evaluators import common as eval_common
@@ -187,8 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     if jax.process_index() == 0:
       workdir_lib.save_inference_files(workdir, data.tokenizer, host_constants)
     constants = parallel.replicate(host_constants, mesh)
-    state = state_lib.init_state(config, model, tx, init_rng, data.example_batch(), constants,
-                                 mesh)
+    with console.step("Initialising the model"):
+      state = state_lib.init_state(config, model, tx, init_rng, data.example_batch(), constants,
+                                   mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     manager = checkpoints.Manager(workdir, config.train.keep_checkpoints)
     state, start_step = manager.restore_latest(state)
@@ -204,8 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     predict_fns = predict.make_predict_fns(model, objective, data.tokenizer, config)
     evaluators = eval_common.from_config(
         config, predict_fns, mesh=mesh, constants=constants,
-        batches=lambda dataset, split: functools.partial(data.eval_batches, split=split,
-                                                         dataset=dataset))
+        batches=lambda dataset, split: console.with_progress(
+            functools.partial(data.eval_batches, split=split, dataset=dataset),
+            desc=f"evaluating {dataset or config.data.name}:{split or config.data.eval_split}",
+            total=_eval_num_batches(data, config, dataset, split)))
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start_step == 0:
@@ -234,13 +238,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     stopped = loop_state.get("stopped")    # set once training has ended (early stopping)
     loop = lambda: {"best": best, "stalls": stalls, "stopped": stopped}  # noqa: E731
     t0, s0 = time.time(), start_step
+    t_rate, s_rate = t0, s0   # the rate and ETA count steps after the first (compiling) one
     last_eval = None
     final = {"metrics": {}, "chance": {}}     # the latest value of every metric
     warned_metric = False
     train_iter = data.train_batches(start_step)
     for step in range(start_step, num_steps if stopped is None else start_step):
       batch = parallel.shard_batch(next(train_iter), mesh)
-      state, measurements = train_step(state, batch, constants)
+      if step == start_step:
+        with console.step("Compiling the train step"):
+          state, measurements = train_step(state, batch, constants)
+          jax.block_until_ready(measurements)
+        t_rate, s_rate = time.time(), step + 1
+      else:
+        state, measurements = train_step(state, batch, constants)
       if pending is not None:
         history.append(_to_host(*pending))
       pending = (step, measurements)
@@ -249,10 +260,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       if done % config.train.log_every == 0 or is_last:
         history.append(_to_host(*pending))
         pending = None
-        _log_train(writer, history, done, num_steps, t0, s0)
+        _log_train(writer, history, done, num_steps, t_rate, s_rate)
         history = []
       result = evaluate(state, done, only_due=True)
       if result is not None:
+        t_rate += result["seconds"]   # evaluation time is not train-step time
         if pending is not None:
           history.append(_to_host(*pending))
           pending = None
@@ -338,14 +350,24 @@ def _to_host(step: int, measurements) -> dict:
 def _log_train(writer, history: list[dict], done: int, num_steps: int, t0: float, s0: int):
   means = {f"train/{k}": float(np.mean([h[k] for h in history])) for k in history[0]}
   elapsed = time.time() - t0
-  rate = (done - s0) / max(elapsed, 1e-9)
-  means["train/steps_per_sec"] = rate
+  rate = (done - s0) / max(elapsed, 1e-9) if done > s0 else math.nan   # t0, s0: after compiling
+  if math.isfinite(rate):
+    means["train/steps_per_sec"] = rate
   writer.write_scalars(done, means)
   terms = " ".join(f"{k[6:]}={v:.4g}" for k, v in means.items()
                    if k[6:] not in ("lr", "grad_norm", "steps_per_sec", "loss"))
   print(f"step {done}/{num_steps} | loss {means['train/loss']:.4f} | {terms} | "
         f"lr {means['train/lr']:.2e} | {rate:.2f} steps/s | "
-        f"ETA {_format_eta((num_steps - done) / max(rate, 1e-9))}", flush=True)
+        f"ETA {_format_eta((num_steps - done) / max(rate, 1e-9)) if rate > 0 else '?'}",
+        flush=True)
+
+
+def _eval_num_batches(data, config, dataset: str, split: str) -> int | None:
+  """Batches of one pass over the pre-training eval split (for its progress bar), else None."""
+  num = getattr(data, "num_eval_examples", None)
+  if dataset or split not in ("", config.data.eval_split) or not num:
+    return None
+  return math.ceil(num / config.eval.batch_size)
 
 
 def _print_eval(done: int, result: dict) -> None:

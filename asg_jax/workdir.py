@@ -2,7 +2,12 @@
 
     <workdir>/config.json, config.txt   the resolved config
     <workdir>/tokenizer.json            the tokenizer of training
-    <workdir>/constants.npz             constants of the step (the IRL tag queries)
+    <workdir>/constants.npz             constants of the step: the IRL `tag_queries` [40, Dt]
+                                        and `tag_query_rng` (uint32 key data of the frozen
+                                        query tower's random init), with which config.json
+                                        + tokenizer.json rebuild that tower to embed new
+                                        class names (asg_jax.inference; older workdirs
+                                        lack `tag_query_rng`)
     <workdir>/checkpoints/, best/, best.json   (asg_jax.checkpoints)
     <workdir>/summary.json              final metrics next to their chance levels
     <workdir>/data/                     the tfds data_dir unless config.data.data_dir is set
@@ -73,6 +78,7 @@ def save_inference_files(workdir: str, tokenizer, constants: Mapping[str, np.nda
 
 
 def read_constants(workdir: str) -> dict[str, np.ndarray]:
+  """The saved constants ({} when the workdir has none: no tag decoder)."""
   path = os.path.join(workdir, CONSTANTS_FILE)
   if not os.path.exists(path):
     return {}

@@ -96,3 +96,114 @@ def test_preprocessing_is_the_eval_geometry(pretrained):
   np.testing.assert_allclose(x[:pad_rows, :, 0], (0 - mean) / std, atol=1e-5)
   np.testing.assert_allclose(x[pad_rows + 2:pad_rows + 60, :, 0], (200 / 255 - mean) / std,
                              atol=1e-5)
+
+
+# ------------------------------------------------- tag decoder for new class names (KAD)
+
+def _images():
+  rng = np.random.default_rng(3)
+  return [rng.integers(0, 255, size=(120, 100), dtype=np.uint8),
+          rng.integers(0, 255, size=(80, 140), dtype=np.uint8)]
+
+
+def test_new_class_names_are_queried_like_the_training_tags(pretrained):
+  saved = pretrained.constants["tag_queries"]
+  assert objectives.TAG_QUERY_RNG in pretrained.constants      # written by training
+  encode = pretrained.tag_query_encoder()
+  # the rebuilt frozen tower reproduces the 40 saved queries
+  np.testing.assert_allclose(encode(objectives.tag_phrases()), saved, rtol=1e-5, atol=1e-6)
+  images = _images()
+  names = ["Pneumonia", "Cardiomegaly", "Fibrosis", "Pleural_Thickening"]
+  got = pretrained.tag_logits(images, names)
+  assert got.shape == (2, 4) and np.all(np.isfinite(got))
+  tags = objectives.tag_phrases()
+  plain = pretrained.tag_logits(images)                              # [2, 40]
+  for c in (0, 1):   # tag names read their own tag's logit
+    np.testing.assert_allclose(got[:, c], plain[:, tags.index(names[c].lower())], atol=1e-5)
+  # a new name, independently: its frozen-tower query in the slot of the nearest tag
+  q = encode(["fibrosis"])[0]
+  cos = (saved @ q) / (np.linalg.norm(saved, axis=1) * np.linalg.norm(q))
+  slot = int(np.argmax(cos))
+  queries = saved.copy()
+  queries[slot] = q
+  patches = pretrained.image_outputs(images)["patch_tokens"]
+  ref = pretrained.model.apply(pretrained.variables, patches, queries, train=False,
+                               method=lambda m, p, qs, train: m.tag_decoder(p, qs, train=train))
+  np.testing.assert_allclose(got[:, 2], np.asarray(ref)[:, slot], rtol=1e-4, atol=1e-5)
+  # zero_shot(protocol="tags"): sigmoid of the mean logit of each class's phrases
+  names_out, probs = pretrained.zero_shot(
+      images, {"fibrosis": [], "effusion": ["pleural effusion", "Pneumonia"]}, protocol="tags")
+  assert names_out == ["fibrosis", "effusion"]
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  np.testing.assert_allclose(probs[:, 0], sig(got[:, 2]), rtol=1e-5)
+  mean = (plain[:, tags.index("pleural effusion")] + plain[:, tags.index("pneumonia")]) / 2
+  np.testing.assert_allclose(probs[:, 1], sig(mean), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def old_pretrained(workdir, tmp_path_factory):
+  """A copy of the trained workdir as written before `tag_query_rng` was saved, loaded
+  (with what loading printed)."""
+  import contextlib
+  import io
+  import shutil
+  path, config = workdir
+  old = tmp_path_factory.mktemp("old") / "w"
+  shutil.copytree(path, old)
+  with np.load(old / inference.CONSTANTS_FILE) as z:
+    np.savez(old / inference.CONSTANTS_FILE, tag_queries=z["tag_queries"])
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    loaded = inference.Pretrained.from_workdir(str(old), tokenizer=FakeData(config).tokenizer)
+  return loaded, out.getvalue()
+
+
+def test_workdir_without_query_rng_loads_and_answers_the_40_tags(old_pretrained, pretrained):
+  old, printed = old_pretrained
+  assert "predates `tag_query_rng`" in printed and "40 training tags" in printed
+  images = _images()
+  np.testing.assert_allclose(old.tag_logits(images, ["pneumonia"]),
+                             pretrained.tag_logits(images, ["pneumonia"]), atol=1e-6)
+  with pytest.raises(inference.NoQueryEncoder, match="tag_query_rng"):
+    old.tag_logits(images, ["fibrosis"])
+
+
+def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_path):
+  """transfer_zeroshot's tag protocol on mimic_cxr/demo_5x200 (the fixture of
+  tests/data/test_mimic_5x200.py): Cardiomegaly queried as "enlarged heart" (not a tag) makes
+  every class go through the new-name path, in class order."""
+  from asg_jax import evaluate
+  from asg_jax.data import downstream_input
+  from asg_jax.evaluators import transfer_common as tc
+  from asg_jax.evaluators import transfer_zeroshot
+  from tests.data import test_mimic_5x200 as fixture
+  data_dir = str(tmp_path / "tfds")
+  fixture.build(fixture.write_fixture(str(tmp_path / "manual")), data_dir, "demo_5x200")
+  rename = {"Cardiomegaly": "enlarged heart"}
+  v = pretrained.variables
+  state = evaluate.TransferState(v["params"], v.get("batch_stats", {}), 2)
+  kwargs = dict(downstream="mimic_cxr/demo_5x200", data_dir=data_dir, protocols=("tags",),
+                tag_names=rename, extract_batch_size=2)   # the batch compiled above
+  fns = evaluate.make_fns(pretrained)
+  ev = transfer_zeroshot.Evaluator(fns, **kwargs)
+  assert ev.tag_plan(list(fixture.TASKS))["suffix"].startswith("__q")
+  rows = {r["metric"]: r["value"] for r in ev.rows(state)}
+  c = pretrained.config.data
+  split = downstream_input.load_split("mimic_cxr/demo_5x200", "test", data_dir=data_dir,
+                                      resize=c.resize, image_size=c.image_size,
+                                      normalization=c.normalization, batch_size=2)
+  names = list(fixture.TASKS)
+  # the scores of the 5 query phrases in class order (the scorer itself is checked against
+  # an independent decoder run in the test above)
+  fn = fns["class_tag_logits"](["atelectasis", "enlarged heart", "consolidation", "edema",
+                                 "pleural effusion"])
+  ref = np.concatenate([fn(state, split["image"][i:i + 2]) for i in range(0, 8, 2)])
+  macro, _ = tc.macro_auroc(ref, split["labels"])
+  assert len(split["image_id"]) == 8
+  assert rows["auroc"] == pytest.approx(macro, abs=1e-6)
+  assert rows["top1"] == pytest.approx(np.mean(ref.argmax(-1) == split["labels"].argmax(-1)))
+  assert {f"auroc[{n}]" for n in names} <= set(rows)
+  # a workdir that cannot embed "enlarged heart" falls back to the 4 tag-named classes
+  plan = transfer_zeroshot.Evaluator(evaluate.make_fns(old_pretrained[0]), **kwargs).tag_plan(names)
+  assert [names[i] for i in plan["classes"]] == [n for n in names if n != "Cardiomegaly"]
+  assert plan["suffix"] == ""

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 from asg_jax.errors import ConfigError
 
@@ -165,8 +166,15 @@ def prepare(name: str, builder_config: str | None, data_dir: str, manual_dir: st
     print(f"Building {name}/{builder.builder_config.name} from {manual_dir} into "
           f"{builder.data_dir}", flush=True)
   mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, download_mode=mode))
+  from asg_jax import console  # pylint: disable=import-outside-toplevel
+  t0 = time.time()
+  with console.quiet_tfds_prints():   # tfds' own progress bars stay (on a terminal)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, download_mode=mode))
+  counts = ", ".join(f"{n} {s}" for s, n in sorted(
+      (k, v.num_examples) for k, v in builder.info.splits.items()))
+  print(f"Built {name}/{builder.builder_config.name} ({counts}) in {time.time() - t0:.0f} s",
+        flush=True)
   with open(fp_path, "w") as f:
     json.dump(new, f, indent=1)
   return {"built": True, "reason": reason, "data_dir": builder.data_dir}

@@ -113,8 +113,11 @@ def _geometry(rng, cardiomegaly: bool) -> dict:
   return g
 
 
-def _draw_frontal(rng, h: int, w: int, findings: list[dict]):
-  """-> (uint8 [h, w] image, {region: (x1, y1, x2, y2) original pixels})."""
+def _draw_frontal(rng, h: int, w: int, findings: list[dict], masks: list | None = None):
+  """-> (uint8 [h, w] image, {region: (x1, y1, x2, y2) original pixels}).
+
+  `masks`: a list that receives one uint8 [h, w] {0, 1} mask per pneumothorax drawn (the
+  gas between chest wall and collapsed lung), in `findings` order (the SIIM stand-in)."""
   tone_rng = np.random.default_rng(int(rng.integers(2 ** 32)))   # noise + tone, finding-independent
   cardio = [f for f in findings if f["tag"] == "cardiomegaly"]
   g = _geometry(rng, bool(cardio))
@@ -169,6 +172,8 @@ def _draw_frontal(rng, h: int, w: int, findings: list[dict]):
     zone = cv.box_mask((x1, y1, x2, y1 + 0.17 * lh))   # the apical zone (atlas: top 17%)
     m = lungs[side] * (1 - inner) * zone
     ptx_masks.append((m, inner, zone, f))
+    if masks is not None:
+      masks.append((m > 0).astype(np.uint8))
   marks = marks * lung_any
   for m, *_ in ptx_masks:
     marks = marks * (1 - m)

@@ -146,33 +146,37 @@ _INDICATIONS = ["cough", "shortness of breath", "fever", "chest pain", "evaluate
 def _sample_findings(rng) -> list[dict]:
   k = int(rng.choice(4, p=[0.2, 0.35, 0.28, 0.17]))
   tags = list(rng.choice(len(FINDINGS), size=k, replace=False))
-  out = []
-  for t in tags:
-    tag = FINDINGS[t]
-    f = {"tag": tag, "existence": "uncertain" if (rng.random() < 0.15 and tag not in ("tube", "line"))
-         else "present", "side": None, "zone": None, "variant": ""}
-    if tag in ("pleural effusion", "pneumothorax", "opacity", "consolidation", "nodule", "atelectasis"):
-      f["side"] = str(rng.choice(["right", "left"]))
-    if tag == "pleural effusion":
-      if rng.random() < 0.2:
-        f["side"] = "bilateral"
-      f["variant"] = "cp" if (f["side"] != "bilateral" and rng.random() < 0.3) else "base"
-      f["size"] = "small" if f["variant"] == "cp" else str(rng.choice(["small", "moderate", "large"]))
-    if tag in ("opacity", "consolidation", "nodule"):
-      f["zone"] = str(rng.choice(ZONES))
-    if tag == "atelectasis":
-      f["zone"] = "lower"
-    if tag == "pneumothorax":
-      f["size"] = str(rng.choice(["small", "tiny", "moderate"]))
-    if tag == "cardiomegaly":
-      f["degree"] = str(rng.choice(["mild", "moderate"]))
-    if tag == "nodule":
-      f["mm"] = int(rng.integers(6, 15))
-    if tag == "line":
-      f["variant"] = str(rng.choice(["svc", "caj"]))
-      f["route"] = str(rng.choice(["ij", "picc"]))
-    out.append(f)
-  return out
+  return [sample_finding(rng, FINDINGS[t]) for t in tags]
+
+
+def sample_finding(rng, tag: str, existence: str | None = None) -> dict:
+  """One finding of `tag` with its sampled side / zone / size ...; `existence` None =
+  sampled (15 % uncertain, never for devices). Also used by the downstream demo."""
+  if existence is None:
+    existence = ("uncertain" if (rng.random() < 0.15 and tag not in ("tube", "line"))
+                 else "present")
+  f = {"tag": tag, "existence": existence, "side": None, "zone": None, "variant": ""}
+  if tag in ("pleural effusion", "pneumothorax", "opacity", "consolidation", "nodule", "atelectasis"):
+    f["side"] = str(rng.choice(["right", "left"]))
+  if tag == "pleural effusion":
+    if rng.random() < 0.2:
+      f["side"] = "bilateral"
+    f["variant"] = "cp" if (f["side"] != "bilateral" and rng.random() < 0.3) else "base"
+    f["size"] = "small" if f["variant"] == "cp" else str(rng.choice(["small", "moderate", "large"]))
+  if tag in ("opacity", "consolidation", "nodule"):
+    f["zone"] = str(rng.choice(ZONES))
+  if tag == "atelectasis":
+    f["zone"] = "lower"
+  if tag == "pneumothorax":
+    f["size"] = str(rng.choice(["small", "tiny", "moderate"]))
+  if tag == "cardiomegaly":
+    f["degree"] = str(rng.choice(["mild", "moderate"]))
+  if tag == "nodule":
+    f["mm"] = int(rng.integers(6, 15))
+  if tag == "line":
+    f["variant"] = str(rng.choice(["svc", "caj"]))
+    f["route"] = str(rng.choice(["ij", "picc"]))
+  return f
 
 
 def _wrap(text: str, width: int = 76) -> str:

@@ -20,10 +20,14 @@ U-ones for Atelectasis / Edema / Pleural Effusion, U-zeros for Cardiomegaly /
 Consolidation) is 1 — uncertain U-ones findings at half contrast, uncertain U-zeros ones
 not at all; absent findings are 0.0 or blank. valid.csv holds 0 / 1 only (as the real one).
 
+Drawing: the pre-training demo's generator (asg_jax.data.demo_drawing) with this module's
+own seeds, sizes and label frequencies — the same anatomy and the same look of each finding,
+as a second hospital's films of the same diseases — so that what pre-training learnt can
+transfer, as it is meant to from MIMIC to CheXpert.
+
 The generator writes only into `DIR`: it creates it (or takes it when empty) and marks it
 with `.asg_jax_downstream_demo.json`; it refuses a non-empty folder without that marker
-and a folder generated with other parameters; it never deletes anything. Drawing is this
-module's own (NumPy), independent of asg_jax.data.synthetic.
+and a folder generated with other parameters; it never deletes anything.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from asg_jax.data import demo_drawing, demo_reports
 from asg_jax.data.builders import downstream
 from asg_jax.data.reports import CHEXPERT
 
@@ -47,6 +52,7 @@ HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding",
 TASKS = downstream.CHEXPERT_5
 U_ONES = ("Atelectasis", "Edema", "Pleural Effusion")
 SIIM_SIZE = 128
+DRAWING_VERSION = 2   # 2: drawn by asg_jax.data.demo_drawing (1: a separate, simpler drawing)
 
 
 class FolderRefused(RuntimeError):
@@ -82,110 +88,43 @@ def _write_marker(out_dir: str, params: dict, complete: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- drawing
+# The pre-training demo's own drawing (asg_jax.data.demo_drawing): the same anatomy and the
+# same look of each finding, like a second hospital's films of the same diseases. Sizes,
+# seeds and label frequencies are this module's.
 
-class _Film:
-  """A frontal chest film in normalised coordinates (x to the image right = patient left)."""
-
-  def __init__(self, rng, h: int, w: int):
-    self.h, self.w, self.rng = h, w, rng
-    self.y = ((np.arange(h) + 0.5) / h)[:, None]
-    self.x = ((np.arange(w) + 0.5) / w)[None, :]
-    dx, dy = rng.uniform(-0.02, 0.02, 2)
-    s = rng.uniform(0.94, 1.04)
-    self.lungs = {   # (cx, cy, rx, ry): image-left = right lung
-        "right": (0.31 + dx, 0.48 + dy, 0.15 * s, 0.30 * s),
-        "left": (0.69 + dx, 0.48 + dy, 0.15 * s, 0.30 * s)}
-    self.heart = [0.54 + dx, 0.66 + dy, 0.13 * s, 0.12 * s]
-    self.img = np.zeros((h, w), np.float64)
-
-  def ellipse(self, cx, cy, rx, ry):
-    return ((self.x - cx) / rx) ** 2 + ((self.y - cy) / ry) ** 2 <= 1.0
-
-  def lung(self, side):
-    return self.ellipse(*self.lungs[side])
-
-  def base(self, cardiomegaly: bool):
-    rng = self.rng
-    body = self.ellipse(0.5, 0.55, 0.48, 0.62)
-    self.img[:] = 0.08 + 0.5 * body
-    texture = rng.normal(0, 1, (self.h // 4 + 1, self.w // 4 + 1))
-    texture = np.kron(texture, np.ones((4, 4)))[:self.h, :self.w]
-    for side in ("right", "left"):
-      m = self.lung(side)
-      self.img[m] = 0.22 + 0.03 * texture[m]          # aerated lung: dark, with markings
-    if cardiomegaly:
-      self.heart[2] *= 1.5
-      self.heart[0] += 0.03
-    self.img[self.ellipse(*self.heart)] = 0.7
-    self.img[(np.abs(self.x - 0.5) < 0.035) & (self.y > 0.05)] = np.maximum(
-        self.img[(np.abs(self.x - 0.5) < 0.035) & (self.y > 0.05)], 0.75)   # spine
-
-  def effusion(self, side, strength):
-    cx, cy, rx, ry = self.lungs[side]
-    level = cy + ry * self.rng.uniform(0.25, 0.55)
-    m = self.lung(side) & (self.y > level)
-    self.img[m] = self.img[m] + strength * (0.68 - self.img[m])
-
-  def atelectasis(self, side, strength):
-    cx, cy, rx, ry = self.lungs[side]
-    yb = cy + ry * self.rng.uniform(0.3, 0.5)
-    m = self.lung(side) & (np.abs(self.y - yb) < 0.025) & (np.abs(self.x - cx) < rx * 0.7)
-    self.img[m] += strength * 0.4
-
-  def consolidation(self, side, strength):
-    cx, cy, rx, ry = self.lungs[side]
-    bx, by = cx + self.rng.uniform(-0.4, 0.4) * rx, cy + self.rng.uniform(-0.4, 0.3) * ry
-    m = self.lung(side) & self.ellipse(bx, by, rx * 0.45, ry * 0.25)
-    self.img[m] += strength * 0.4
-
-  def edema(self, strength):
-    for side in ("right", "left"):
-      cx, cy, rx, ry = self.lungs[side]
-      hx = cx + (0.6 if side == "right" else -0.6) * rx
-      d = ((self.x - hx) / (rx * 0.8)) ** 2 + ((self.y - cy) / (ry * 0.6)) ** 2
-      haze = np.exp(-d) * self.lung(side)
-      self.img += strength * 0.3 * haze
-
-  def pneumothorax(self, side) -> np.ndarray:
-    """Apical lung collapse: no markings, darker, a bright visceral pleural line. -> mask."""
-    cx, cy, rx, ry = self.lungs[side]
-    depth = self.rng.uniform(0.3, 0.6)
-    lung = self.lung(side)
-    inner = self.ellipse(cx + (0.15 if side == "right" else -0.15) * rx, cy + 0.25 * ry,
-                         rx * 0.85, ry * (1.0 - 0.4 * depth))
-    m = lung & ~inner & (self.y < cy + 0.2 * ry)
-    self.img[m] = 0.1
-    self.img[lung & ~m & np.roll(m, 1, axis=0)] = 0.5   # the pleural line below the gas
-    return m.astype(np.uint8)
-
-  def finish(self) -> np.ndarray:
-    img = self.img + self.rng.normal(0, 0.015, self.img.shape)
-    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-
-
-DRAW = {"Atelectasis": "atelectasis", "Consolidation": "consolidation",
-        "Pleural Effusion": "effusion"}
+FINDING_OF = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly",
+              "Consolidation": "consolidation", "Edema": "edema",
+              "Pleural Effusion": "pleural effusion"}
 
 
 def draw_chexpert(rng, h: int, w: int, labels: dict[str, float]) -> np.ndarray:
-  """A frontal film with the findings whose STORED label (U-ones / U-zeros) is 1."""
-  film = _Film(rng, h, w)
-  drawn = {t: v for t, v in labels.items() if v == 1.0 or (v == -1.0 and t in U_ONES)}
-  film.base(cardiomegaly="Cardiomegaly" in drawn)
-  for task, v in drawn.items():
-    strength = 1.0 if v == 1.0 else 0.5
-    if task == "Edema":
-      film.edema(strength)
-    elif task in DRAW:
-      getattr(film, DRAW[task])(rng.choice(["right", "left"]), strength)
-  return film.finish()
+  """A frontal film [h, w] uint8 with the findings whose STORED label (U-ones / U-zeros)
+  is 1: present (1.0) at full contrast, uncertain U-ones (-1.0) at half contrast (as the
+  pre-training demo draws an uncertain finding), uncertain U-zeros ones not at all."""
+  findings = []
+  for task in TASKS:
+    v = labels.get(task, float("nan"))
+    if v == 1.0 or (v == -1.0 and task in U_ONES):
+      findings.append(demo_reports.sample_finding(
+          rng, FINDING_OF[task], "present" if v == 1.0 else "uncertain"))
+  image, _ = demo_drawing._draw_frontal(rng, h, w, findings)  # pylint: disable=protected-access
+  return image
 
 
-def _lateral(rng, h: int, w: int) -> np.ndarray:
-  film = _Film(rng, h, w)
-  film.img[:] = 0.1 + 0.5 * film.ellipse(0.5, 0.55, 0.35, 0.6)
-  film.img[film.ellipse(0.45, 0.45, 0.2, 0.3)] = 0.25
-  return film.finish()
+def draw_pneumothorax(rng, h: int, w: int, sides: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+  """A frontal film with one pneumothorax per side in `sides` -> (image [h, w] uint8,
+  [mask [h, w] uint8 {0, 1} per pneumothorax])."""
+  findings = [dict(demo_reports.sample_finding(rng, "pneumothorax", "present"), side=s)
+              for s in sides]
+  masks: list[np.ndarray] = []
+  image, _ = demo_drawing._draw_frontal(rng, h, w, findings, masks=masks)  # pylint: disable=protected-access
+  return image, masks
+
+
+def _size(rng) -> tuple[int, int]:
+  """A portrait film's (h, w), as CheXpert's (the builder stores the longest side 128)."""
+  h = int(rng.integers(150, 181))
+  return h, int(round(h * rng.uniform(0.8, 0.95)))
 
 
 # -------------------------------------------------------------------------- generation
@@ -220,7 +159,7 @@ def _chexpert(root: str, rng, num_images: int) -> dict:
       for study in range(1, int(rng.integers(1, 3)) + 1):
         labels = _chexpert_labels(rng, split == "valid")
         rel = f"{CHEXPERT_ROOT}/{split}/patient{patient:05d}/study{study}/view1_frontal.jpg"
-        h, w = int(rng.integers(120, 141)), int(rng.integers(100, 121))
+        h, w = _size(rng)
         _save_jpeg(os.path.join(root, rel), draw_chexpert(rng, h, w, labels))
         sex, age = str(rng.choice(["Male", "Female"])), str(int(rng.integers(20, 90)))
         ap = str(rng.choice(["AP", "PA"]))
@@ -229,7 +168,7 @@ def _chexpert(root: str, rng, num_images: int) -> dict:
         made += 1
         if rng.random() < 0.25:   # a lateral view of the same study (filtered by the builder)
           lat = rel.replace("view1_frontal", "view2_lateral")
-          _save_jpeg(os.path.join(root, lat), _lateral(rng, h, w))
+          _save_jpeg(os.path.join(root, lat), demo_drawing._draw_lateral(rng, h, w))  # pylint: disable=protected-access
           rows.append([lat, sex, age, "Lateral", ""] + [_cell(labels[c]) for c in HEADER[5:]])
       patient += 1
     with open(os.path.join(base, f"{split}.csv"), "w", newline="") as f:
@@ -271,13 +210,10 @@ def _siim(root: str, rng, num_images: int) -> dict:
     image_id = f"1.2.276.0.7230010.3.1.4.8323329.{1000 + i}.1517875{int(rng.integers(100, 999))}.{int(rng.integers(1e5, 1e6))}"
     study = f"1.2.276.0.7230010.3.1.2.8323329.{1000 + i}.1517875{int(rng.integers(100, 999))}.{int(rng.integers(1e5, 1e6))}"
     series = f"1.2.276.0.7230010.3.1.3.8323329.{1000 + i}.1517875{int(rng.integers(100, 999))}.{int(rng.integers(1e5, 1e6))}"
-    film = _Film(rng, SIIM_SIZE, SIIM_SIZE)
-    film.base(cardiomegaly=False)
     sides = []
     if rng.random() < 0.45:
       sides = [str(rng.choice(["right", "left"]))] if rng.random() < 0.8 else ["right", "left"]
-    masks = [film.pneumothorax(s) for s in sides]
-    arr = film.finish()
+    arr, masks = draw_pneumothorax(rng, SIIM_SIZE, SIIM_SIZE, sides)
     _save_dicom(os.path.join(root, "dicom-images-train", study, series, f"{image_id}.dcm"), arr,
                 patient_id=f"{int(rng.integers(1 << 30)):08x}-demo", image_id=image_id)
     for m in masks:   # one row per pneumothorax
@@ -302,7 +238,8 @@ def generate(out_dir: str, num_images: int = 160, num_siim: int = 80, seed: int 
   drawn truth; empty dicts when `out_dir` already held this generation).
   Raises FolderRefused for a folder it must not write into.
   """
-  params = {"num_images": int(num_images), "num_siim": int(num_siim), "seed": int(seed)}
+  params = {"num_images": int(num_images), "num_siim": int(num_siim), "seed": int(seed),
+            "drawing": DRAWING_VERSION}
   if _claim(out_dir, params):
     return {"chexpert": {}, "siim": {}}
   rng = np.random.default_rng(seed)

@@ -152,7 +152,9 @@ def generate(out_dir: str, num_studies: int, seed: int = 0) -> dict:
     if sid not in study_ids:
       study_ids.append(sid)
   subject, n_left, split = subject_base, 0, "train"
-  for i in range(num_studies):
+  from asg_jax import console  # pylint: disable=import-outside-toplevel
+  for i in console.progress(range(num_studies), total=num_studies, desc="Generating demo studies",
+                            unit="study"):
     if n_left == 0:
       subject += int(rng.integers(1, 50))
       n_left = int(rng.integers(1, 4))
@@ -260,6 +262,7 @@ def ensure_demo(manual_dir: str, num_studies: int, seed: int = 0) -> bool:
   folder = owned_dir.OwnedDir.claim(manual_dir, OWNER, hint=OWN_DATA_HINT)
   if folder.params == _params(num_studies, seed):
     return False
+  print(f"Generating the demo data ({num_studies} studies) in {manual_dir}", flush=True)
   generate(manual_dir, num_studies, seed)
   return True
 

@@ -6,10 +6,16 @@ docs/transfer.md), both protocols:
   the re-normalised mean of its prompt embeddings; an image's score for the class is the
   cosine with it, minus the cosine with the class's NEGATIVE prompts when the set has them
   (a binary task: positive vs negative prompts).
-- `tags` (ASG / KAD): the IRL tag decoder's logit of the tag named like the class
-  (`tag_names` maps a class to one of the 40 training tags; default: the lower-cased class
-  name). Needs `predict_fns["tag_logits"](state, images) -> [N, 40]` (asg_jax.evaluate
-  adds it when the model has a tag decoder); skipped otherwise.
+- `tags` (ASG / KAD): the IRL tag decoder queried with the class name (`tag_names` maps a
+  class to another phrase; default: the class name, `objectives.query_phrase`: lower case,
+  `_` -> space). A class named like one of the 40 training tags reads that tag's logit
+  (`predict_fns["tag_logits"](state, images) -> [N, 40]`); when some class is NOT a training
+  tag (RSNA "Pneumonia" is one, NIH "Fibrosis" is not), every class is scored through
+  `predict_fns["class_tag_logits"](phrases)` (asg_jax.evaluate.make_fns): the name embedded
+  by the frozen query tower of training, decoded in its nearest tag's slot
+  (asg_jax/inference.py), identical to the tag's logit for a tag name. A workdir that
+  cannot embed new names (written before the query tower's rng was saved) falls back to the
+  tag-named classes with a message; the protocol is skipped without a tag decoder.
 
 Single-label sets (every label row one-hot, e.g. CheXpert 5×200): top-1 accuracy (chance
 1/C) and macro one-vs-rest AUROC. Multi-label / binary sets (RSNA, CheXpert, NIH): macro
@@ -18,6 +24,7 @@ the test split for F1 and accuracy (chance: the all-positive F1, the majority ac
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -29,16 +36,23 @@ PROTOCOLS = {"prompt": "zero_shot_prompt", "tags": "zero_shot_tags"}
 
 def tag_index(class_names: Sequence[str], tag_names: Mapping[str, str] | None = None
               ) -> dict[str, int]:
-  """{class: index into the 40 ASG tags} of the classes that have a tag."""
+  """{class: index into the 40 ASG tags} of the classes whose query phrase is a tag."""
   from asg_jax.objectives import tag_phrases  # pylint: disable=import-outside-toplevel
   tags = tag_phrases()
-  tag_names = dict(tag_names or {})
   out = {}
-  for c in class_names:
-    t = tag_names.get(c, c.lower())
-    if t in tags:
-      out[c] = tags.index(t)
+  for c, phrase in query_phrases(class_names, tag_names).items():
+    if phrase in tags:
+      out[c] = tags.index(phrase)
   return out
+
+
+def query_phrases(class_names: Sequence[str], tag_names: Mapping[str, str] | None = None
+                  ) -> dict[str, str]:
+  """{class: its tag-decoder query phrase} (`tag_names[c]`, else the class name, through
+  `objectives.query_phrase`)."""
+  from asg_jax.objectives import query_phrase  # pylint: disable=import-outside-toplevel
+  tag_names = dict(tag_names or {})
+  return {c: query_phrase(tag_names.get(c, c)) for c in class_names}
 
 
 def prompt_scores(image_emb: np.ndarray, pos_protos: np.ndarray,
@@ -113,20 +127,52 @@ class Evaluator:
     self.extract_batch_size, self.cache_dir, self.max_examples = (extract_batch_size, cache_dir,
                                                                    max_examples)
 
-  def _features(self, state, split, init):
-    keys = ["image_emb"] + (["tag_logits"] if self._tags_on() else [])
-    return tc.extract(self.fns, state, self.downstream, split, data_dir=self.data_dir,
+  def _features(self, fns, state, split, init, tag_suffix=""):
+    keys = ["image_emb"] + (["tag_logits"] if "tag_logits" in fns and self._tags_on() else [])
+    return tc.extract(fns, state, self.downstream, split, data_dir=self.data_dir,
                       keys=tuple(keys), batch_size=self.extract_batch_size,
-                      cache_dir=self.cache_dir, tag=tc.state_tag(state, init),
+                      cache_dir=self.cache_dir, tag=tc.state_tag(state, init) + tag_suffix,
                       max_examples=self.max_examples)
 
   def _tags_on(self) -> bool:
     return "tags" in self.protocols and "tag_logits" in self.fns
 
+  def tag_plan(self, names: Sequence[str]) -> dict | None:
+    """How the tag protocol scores `names`: {"fns", "classes" (positions scored),
+    "logit_cols" (their columns of the extracted `tag_logits`), "suffix" (cache tag)},
+    or None (skipped, with a message)."""
+    from asg_jax.inference import NoQueryEncoder  # pylint: disable=import-outside-toplevel
+    if not self._tags_on():
+      tc.progress(f"  zero-shot tags {self.downstream}: the model has no tag decoder; skipped")
+      return None
+    index = tag_index(names, self.tag_names)
+    phrases = query_phrases(names, self.tag_names)
+    new = [c for c in names if c not in index]
+    if new and "class_tag_logits" in self.fns:
+      ordered = [phrases[c] for c in names]
+      try:
+        fn = self.fns["class_tag_logits"](ordered)
+      except NoQueryEncoder as e:
+        tc.progress(f"  zero-shot tags {self.downstream}: {new} are not training tags and "
+                    f"{e}; scoring only {list(index) or 'nothing'}")
+      else:
+        digest = hashlib.sha1("|".join(ordered).encode("utf-8")).hexdigest()[:10]
+        return {"fns": dict(self.fns, tag_logits=fn), "classes": list(range(len(names))),
+                "logit_cols": list(range(len(names))), "suffix": f"__q{digest}"}
+    if not index:
+      tc.progress(f"  zero-shot tags {self.downstream}: no class of {names} is a tag; skipped")
+      return None
+    cols = [names.index(c) for c in index]
+    return {"fns": self.fns, "classes": cols,
+            "logit_cols": [index[names[c]] for c in cols], "suffix": ""}
+
   def rows(self, state, init: str = "pretrained") -> list[dict]:
     names = tc.class_names(self.downstream, self.data_dir)
-    test = self._features(state, self.test_split, init)
-    val = self._features(state, self.val_split, init) if self.val_split else None
+    plan = self.tag_plan(names) if "tags" in self.protocols else None
+    fns, suffix = (plan["fns"], plan["suffix"]) if plan else (
+        {k: v for k, v in self.fns.items() if k != "tag_logits"}, "")
+    test = self._features(fns, state, self.test_split, init, suffix)
+    val = self._features(fns, state, self.val_split, init, suffix) if self.val_split else None
     out = []
     if "prompt" in self.protocols:
       pos, neg = tc.load_prompts(self.prompts, names, self.max_prompts, self.prompt_seed)
@@ -137,21 +183,14 @@ class Evaluator:
       out += classification_rows(self.downstream, PROTOCOLS["prompt"], score(test),
                                  test["labels"], init, score(val) if val else None,
                                  val["labels"] if val else None, names)
-    if "tags" in self.protocols:
-      index = tag_index(names, self.tag_names)
-      if not self._tags_on():
-        tc.progress(f"  zero-shot tags {self.downstream}: the model has no tag decoder; skipped")
-      elif not index:
-        tc.progress(f"  zero-shot tags {self.downstream}: no class of {names} is a tag; skipped")
-      else:
-        cols = [names.index(c) for c in index]
-        sub = [names[c] for c in cols]
-        tag_cols = [index[c] for c in sub]
-        score = lambda f: np.asarray(f["tag_logits"])[:, tag_cols]
-        out += classification_rows(self.downstream, PROTOCOLS["tags"], score(test),
-                                   test["labels"][:, cols], init,
-                                   score(val) if val else None,
-                                   val["labels"][:, cols] if val else None, sub)
+    if plan:
+      cols, logit_cols = plan["classes"], plan["logit_cols"]
+      sub = [names[c] for c in cols]
+      score = lambda f: np.asarray(f["tag_logits"])[:, logit_cols]
+      out += classification_rows(self.downstream, PROTOCOLS["tags"], score(test),
+                                 test["labels"][:, cols], init,
+                                 score(val) if val else None,
+                                 val["labels"][:, cols] if val else None, sub)
     return out
 
   def run(self, state):
