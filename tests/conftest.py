@@ -38,3 +38,21 @@ def reference_dir():
   if not REFERENCE.is_dir():
     pytest.skip(f"reference folder not found at {REFERENCE}")
   return REFERENCE
+
+
+# The README runs the suite on two worker processes, a test FILE per worker at a time
+# (`-n 2 --dist loadfile`: module fixtures are built once). Files are handed out in
+# collection order, so the longest ones go first and the two workers finish together.
+LONGEST_FIRST = ("tests/test_train.py", "tests/test_own_data.py", "tests/test_inference.py",
+                 "tests/evaluators/test_transfer.py", "tests/evaluators/test_segmentation.py",
+                 "tests/test_visualize.py", "tests/evaluators/test_linear_probe.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+  def key(item):
+    path = pathlib.Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+    return rank.get(path, len(rank))
+  items.sort(key=key)   # stable: the order within a file and among the rest is kept
