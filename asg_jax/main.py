@@ -4,6 +4,9 @@ Overrides use ml_collections syntax, e.g. `--config.train.num_steps=10`; an unkn
 an impossible value is a one-line error naming the key (exit status 2), before any data is
 generated or built. Rerunning the same command resumes from the last checkpoint; rerunning a
 finished one says so and keeps its summary.json (`--reevaluate` evaluates it again).
+SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, checkpoint it and exit with
+status 75 (asg_jax/preemption.py); the same command then continues from that step. Exit
+status 2: a bad config or folder; 3: a non-finite loss.
 
 The console shows the project's lines only (data generation / build, "Initialising the
 model", "Compiling the train step", the progress line, evaluation lines, the final metrics and
@@ -43,7 +46,7 @@ def main(argv):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
   # The train loop pins TF to the CPU; it must never grab the accelerator JAX uses.
   tf.config.set_visible_devices([], "GPU")
-  from asg_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
+  from asg_jax import config as config_lib, preemption, train  # pylint: disable=import-outside-toplevel
   from asg_jax.data import owned_dir  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   try:
@@ -57,6 +60,9 @@ def main(argv):
     logging.error("%s", e)
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(3)
+  except preemption.Preempted as e:
+    print(f"Preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
   if summary:
     metrics = summary["metrics"]
     print("Final validation metrics (chance in brackets):")

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from asg_jax import checkpoints, objectives, parallel, predict
-from asg_jax import console
+from asg_jax import console, preemption
 from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
 from asg_jax.evaluators import common as eval_common
@@ -136,7 +136,7 @@ write_config = workdir_lib.write_config
 
 # ----------------------------------------------------------------------------- main loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=None,
-                       stop_after: int | None = None, reevaluate: bool = False) -> dict:
+                       reevaluate: bool = False) -> dict:
   """Pre-trains and evaluates; resumes from `<workdir>/checkpoints` if present.
 
   Rerunning a finished job (same config, summary.json at the latest checkpoint) is a no-op
@@ -151,10 +151,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       summary.json.
     data: a data source (see `asg_jax.data.input.DataSource`); built from `config.data`
       when None.
-    stop_after: stop (as if killed) once this step is checkpointed — for resume tests.
     reevaluate: evaluate a finished run again (see above).
   Returns:
-    the summary dict also written to `<workdir>/summary.json` (None if stopped early).
+    the summary dict also written to `<workdir>/summary.json`.
+  Raises:
+    preemption.Preempted: on SIGTERM / SIGINT, after checkpointing the step in progress
+      (asg_jax/preemption.py; rerunning continues from it).
+    NonFiniteLossError: a non-finite loss (the last good checkpoint is kept).
   """
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
@@ -243,62 +246,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     final = {"metrics": {}, "chance": {}}     # the latest value of every metric
     warned_metric = False
     train_iter = data.train_batches(start_step)
-    for step in range(start_step, num_steps if stopped is None else start_step):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      if step == start_step:
-        with console.step("Compiling the train step"):
+    with preemption.Guard() as guard:
+      for step in range(start_step, num_steps if stopped is None else start_step):
+        batch = parallel.shard_batch(next(train_iter), mesh)
+        if step == start_step:
+          with console.step("Compiling the train step"):
+            state, measurements = train_step(state, batch, constants)
+            jax.block_until_ready(measurements)
+          t_rate, s_rate = time.time(), step + 1
+        else:
           state, measurements = train_step(state, batch, constants)
-          jax.block_until_ready(measurements)
-        t_rate, s_rate = time.time(), step + 1
-      else:
-        state, measurements = train_step(state, batch, constants)
-      if pending is not None:
-        history.append(_to_host(*pending))
-      pending = (step, measurements)
-      done = step + 1
-      is_last = done == num_steps
-      if done % config.train.log_every == 0 or is_last:
-        history.append(_to_host(*pending))
-        pending = None
-        _log_train(writer, history, done, num_steps, t_rate, s_rate)
-        history = []
-      result = evaluate(state, done, only_due=True)
-      if result is not None:
-        t_rate += result["seconds"]   # evaluation time is not train-step time
         if pending is not None:
           history.append(_to_host(*pending))
-          pending = None
-        last_eval = result
-        final["metrics"].update(result["metrics"])
-        final["chance"].update(result["chance"])
-        writer.write_scalars(done, {f"val/{k}": v for k, v in last_eval["metrics"].items()})
-        _print_eval(done, last_eval)
-        metric = last_eval["metrics"].get(config.eval.best_metric)
-        if metric is None:
-          if not warned_metric:
-            print(f"WARNING: config.eval.best_metric {config.eval.best_metric!r} is not among "
-                  f"the evaluation metrics {sorted(last_eval['metrics'])}: no best "
-                  f"checkpoint, no early stopping", flush=True)
-            warned_metric = True
-        elif metric < best.get("value", math.inf):
-          best = {"step": done, "metric": config.eval.best_metric, "value": float(metric)}
-          stalls = 0
-          manager.save_best(done, state, best)
-        else:
-          stalls += 1
-        if config.train.early_stop_patience and stalls >= config.train.early_stop_patience:
-          stopped = f"early stopping: no {config.eval.best_metric} improvement in {stalls} evals"
-          manager.save(done, state, loop(), force=True)
-          break
-      if done % config.train.checkpoint_every == 0 or is_last:
-        if pending is not None:   # never checkpoint before the guard has seen this step
+        pending = (step, measurements)
+        done = step + 1
+        is_last = done == num_steps
+        if done % config.train.log_every == 0 or is_last:
           history.append(_to_host(*pending))
           pending = None
-        manager.save(done, state, loop())
-      if stop_after is not None and done >= stop_after:
-        manager.wait()
-        writer.flush()
-        return None
+          _log_train(writer, history, done, num_steps, t_rate, s_rate)
+          history = []
+        result = evaluate(state, done, only_due=True)
+        if result is not None:
+          t_rate += result["seconds"]   # evaluation time is not train-step time
+          if pending is not None:
+            history.append(_to_host(*pending))
+            pending = None
+          last_eval = result
+          final["metrics"].update(result["metrics"])
+          final["chance"].update(result["chance"])
+          writer.write_scalars(done, {f"val/{k}": v for k, v in last_eval["metrics"].items()})
+          _print_eval(done, last_eval)
+          metric = last_eval["metrics"].get(config.eval.best_metric)
+          if metric is None:
+            if not warned_metric:
+              print(f"WARNING: config.eval.best_metric {config.eval.best_metric!r} is not among "
+                    f"the evaluation metrics {sorted(last_eval['metrics'])}: no best "
+                    f"checkpoint, no early stopping", flush=True)
+              warned_metric = True
+          elif metric < best.get("value", math.inf):
+            best = {"step": done, "metric": config.eval.best_metric, "value": float(metric)}
+            stalls = 0
+            manager.save_best(done, state, best)
+          else:
+            stalls += 1
+          if config.train.early_stop_patience and stalls >= config.train.early_stop_patience:
+            stopped = f"early stopping: no {config.eval.best_metric} improvement in {stalls} evals"
+            manager.save(done, state, loop(), force=True)
+            break
+        if done % config.train.checkpoint_every == 0 or is_last:
+          if pending is not None:   # never checkpoint before the guard has seen this step
+            history.append(_to_host(*pending))
+            pending = None
+          manager.save(done, state, loop())
+        if guard.requested:   # SIGTERM / SIGINT: this step is done; checkpoint it and stop
+          if pending is not None:
+            history.append(_to_host(*pending))
+            pending = None
+          if not (done % config.train.checkpoint_every == 0 or is_last):   # not saved above
+            manager.save(done, state, loop(), force=True)
+          manager.wait()
+          writer.flush()
+          raise preemption.Preempted(done, guard.signal_name, manager.directory)
     if pending is not None:
       history.append(_to_host(*pending))
     if last_eval is None:   # nothing trained here (resumed at the end, or reevaluate)

@@ -1,14 +1,16 @@
 """The train loop: one compilation, resume == uninterrupted, 1 device == 8 devices, NaN guard."""
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from asg_jax import checkpoints, config as config_lib, objectives, parallel, predict, train
+from asg_jax import checkpoints, config as config_lib, objectives, parallel, predict, preemption, train
 from asg_jax import state as state_lib
 from asg_jax.evaluators import common as eval_common
 from asg_jax.models import vlp
@@ -184,11 +186,26 @@ def test_grounding_is_absent_without_annotated_boxes():
   assert atlas["val_loss"] == pytest.approx(real["val_loss"])
 
 
-def test_kill_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluator(tmp_path, capsys):
+class SignalledData(FakeData):
+  """Sends this process a real SIGTERM when the train batch of index `at` is read."""
+
+  def __init__(self, config, at: int):
+    super().__init__(config)
+    self._at = at
+
+  def train_batches(self, start_step=0):
+    for i, batch in enumerate(super().train_batches(start_step), start=start_step):
+      if i == self._at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+
+def test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluator(tmp_path, capsys):
   """One scenario (each train_and_evaluate costs seconds of tracing): a toy evaluator
   declared through config alone runs on its own schedule, one model pass per split and
-  round; early stopping (patience) and a kill + resume stop where the uninterrupted run did,
-  with the same parameters and summary; a rerun of the finished job is a no-op."""
+  round; early stopping (patience) and a preemption (SIGTERM) + resume stop where the
+  uninterrupted run did, with the same parameters and summary; a rerun of the finished job
+  is a no-op."""
   from tests.evaluators import toy
   from tests.evaluators.test_common import CountingData
   # zs_num_tags is constant, so after the first evaluation nothing "improves": with
@@ -211,8 +228,12 @@ def test_kill_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluator(
   assert CountingData.passes == 4
   assert {"i2t_top1", "t2i_top1", "i2t_top5", "t2i_top5", "val_loss", "zs_num_tags"} \
       <= set(full["metrics"])
-  assert train.train_and_evaluate(config, str(tmp_path / "killed"), data=FakeData(config),
-                                  stop_after=2) is None
+  # preempted: a real SIGTERM arrives while the 2nd batch is read; step 2 finishes, is
+  # checkpointed, and Preempted is raised (main.py exits with status 75)
+  with pytest.raises(preemption.Preempted, match="SIGTERM received: stopped after step 2") as e:
+    train.train_and_evaluate(config, str(tmp_path / "killed"), data=SignalledData(config, 1))
+  assert e.value.step == 2
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # the handler was removed
   resumed = train.train_and_evaluate(config, str(tmp_path / "killed"), data=FakeData(config))
   for key in ("steps", "stopped", "best", "metrics", "chance"):
     assert resumed[key] == full[key], key

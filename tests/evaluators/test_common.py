@@ -1,6 +1,6 @@
 """Evaluator plug-ins: unknown keys / types fail naming them. (A toy evaluator declared
 through config alone, on its own schedule with one model pass per split and round, runs in
-tests/test_train.py::test_kill_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluator,
+tests/test_train.py::test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluator,
 sharing that test's compiled steps.)"""
 import pytest
 
