@@ -40,6 +40,22 @@ def reference_dir():
   return REFERENCE
 
 
+@pytest.fixture(scope="session")
+def tiny_pretrained():
+  """A random-init `inference.Pretrained` of the demo's runlocal architecture (fake
+  tokenizer): what the transfer tests evaluate (no training needed)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from asg_jax import evaluate, inference, objectives  # pylint: disable=import-outside-toplevel
+  from tests.fakes import FakeTokenizer  # pylint: disable=import-outside-toplevel
+  from tests.test_train import demo_config  # pylint: disable=import-outside-toplevel
+  config = demo_config("runlocal")
+  tok = FakeTokenizer(config.model.text.vocab_size, config.data.max_length)
+  constants = objectives.make_constants(config, tok, jax.random.PRNGKey(1))
+  p = inference.Pretrained(config, {"params": {}, "batch_stats": {}}, tok, constants)
+  p.variables = evaluate.random_variables(p, 7)
+  return p
+
+
 # The README runs the suite on two worker processes, a test FILE per worker at a time
 # (`-n 2 --dist loadfile`: module fixtures are built once). Files are handed out in
 # collection order, so the longest ones go first and the two workers finish together.

@@ -5,14 +5,13 @@ NIH classes that are ASG tags; no NIH prompt set is shipped).
     python -m asg_jax.evaluate --config configs/transfer/nih14.py \
         --config.init=workdir/asg --config.data_dir=/data/tfds
 
-`runlocal`: the demo stand-in (configs/transfer/demo.py:runlocal).
+`runlocal`: the same evaluators on a small budget (`evaluate.runlocal`), what the
+tests run on the builder's fixture; configs/transfer/demo.py needs no download.
 """
 from asg_jax import evaluate
 
 
 def get_config(arg=None):
-  if arg == "runlocal":
-    return evaluate.demo_config()
   c = evaluate.base_transfer_config()
   c.name = "nih14"
   evaluate.add(c, "probe", type="linear_probe", downstream="cxr_nih14",
@@ -21,4 +20,4 @@ def get_config(arg=None):
                val_split="validation", protocols=("tags",), extract_batch_size=128,
                tag_names={"Effusion": "pleural effusion", "Pleural_Thickening": "pleural thicken",
                           "Infiltration": "infiltration", "Mass": "mass", "Nodule": "nodule"})
-  return c
+  return evaluate.runlocal(c) if arg == "runlocal" else c

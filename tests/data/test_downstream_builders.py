@@ -6,7 +6,9 @@ at the paths the rows name (real NIH PNG / SIIM DICOM / COVID JPEG files where t
 some) and planted faults. Expected values are worked out by hand in the comments.
 """
 import csv
+import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -21,6 +23,8 @@ from asg_jax.data.builders.cxr_covidx import CxrCovidx
 from asg_jax.data.builders.cxr_nih14 import CxrNih14
 from asg_jax.data.builders.cxr_rsna import CxrRsna
 from asg_jax.data.builders.cxr_siim import CxrSiim
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 Config = downstream.DownstreamConfig
 
@@ -549,3 +553,35 @@ def test_covidx_lists_and_splits(covidx):
 def test_covidx_missing_list(tmp_path):
   with pytest.raises(FileNotFoundError, match="(?s)train_COVIDx9A.txt.*patient_id filename label source"):
     _build(CxrCovidx, Config(name="x", image_size=32, classes=("a",)), tmp_path, tmp_path / "data")
+
+
+# ------------------------------------------------------- transfer recipes on the fixtures
+
+def test_every_transfer_recipe_runs_on_its_builder_fixture(chexpert, nih, rsna, covidx,
+                                                           tiny_pretrained, tmp_path, monkeypatch):
+  """`configs/transfer/<dataset>.py:runlocal` through `evaluate.run_transfer` (what
+  `python -m asg_jax.evaluate` runs) on each builder's fixture build, pre-trained and random
+  init: every declared evaluator yields its rows, results.json / results.md are written."""
+  from asg_jax import evaluate
+  from asg_jax.data import downstream_input
+  fixtures = {"cxr_chexpert": chexpert[1], "cxr_chexpert/5x200": chexpert[3],
+              "cxr_nih14": nih[1], "cxr_rsna": rsna[0], "cxr_covidx": covidx[0]}
+  monkeypatch.setattr(downstream_input, "builder", lambda dataset, data_dir: fixtures[dataset])
+  recipes = {"chexpert": {"linear_probe", "zero_shot_prompt", "zero_shot_tags", "retrieval"},
+             "nih14": {"linear_probe", "zero_shot_tags"},
+             "rsna": {"linear_probe", "zero_shot_prompt", "zero_shot_tags"},
+             "covidx": {"linear_probe"}}
+  for name, protocols in recipes.items():
+    config = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py:runlocal"))
+    out = tmp_path / name
+    results = evaluate.run_transfer("", config, out_dir=str(out), pretrained=tiny_pretrained)
+    assert json.loads((out / evaluate.RESULTS_JSON).read_text())["rows"] == results["rows"]
+    assert (out / evaluate.RESULTS_MD).read_text().count("\n|") > 2
+    got = {(r["protocol"], r["init"]) for r in results["rows"]}
+    assert got == {(p, i) for p in protocols for i in ("pretrained", "random")}, name
+    for r in results["rows"]:
+      assert r["value"] is None or 0.0 <= r["value"] <= 1.0, r
+    probe = {(r["metric"], r["fraction"]) for r in results["rows"] if r["protocol"] == "linear_probe"}
+    assert {("auroc", f) for f in (0.01, 0.1, 1.0)} <= probe, name
+    if name == "covidx":   # single-label: top-1 accuracy, the papers' COVIDx metric
+      assert {("accuracy", f) for f in (0.01, 0.1, 1.0)} <= probe

@@ -148,18 +148,7 @@ def test_retrieval_chance_matches_random_rankings():
 
 # ------------------------------------------------------------ end to end on the fixture
 
-@pytest.fixture(scope="module")
-def tiny_pretrained():
-  from asg_jax import evaluate, inference, objectives
-  from tests.fakes import FakeTokenizer
-  from tests.test_train import demo_config
-  config = demo_config("runlocal")
-  tok = FakeTokenizer(config.model.text.vocab_size, config.data.max_length)
-  constants = objectives.make_constants(config, tok, jax.random.PRNGKey(1))
-  p = inference.Pretrained(config, {"params": {}, "batch_stats": {}}, tok, constants)
-  p.variables = evaluate.random_variables(p, 7)
-  return p
-
+# `tiny_pretrained`: tests/conftest.py
 
 def test_evaluate_runs_on_the_demo_fixture_and_writes_results(tmp_path, tiny_pretrained):
   from asg_jax import evaluate
