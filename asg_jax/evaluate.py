@@ -5,9 +5,11 @@
         --config.init=workdir/asg --config.data_dir=/data/tfds
 
 runs the evaluators declared in the transfer config (`config.evals`: linear_probe,
-transfer_zeroshot, transfer_retrieval) on the workdir's best checkpoint (`init` =
-"pretrained") and on the baselines named in `config.inits` ("random": the same
-architecture, freshly initialised), and writes `<out>/results.json`
+transfer_zeroshot, transfer_retrieval, segmentation) on the workdir's best checkpoint
+(`init` = "pretrained") and on the baselines named in `config.inits` ("random": the same
+architecture, freshly initialised; "imagenet": the same with the image tower loaded from
+the local checkpoint `config.imagenet`, added whenever that is set), and writes
+`<out>/results.json`
 
     {"rows": [{"dataset", "protocol", "metric", "fraction", "init", "value", "std",
                "chance", "published"}, ...], "timing": {...}, "workdir": ..., "step": ...}
@@ -79,6 +81,21 @@ def demo_config() -> ml_collections.ConfigDict:
                                   "configs", "transfer", "demo.py:runlocal"))
 
 
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A recipe's `runlocal`: the same evaluators on the same datasets on a small budget
+  (2 probe seeds, <= 5 epochs, small extraction batches) — what the tests run on each
+  builder's fixture (`--config.data_dir=<the fixture's tfds folder>`). Returns `c`."""
+  c.name += "_runlocal"
+  for name in c.evals:
+    e = c.evals[name]
+    if e.type == "linear_probe":
+      e.seeds = (0, 1)
+      e.max_epochs = 5
+    if "extract_batch_size" in e:
+      e.extract_batch_size = 16
+  return c
+
+
 def add(c: ml_collections.ConfigDict, name: str, *, type: str, **kwargs) -> None:  # pylint: disable=redefined-builtin
   """Declare one transfer evaluator (as config.add_eval; kwargs = the Evaluator's)."""
   from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
@@ -139,17 +156,18 @@ def random_variables(pretrained, seed: int = 0) -> dict:
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 
-def imagenet_variables(pretrained, path: str, seed: int = 0) -> dict:
-  """The random-init variables with the image tower replaced by the ImageNet weights of a
-  local Hugging Face checkpoint (`path`: a folder with model.safetensors / pytorch_model.bin
-  or the file; ViT: `ViTModel` layout, ResNet: `ResNetModel`, via the tower's
-  `load_pretrained`); the heads and the text tower stay random."""
+def imagenet_variables(pretrained, path: str, seed: int = 0, random: dict | None = None) -> dict:
+  """The random-init variables (`random`, else `random_variables(pretrained, seed)`) with
+  the image tower replaced by the ImageNet weights of a local Hugging Face checkpoint
+  (`path`: a folder with model.safetensors / pytorch_model.bin or the file; ViT: `ViTModel`
+  layout, ResNet: `ResNetModel`, via the tower's `load_pretrained`); the heads and the text
+  tower stay random."""
   from asg_jax import registry  # pylint: disable=import-outside-toplevel
   if not path:
     raise ValueError("config.inits has 'imagenet' but config.imagenet is empty: pass "
                      "--config.imagenet=<local checkpoint of the ImageNet weights> (nothing "
                      "is downloaded; docs/transfer.md)")
-  v = random_variables(pretrained, seed)
+  v = random if random is not None else random_variables(pretrained, seed)
   params, stats = dict(v["params"]), dict(v["batch_stats"])
   tower = registry.image_tower(pretrained.config.model.image.name)
   params["image_encoder"], enc_stats = tower.load_pretrained(
@@ -165,16 +183,16 @@ def states(pretrained, config: ml_collections.ConfigDict, step: int) -> list[Tra
   inits = list(config.inits)
   if config.get("imagenet") and "imagenet" not in inits:
     inits.append("imagenet")
+  rand = None                   # one random init, shared by `random` and `imagenet`
   for init in inits:
     if init == "pretrained":
       v = pretrained.variables
       out.append(TransferState(v["params"], v.get("batch_stats", {}), step, "pretrained"))
-    elif init == "random":
-      v = random_variables(pretrained, config.random_seed)
-      out.append(TransferState(v["params"], v["batch_stats"], 0, "random"))
-    elif init == "imagenet":
-      v = imagenet_variables(pretrained, config.get("imagenet", ""), config.random_seed)
-      out.append(TransferState(v["params"], v["batch_stats"], 0, "imagenet"))
+    elif init in ("random", "imagenet"):
+      rand = rand or random_variables(pretrained, config.random_seed)
+      v = rand if init == "random" else imagenet_variables(
+          pretrained, config.get("imagenet", ""), config.random_seed, random=rand)
+      out.append(TransferState(v["params"], v["batch_stats"], 0, init))
     else:
       raise ValueError(f"config.inits: {init!r} is not supported (pretrained, random, "
                        f"imagenet)")
