@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.num_heads = 12
   c.model.image.mlp_dim = 3072
   c.model.image.dropout = 0.0
+  c.model.image.attention_impl = "einsum"   # ViT: einsum | auto | xla | cudnn (models/attention.py)
   c.model.image.resnet_stage_sizes = (3, 4, 6, 3)
   c.model.image.resnet_width = 64
 
@@ -62,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.use_layers = 6      # ASG uses the first 6 of 12 layers
   c.model.text.hidden_dropout = 0.1
   c.model.text.attention_dropout = 0.1
+  c.model.text.attention_impl = "einsum"    # einsum | auto | xla | cudnn (fused: dropout 0)
 
   c.model.tag_decoder = ml_collections.ConfigDict()
   c.model.tag_decoder.enabled = True
@@ -285,6 +287,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
       "loss.label_source": ("tags", "chexpert", "embedding", "auto"),
       "data.normalization": ("imagenet", "half"),
       "model.dtype": ("float32", "bfloat16"),
+      "model.image.attention_impl": ("einsum", "auto", "xla", "cudnn"),
+      "model.text.attention_impl": ("einsum", "auto", "xla", "cudnn"),
       "data.rebuild": ("auto", "never", "always"),
   }
   for dotted, allowed in choices.items():
@@ -293,6 +297,11 @@ def _check(c: ml_collections.ConfigDict) -> None:
       value = value[part]
     if value not in allowed:
       raise ConfigError(f"config.{dotted} = {value!r}; expected one of {allowed}")
+  if c.model.text.attention_impl != "einsum" and c.model.text.attention_dropout > 0:
+    raise ConfigError(f"config.model.text.attention_impl = {c.model.text.attention_impl!r} "
+                      f"(a fused kernel) has no dropout on the attention probabilities: set "
+                      f"config.model.text.attention_dropout = 0 (it is "
+                      f"{c.model.text.attention_dropout})")
   from asg_jax.data.reports import REGIONS  # pylint: disable=import-outside-toplevel
   regions = (c.data.regions,) if isinstance(c.data.regions, str) else tuple(c.data.regions)
   unknown = [r for r in regions if r not in REGIONS]

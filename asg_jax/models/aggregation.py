@@ -41,7 +41,8 @@ def aggregate_importance(attention: jax.Array, word_ids: jax.Array,
   """Word importance from the last layer's [CLS] attention.
 
   Args:
-    attention: `[B, H, L, L]` attention probabilities (query axis 2, key axis 3).
+    attention: `[B, H, L, L]` attention probabilities (query axis 2, key axis 3), or only
+      the [CLS] query row `[B, H, 1, L]` (a fused attention_impl, models/attention.py).
     word_ids: int `[B, L]` as in `aggregate_words`.
     word_mask: bool `[B, L-1]` valid slots.
   Returns:
@@ -49,9 +50,9 @@ def aggregate_importance(attention: jax.Array, word_ids: jax.Array,
     word slots, renormalised to sum 1 over the valid slots; 0 at invalid slots, and an
     all-zero row (not NaN) when a row has no valid slot or zero mass.
   """
-  b, _, l, _ = attention.shape
-  if word_ids.shape != (b, l) or word_mask.shape != (b, l - 1):
-    raise ValueError(f"aggregate_importance: expected attention [B, H, L, L], word_ids [B, L] "
+  b, _, lq, l = attention.shape
+  if lq not in (1, l) or word_ids.shape != (b, l) or word_mask.shape != (b, l - 1):
+    raise ValueError(f"aggregate_importance: expected attention [B, H, L or 1, L], word_ids [B, L] "
                      f"and word_mask [B, L-1], got {attention.shape}, {word_ids.shape} and "
                      f"{word_mask.shape}")
   cls_row = jnp.mean(attention[:, :, 0, :].astype(jnp.float32), axis=1)        # [B, L]

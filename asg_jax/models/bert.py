@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
+from asg_jax.models import attention
+
 _LN_EPS = 1e-12
 _INIT = nn.initializers.normal(stddev=0.02)  # HF BERT initializer_range
 _TYPE_VOCAB = 2
@@ -53,15 +55,17 @@ class SelfAttention(nn.Module):
   num_heads: int
   attention_dropout: float
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"    # asg_jax/models/attention.py
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array, *,
+  def __call__(self, x: jax.Array, key_mask: jax.Array, *,
                train: bool) -> tuple[jax.Array, jax.Array]:
     """Args:
       x: `[B, L, D]`.
-      bias: `[B, 1, 1, L]` additive float32 mask (0 for real tokens, float32 min for padding).
+      key_mask: bool `[B, L]`, True for real tokens (padding gets HF's float32-min bias).
     Returns:
-      (context `[B, L, D]`, probabilities `[B, heads, L, L]` float32, before dropout).
+      (context `[B, L, D]`, float32 probabilities before dropout: `[B, heads, L, L]` with the
+      "einsum" implementation, the [CLS] query row `[B, heads, 1, L]` with a fused one).
     """
     b, n, d = x.shape
     hd = d // self.num_heads
@@ -72,10 +76,15 @@ class SelfAttention(nn.Module):
       return y.reshape(b, n, self.num_heads, hd)
 
     q, k, v = heads("query"), heads("key"), heads("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5
-    probs = jax.nn.softmax(scores + bias, axis=-1)
-    dropped = nn.Dropout(self.attention_dropout, deterministic=not train)(probs)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(self.dtype), v)
+    dropout = None
+    if self.attention_dropout > 0 and train:
+      if self.attention_impl != "einsum":
+        raise ValueError(f"BERT attention_impl={self.attention_impl!r} has no attention "
+                         f"dropout: set config.model.text.attention_dropout = 0")
+      dropout = nn.Dropout(self.attention_dropout, deterministic=False)
+    ctx, probs = attention.attend(q, k, v, impl=self.attention_impl, key_mask=key_mask,
+                                  want="all" if self.attention_impl == "einsum" else "cls",
+                                  probs_dropout=dropout, dtype=self.dtype)
     return ctx.reshape(b, n, d), probs
 
 
@@ -99,11 +108,13 @@ class Attention(nn.Module):
   hidden_dropout: float
   attention_dropout: float
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x, bias, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x, key_mask, *, train: bool) -> tuple[jax.Array, jax.Array]:
     ctx, probs = SelfAttention(self.hidden_size, self.num_heads, self.attention_dropout,
-                               self.dtype, name="self")(x, bias, train=train)
+                               self.dtype, self.attention_impl, name="self")(
+                                   x, key_mask, train=train)
     out = DenseLayerNorm(self.hidden_size, self.hidden_dropout, self.dtype,
                          name="output")(ctx, x, train=train)
     return out, probs
@@ -128,12 +139,13 @@ class Layer(nn.Module):
   hidden_dropout: float
   attention_dropout: float
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x, bias, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x, key_mask, *, train: bool) -> tuple[jax.Array, jax.Array]:
     a, probs = Attention(self.hidden_size, self.num_heads, self.hidden_dropout,
-                         self.attention_dropout, self.dtype, name="attention")(
-                             x, bias, train=train)
+                         self.attention_dropout, self.dtype, self.attention_impl,
+                         name="attention")(x, key_mask, train=train)
     h = Intermediate(self.intermediate_size, self.dtype, name="intermediate")(a)
     out = DenseLayerNorm(self.hidden_size, self.hidden_dropout, self.dtype,
                          name="output")(h, a, train=train)
@@ -170,14 +182,15 @@ class Encoder(nn.Module):
   hidden_dropout: float
   attention_dropout: float
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x, bias, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x, key_mask, *, train: bool) -> tuple[jax.Array, jax.Array]:
     probs = None
     for i in range(self.num_layers):
       x, probs = Layer(self.hidden_size, self.num_heads, self.intermediate_size,
                        self.hidden_dropout, self.attention_dropout, self.dtype,
-                       name=f"layer_{i}")(x, bias, train=train)
+                       self.attention_impl, name=f"layer_{i}")(x, key_mask, train=train)
     return x, probs
 
 
@@ -191,6 +204,8 @@ class BertEncoder(nn.Module):
     use_layers: run (and create parameters for) only the first `use_layers` layers;
       None = all `num_hidden_layers`.
     dtype: compute dtype (parameters stay float32; softmax in float32).
+    attention_impl: asg_jax/models/attention.py ("einsum" | "auto" | "xla" | "cudnn"; the
+      fused ones need attention_dropout = 0 when training).
   """
   vocab_size: int
   hidden_size: int
@@ -202,6 +217,7 @@ class BertEncoder(nn.Module):
   attention_dropout: float = 0.1
   use_layers: int | None = None
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @property
   def layers_run(self) -> int:
@@ -217,7 +233,8 @@ class BertEncoder(nn.Module):
       train: dropout on.
     Returns:
       `hidden [B, L, D]` (last layer run), `cls [B, D]` (= hidden[:, 0], no pooler) and
-      `attention [B, heads, L, L]` (that layer's softmax probabilities, float32).
+      `attention [B, heads, L, L]` (that layer's softmax probabilities, float32; with a fused
+      attention_impl only the [CLS] query row, `[B, heads, 1, L]`).
     """
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
       raise ValueError(f"BertEncoder: expected input_ids and attention_mask of the same shape "
@@ -233,12 +250,10 @@ class BertEncoder(nn.Module):
                        f"num_attention_heads = {self.num_attention_heads}")
     x = Embeddings(self.vocab_size, self.hidden_size, self.max_position_embeddings,
                    self.hidden_dropout, self.dtype, name="embeddings")(input_ids, train=train)
-    # HF's extended attention mask: (1 - mask) * float32 min, added to the scores
-    keep = jnp.asarray(attention_mask).astype(jnp.float32)
-    bias = ((1.0 - keep) * jnp.finfo(jnp.float32).min)[:, None, None, :]
+    key_mask = jnp.asarray(attention_mask).astype(bool)
     x, probs = Encoder(self.layers_run, self.hidden_size, self.num_attention_heads,
                        self.intermediate_size, self.hidden_dropout, self.attention_dropout,
-                       self.dtype, name="encoder")(x, bias, train=train)
+                       self.dtype, self.attention_impl, name="encoder")(x, key_mask, train=train)
     return {"cls": x[:, 0], "hidden": x, "attention": probs}
 
 
@@ -253,7 +268,8 @@ def build(cfg, dtype, use_layers: int | None, name: str = "text_encoder") -> Ber
                      intermediate_size=cfg.intermediate_size,
                      max_position_embeddings=cfg.max_position_embeddings,
                      hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout,
-                     use_layers=use_layers, dtype=dtype, name=name)
+                     use_layers=use_layers, dtype=dtype,
+                     attention_impl=cfg.get("attention_impl", "einsum"), name=name)
 
 
 def load_pretrained(path: str, params):

@@ -22,37 +22,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asg_jax.models import attention
 from asg_jax.models.bert import KeyDense
 
 _LN_EPS = 1e-6
 _INIT = nn.initializers.truncated_normal(stddev=0.02)  # HF ViT initializer_range
 
 
-def _split_heads(x: jax.Array, num_heads: int) -> jax.Array:
-  """`[B, N, D]` -> `[B, heads, N, D/heads]`."""
-  b, n, d = x.shape
-  return x.reshape(b, n, num_heads, d // num_heads).transpose(0, 2, 1, 3)
-
-
 class SelfAttention(nn.Module):
-  """Multi-head self-attention projections + probabilities (HF `ViTSelfAttention`)."""
+  """Multi-head self-attention projections + attention (HF `ViTSelfAttention`)."""
   hidden_size: int
   num_heads: int
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"    # asg_jax/models/attention.py
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`x [B, N, D]` -> (context `[B, N, D]`, probabilities `[B, heads, N, N]` float32)."""
-    dense = lambda name, cls=nn.Dense: cls(self.hidden_size, dtype=self.dtype,
-                                           kernel_init=_INIT, name=name)
-    q = _split_heads(dense("query")(x), self.num_heads)
-    k = _split_heads(dense("key", KeyDense)(x), self.num_heads)  # bias: exact zero gradient
-    v = _split_heads(dense("value")(x), self.num_heads)
-    scale = (self.hidden_size // self.num_heads) ** -0.5
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
-    probs = jax.nn.softmax(scores, axis=-1)
-    ctx = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(self.dtype), v)
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """`x [B, N, D]` -> (context `[B, N, D]`, probabilities `[B, heads, N, N]` float32 with
+    the "einsum" implementation, else None: nothing in the model reads the ViT's)."""
     b, n = x.shape[:2]
+    heads = lambda name, cls=nn.Dense: cls(self.hidden_size, dtype=self.dtype, kernel_init=_INIT,
+                                           name=name)(x).reshape(b, n, self.num_heads, -1)
+    q, k, v = heads("query"), heads("key", KeyDense), heads("value")  # key bias: zero gradient
+    ctx, probs = attention.attend(q, k, v, impl=self.attention_impl, dtype=self.dtype,
+                                  want="all" if self.attention_impl == "einsum" else "none")
     return ctx.reshape(b, n, self.hidden_size), probs
 
 
@@ -71,11 +64,12 @@ class Attention(nn.Module):
   hidden_size: int
   num_heads: int
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     ctx, probs = SelfAttention(self.hidden_size, self.num_heads, self.dtype,
-                               name="attention")(x)
+                               self.attention_impl, name="attention")(x)
     return _Dense(self.hidden_size, self.dtype, name="output")(ctx), probs
 
 
@@ -86,13 +80,15 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dropout: float
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]`)."""
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
+    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]` or None)."""
     drop = nn.Dropout(self.dropout, deterministic=not train)
     h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_before")(x)
-    h, probs = Attention(self.hidden_size, self.num_heads, self.dtype, name="attention")(h)
+    h, probs = Attention(self.hidden_size, self.num_heads, self.dtype, self.attention_impl,
+                         name="attention")(h)
     x = x + drop(h)
     h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_after")(x)
     h = _Dense(self.mlp_dim, self.dtype, name="intermediate")(h)
@@ -142,13 +138,14 @@ class Encoder(nn.Module):
   mlp_dim: int
   dropout: float
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
     probs = None
     for i in range(self.num_layers):
       x, probs = EncoderBlock(self.hidden_size, self.num_heads, self.mlp_dim, self.dropout,
-                              self.dtype, name=f"layer_{i}")(x, train=train)
+                              self.dtype, self.attention_impl, name=f"layer_{i}")(x, train=train)
     return x, probs
 
 
@@ -159,6 +156,7 @@ class ViT(nn.Module):
     patch_size, hidden_size, num_layers, num_heads, mlp_dim: architecture.
     dropout: dropout rate on the embeddings, attention output and MLP output (DeiT: 0).
     dtype: compute dtype (parameters stay float32; softmax in float32).
+    attention_impl: asg_jax/models/attention.py ("einsum" | "auto" | "xla" | "cudnn").
   """
   patch_size: int
   hidden_size: int
@@ -167,6 +165,7 @@ class ViT(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -176,7 +175,7 @@ class ViT(nn.Module):
     Returns:
       `cls [B, D]` (CLS after the final LayerNorm), `patch_tokens [B, M, D]` (after the final
       norm, M = (H/p)*(W/p), row-major over the patch grid), `attention [B, heads, 1+M, 1+M]`
-      (the last block's softmax probabilities, float32).
+      (the last block's softmax probabilities, float32; only with attention_impl "einsum").
     """
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"ViT images: expected [B, H, W, 3], got shape {images.shape}")
@@ -190,9 +189,12 @@ class ViT(nn.Module):
     x = Embeddings(self.patch_size, self.hidden_size, self.dropout, self.dtype,
                    name="embeddings")(images.astype(self.dtype), train=train)
     x, probs = Encoder(self.num_layers, self.hidden_size, self.num_heads, self.mlp_dim,
-                       self.dropout, self.dtype, name="encoder")(x, train=train)
+                       self.dropout, self.dtype, self.attention_impl, name="encoder")(x, train=train)
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm")(x)
-    return {"cls": x[:, 0], "patch_tokens": x[:, 1:], "attention": probs}
+    out = {"cls": x[:, 0], "patch_tokens": x[:, 1:]}
+    if probs is not None:
+      out["attention"] = probs
+    return out
 
 
 # ------------------------------------------------------------------ image-tower interface
@@ -203,7 +205,7 @@ def build(cfg, dtype, name: str = "image_encoder") -> ViT:
   """The Linen module for `config.model.image`."""
   return ViT(patch_size=cfg.patch_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
              num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
-             name=name)
+             attention_impl=cfg.get("attention_impl", "einsum"), name=name)
 
 
 def features(out: dict) -> tuple[jax.Array, jax.Array]:
