@@ -91,6 +91,10 @@ def test_every_transfer_recipe_loads_full_and_runlocal(name):
     for entry in c.evals:
       common.check_entry(entry, c.evals[entry])     # every key is one its evaluator takes
   full = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py"))
+  if "seg" in full.evals:      # segmentation recipes (siim, rsna_seg, demo_seg): no probe
+    seg = full.evals.seg
+    assert seg.type == "segmentation" and tuple(seg.fractions) == (0.01, 0.1, 1.0)
+    return
   if name == "mimic_5x200":   # a test split only (retrieval, zero-shot): nothing to probe
     assert "probe" not in full.evals
     return

@@ -1,0 +1,525 @@
+"""Segmentation transfer evaluator (data.md "Evaluation protocols"; docs/transfer.md
+"Segmentation").
+
+The pre-trained image tower (frozen by default, `freeze_encoder=False` fine-tunes it) plus
+a decoder (`asg_jax.models.segmentation`: SETR-style for ViT, U-Net for ResNet-50) trained
+on a downstream segmentation set (`cxr_siim`, `cxr_rsna`, `cxr_siim/demo`: the builders'
+`mask` feature) at 1 / 10 / 100 % of the training split (`select_fraction`, the rule of
+`asg_jax.data.builders.fraction_ids`, seed 42; `balance=True` first keeps SIIM's
+positives + as many negatives, `balanced_ids`). Recipe: loss `10 * focal(gamma 2) -
+log(soft Dice)` (`asg_jax.losses.segmentation`), AdamW lr 5e-4, weight decay 0.05
+(constant lr), batch 8 (SIIM) / 16 (RSNA), MGCA's ShiftScaleRotate augmentation (image and
+mask together, in the model), <= `max_epochs` epochs with early stopping on the validation
+loss (`patience`), the best epoch's parameters tested.
+
+Training uses the project's one train step, `asg_jax.train.make_train_step`, jitted as
+`train.py` does (state replicated and donated, batch sharded over the `data` mesh,
+measurements returned), compiled once per evaluator and reused for every init, fraction
+and seed.
+
+Geometry: the tower's own input size (`config.data.image_size` of the pre-trained model)
+and normalisation; images and masks go through the SAME `geometry.crop` (longest side to
+`resize` — default `image_size`, MGCA's `resize_img` — centred zero pad, centre crop), the
+mask resampled as 255·mask then thresholded at 128, so they stay aligned pixel for pixel.
+
+Metric: per-image Dice at threshold 0.5 with the empty-mask rule, mean over the test images
+(`dice`); `dice_positive` = the mean over test images with a non-empty ground truth.
+Chance = the all-empty prediction's Dice (= the share of empty test masks).
+`figures` > 0: PNG overlays (ground truth green outline, prediction red) of a few test images,
+`segmentation_<dataset>_<init>.png` in `figure_dir` (default: beside `cache_dir`, i.e. next
+to results.md).
+
+    config_lib.add_eval(c, "seg", type="segmentation", downstream="cxr_siim", balance=True,
+                        batch_size=8)
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from asg_jax.evaluators import transfer_common as tc
+
+PROTOCOL = "segmentation"
+_FRACTIONS = (0.01, 0.1, 1.0)
+# ../shared/reference/results.md "Segmentation (Dice)", in %: (1 %, 10 %, 100 %)
+PUBLISHED = {
+    ("cxr_siim", "random", ""): (9.0, 28.6, 54.3),
+    ("cxr_siim", "imagenet", ""): (10.2, 35.5, 63.5),
+    ("cxr_siim", "pretrained", "cnn"): (60.7, 66.7, 73.6),
+    ("cxr_siim", "pretrained", "vit"): (71.9, 74.7, 75.6),
+    ("cxr_rsna", "random", ""): (6.9, 10.6, 18.5),
+    ("cxr_rsna", "imagenet", ""): (34.8, 39.9, 64.0),
+    ("cxr_rsna", "pretrained", "cnn"): (68.4, 69.9, 72.6),
+    ("cxr_rsna", "pretrained", "vit"): (71.7, 72.3, 72.8),
+}
+
+
+def published(dataset: str, metric: str, fraction: float | None, init: str,
+              tower: str) -> float | None:
+  """The results.md Dice (as a fraction) of a row, or None (demo / fixture sets too)."""
+  if "/" in dataset and dataset.split("/", 1)[1] not in ("", "default"):
+    return None
+  if metric != "dice" or fraction not in _FRACTIONS:
+    return None
+  key = (tc.base_name(dataset), init, tower if init == "pretrained" else "")
+  v = PUBLISHED.get(key)
+  return None if v is None else v[_FRACTIONS.index(fraction)] / 100.0
+
+
+def protocol(batch_size: int, runlocal: bool = False) -> dict:
+  """The evaluator keywords of the papers' recipe (configs/transfer/siim.py, rsna_seg.py);
+  `runlocal`: tiny decoder, 1 epoch, batch 8, 2-image figures (tests, smoke runs)."""
+  out = dict(fractions=_FRACTIONS, seeds=(0,), lr=5e-4, weight_decay=0.05,
+             batch_size=batch_size, max_epochs=50, patience=10, freeze_encoder=True,
+             channels=(), figures=4, num_devices=0)
+  if runlocal:
+    out.update(batch_size=8, max_epochs=1, patience=0, channels=(8,),
+               setr_hidden=16, figures=2)
+  return out
+
+
+# --------------------------------------------------------------------------- data
+
+def load_split(b, split: str, *, image_size: int, resize: int = 0,
+               ids: Sequence[str] | None = None, max_examples: int = 0) -> dict:
+  """A split's images and masks in memory, cropped together (module docstring).
+
+  Returns {"image" uint8 [N, S, S, 1], "mask" uint8 [N, S, S, 1] in {0, 1}, "labels"
+  float32 [N, C], "image_id" [N] str}, in the stored order.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")
+  if "mask" not in b.info.features:
+    raise ValueError(f"{b.info.full_name} has no `mask` feature: the segmentation evaluator "
+                     f"needs a segmentation set (cxr_siim, cxr_rsna)")
+  if split not in b.info.splits:
+    raise KeyError(f"{b.info.full_name}: no split {split!r} (built: {sorted(b.info.splits)})")
+  resize = resize or image_size
+  ds = b.as_dataset(split=split, shuffle_files=False)
+  if ids is not None:
+    if not ids:
+      ds = ds.take(0)
+    else:
+      table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+          tf.constant(list(ids), tf.string), tf.ones([len(ids)], tf.int32)), 0)
+      ds = ds.filter(lambda ex: table.lookup(ex["image_id"]) > 0)
+  if max_examples > 0:
+    ds = ds.take(max_examples)
+  no_boxes = tf.zeros((0, 4), tf.float32)
+
+  def prepare(ex):
+    image, _, _ = geometry.crop(ex["image"], no_boxes, resize=resize, image_size=image_size,
+                                train=False)
+    mask, _, _ = geometry.crop(tf.cast(ex["mask"], tf.uint8) * 255, no_boxes, resize=resize,
+                               image_size=image_size, train=False)
+    return {"image": image, "mask": tf.cast(mask >= 128, tf.uint8), "labels": ex["labels"],
+            "image_id": ex["image_id"]}
+
+  out = {"image": [], "mask": [], "labels": [], "image_id": []}
+  for ex in ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(256).as_numpy_iterator():
+    for k in ("image", "mask", "labels"):
+      out[k].append(ex[k])
+    out["image_id"] += [i.decode("utf-8") for i in ex["image_id"]]
+  c = len(b.info.metadata["class_names"])
+  if not out["image_id"]:
+    return {"image": np.zeros((0, image_size, image_size, 1), np.uint8),
+            "mask": np.zeros((0, image_size, image_size, 1), np.uint8),
+            "labels": np.zeros((0, c), np.float32), "image_id": []}
+  return {"image": np.concatenate(out["image"]), "mask": np.concatenate(out["mask"]),
+          "labels": np.concatenate(out["labels"]).astype(np.float32).reshape(-1, c),
+          "image_id": out["image_id"]}
+
+
+def training_ids(b, split: str, fraction: float, seed: int = 42, balance: bool = False
+                 ) -> list[str]:
+  """The image ids (sorted) trained on at a label fraction: `select_fraction` of the split
+  (`fraction_ids`), of SIIM's balanced set (`balanced_ids`) when `balance`."""
+  from asg_jax.data.builders import downstream as ds_lib  # pylint: disable=import-outside-toplevel
+  if balance:
+    return ds_lib.select_fraction(ds_lib.balanced_ids(b, split, seed), fraction, seed)
+  return ds_lib.fraction_ids(b, split, fraction, seed)
+
+
+def _batches(data: dict, batch_size: int, normalization: str):
+  """Fixed-size host batches of a split in order (`valid` False on the padding rows)."""
+  from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+  n = len(data["image_id"])
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    valid = np.ones(batch_size, bool)
+    if len(idx) < batch_size:
+      valid[len(idx):] = False
+      idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+    yield idx, valid, {"image": geometry.normalize_numpy(data["image"][idx], normalization),
+                       "mask": data["mask"][idx].astype(np.float32),
+                       "valid": valid.astype(np.float32)}
+
+
+# ----------------------------------------------------------------------- evaluator
+
+class Evaluator:
+  """Decoder (+ optionally the encoder) trained per label fraction and seed; test Dice.
+
+  Args (config.evals entry keys):
+    downstream: tfds name of a built segmentation set (`cxr_siim`, `cxr_rsna`,
+      `cxr_siim/demo`); data_dir its tfds folder; train/val/test_split its splits.
+    fractions, fraction_seed, balance: the training subsets (module docstring).
+    seeds: decoder init and batch order of each run (MGCA reports one run).
+    lr, weight_decay, batch_size, max_epochs, patience: the recipe (early stopping on the
+      validation loss; no validation split -> the last epoch). `min_steps` > 0: at least
+      that many steps per run (epochs repeat), for tiny fractions.
+    freeze_encoder: the papers' protocol (True) or fine-tune the encoder too.
+    channels, setr_hidden: decoder widths (`()` = the paper's).
+    augment: MGCA's ShiftScaleRotate in training.
+    resize: longest side before the centre crop (0 = the tower's image_size: no crop).
+    eval_batch_size (0 = batch_size), num_devices (0 = all), max_examples (> 0: first N
+      of each split), figures (overlay images per init), figure_dir / cache_dir.
+  """
+
+  def __init__(self, predict_fns, *, data=None, downstream: str, data_dir: str = "",
+               train_split: str = "train", val_split: str = "validation",
+               test_split: str = "test", fractions: Sequence[float] = _FRACTIONS,
+               fraction_seed: int = 42, balance: bool = False, seeds: Sequence[int] = (0,),
+               lr: float = 5e-4, weight_decay: float = 0.05, batch_size: int = 8,
+               eval_batch_size: int = 0, max_epochs: int = 50, patience: int = 10,
+               min_steps: int = 0, freeze_encoder: bool = True, channels: Sequence[int] = (),
+               setr_hidden: int = 768, augment: bool = True, resize: int = 0,
+               num_devices: int = 0, max_examples: int = 0, figures: int = 4,
+               figure_dir: str = "", cache_dir: str = "", augment_seed: int = 0):
+    del data                      # the pre-training SplitPass: not used
+    self.fns = predict_fns
+    self.config = predict_fns["config"]
+    self.downstream, self.data_dir = downstream, data_dir
+    self.splits = (train_split, val_split, test_split)
+    self.fractions = tuple(float(f) for f in fractions)
+    self.fraction_seed, self.balance = int(fraction_seed), bool(balance)
+    self.seeds = tuple(int(s) for s in seeds)
+    self.lr, self.weight_decay = float(lr), float(weight_decay)
+    self.batch_size = int(batch_size)
+    self.eval_batch_size = int(eval_batch_size) or self.batch_size
+    self.max_epochs, self.patience, self.min_steps = int(max_epochs), int(patience), int(min_steps)
+    self.freeze_encoder, self.augment = bool(freeze_encoder), bool(augment)
+    self.channels, self.setr_hidden = tuple(int(c) for c in channels), int(setr_hidden)
+    self.resize, self.num_devices = int(resize), int(num_devices)
+    self.max_examples, self.figures = int(max_examples), int(figures)
+    self.figure_dir = figure_dir or (os.path.dirname(os.path.abspath(cache_dir)) if cache_dir else "")
+    self.augment_seed = int(augment_seed)
+    self.image_size = int(self.config.data.image_size)
+    self.normalization = str(self.config.data.normalization)
+    self.timing: dict = {}
+    self.history: list[dict] = []
+    self.figure_paths: list[str] = []
+    self._data: dict | None = None
+    self._compiled: dict = {}
+    self.model = self._model()
+
+  # ------------------------------------------------------------------ model + steps
+
+  def _model(self):
+    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+    from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
+    mean, std = geometry.normalization_constants(self.normalization)
+    border = tuple(float(-m / s) for m, s in zip(mean, std))     # a black pixel, normalised
+    return seg.Segmenter(image=ml_collections.FrozenConfigDict(self.config.model.image),
+                         channels=self.channels,
+                         setr_hidden=self.setr_hidden, freeze_encoder=self.freeze_encoder,
+                         augment=self.augment, border=border, dtype=self.config.model.dtype)
+
+  def optimizer(self):
+    """AdamW on the decoder (and the encoder when fine-tuning); frozen leaves never move
+    (no weight decay either)."""
+    adamw = optax.adamw(self.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=self.weight_decay)
+    if not self.freeze_encoder:
+      return adamw
+    labels = lambda params: {k: jax.tree.map(lambda _: "frozen" if k == "image_encoder"  # noqa: E731
+                                              else "train", v) for k, v in params.items()}
+    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+
+  def mesh(self):
+    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
+    mesh = parallel.make_mesh(self.num_devices or None)
+    n = mesh.devices.size
+    for name, b in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+      if b % n:
+        raise ValueError(f"segmentation: {name}={b} is not divisible by the {n} devices of "
+                         f"the mesh (set num_devices)")
+    return mesh
+
+  def init_state(self, state, seed: int, mesh):
+    """TrainState: decoder freshly initialised (seed, `segmentation.init_decoder`), the
+    encoder from `state`."""
+    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
+    from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
+    from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
+    s = self.image_size
+    if "shapes" not in self._compiled:
+      dummy = {"image": jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32),
+               "mask": jax.ShapeDtypeStruct((2, s, s, 1), jnp.float32)}
+      key = jax.random.PRNGKey(0)
+      self._compiled["shapes"] = jax.eval_shape(
+          lambda b: self.model.init({"params": key, "dropout": key}, b, train=False), dummy)
+    shapes = self._compiled["shapes"]
+    dec = seg.init_decoder({"params": shapes["params"]["decoder"],
+                            "batch_stats": shapes.get("batch_stats", {}).get("decoder", {})}, seed)
+    encoder = state.params["image_encoder"]
+    if jax.tree.structure(encoder) != jax.tree.structure(shapes["params"]["image_encoder"]):
+      raise ValueError("segmentation: the state's image_encoder parameters do not match the "
+                       "segmentation model's tower (config.model.image)")
+    enc_stats = (state.batch_stats or {}).get("image_encoder") \
+        if "image_encoder" in shapes.get("batch_stats", {}) else None
+    key = ("state", mesh.devices.size)
+    if key not in self._compiled:
+      tx = self.optimizer()
+
+      def make(encoder, enc_stats, dec_params, dec_stats):
+        # copies: the train step donates its state, the caller's encoder must survive
+        params = {"image_encoder": jax.tree.map(jnp.copy, encoder), "decoder": dec_params}
+        stats = {"decoder": dec_stats}
+        if enc_stats is not None:
+          stats["image_encoder"] = jax.tree.map(jnp.copy, enc_stats)
+        return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                    batch_stats=stats, opt_state=tx.init(params))
+      # one compiled function builds the whole replicated state (no per-leaf eager ops)
+      self._compiled[key] = (jax.jit(make, out_shardings=parallel.replicated(mesh)), tx)
+    make_state, tx = self._compiled[key]
+    return make_state(encoder, enc_stats, dec["params"], dec["batch_stats"]), tx
+
+  def train_step(self, ts, tx, mesh):
+    """The project's train step (asg_jax.train.make_train_step), jitted as train.py does;
+    compiled once per evaluator and mesh."""
+    from asg_jax import parallel, train  # pylint: disable=import-outside-toplevel
+    from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
+    key = ("train", mesh.devices.size)
+    if key not in self._compiled:
+      sharding = jax.tree.map(lambda x: x.sharding, ts)
+      step = train.make_train_step(self.model, tx, optax.constant_schedule(self.lr),
+                                   seg_loss.objective, jax.random.PRNGKey(self.augment_seed))
+      self._compiled[key] = jax.jit(
+          step, in_shardings=(sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+          out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+    return self._compiled[key]
+
+  def eval_step(self):
+    """(variables, batch) -> {"dice" [B], "loss" (valid rows), "pred" bool [B, S, S]}."""
+    from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
+    if "eval" not in self._compiled:
+      def fn(variables, batch):
+        out = self.model.apply(variables, batch, train=False)
+        loss, _ = seg_loss.segmentation_loss(out["logits"], out["mask"], batch["valid"])
+        return {"dice": seg_loss.per_image_dice(out["logits"], out["mask"]), "loss": loss,
+                "pred": out["logits"][..., 0] > 0}
+      self._compiled["eval"] = jax.jit(fn)
+    return self._compiled["eval"]
+
+  # ------------------------------------------------------------------ data
+
+  def load(self) -> dict:
+    """The three splits in memory (once per evaluator, shared by every init)."""
+    if self._data is None:
+      from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+      t = time.time()
+      b = downstream_input.builder(self.downstream, self.data_dir)
+      self._builder = b
+      self._data = {split: load_split(b, split, image_size=self.image_size, resize=self.resize,
+                                      max_examples=self.max_examples)
+                    if split in b.info.splits else None for split in self.splits}
+      if not self._data[self.splits[0]] or not self._data[self.splits[0]]["image_id"]:
+        raise ValueError(f"{self.downstream}/{self.splits[0]}: no training example")
+      if not self._data[self.splits[2]] or not self._data[self.splits[2]]["image_id"]:
+        raise ValueError(f"{self.downstream}/{self.splits[2]}: no test example")
+      self.timing["load_s"] = time.time() - t
+    return self._data
+
+  def fraction_rows(self, fraction: float) -> np.ndarray:
+    """Row positions in the loaded training split of a fraction's images."""
+    from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+    train_ids = self.load()[self.splits[0]]["image_id"]
+    wanted = training_ids(self._builder, self.splits[0], fraction, self.fraction_seed,
+                          self.balance)
+    if self.max_examples > 0:
+      present = set(train_ids)
+      wanted = [i for i in wanted if i in present]
+      if not wanted:    # the subset loaded holds none of the fraction: its first image
+        wanted = sorted(train_ids)[:1]
+    return downstream_input.select_rows(train_ids, wanted)
+
+  # ------------------------------------------------------------------ fit / predict
+
+  def evaluate(self, variables, data: dict, mesh) -> dict:
+    """{"dice" [N], "loss" (mean over batches, weighted by valid rows), "pred" [N, S, S]}."""
+    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
+    fn = self.eval_step()
+    dice, preds, loss_sum, count = [], [], 0.0, 0
+    for _, valid, batch in _batches(data, self.eval_batch_size, self.normalization):
+      out = jax.device_get(fn(variables, parallel.shard_batch(batch, mesh)))
+      dice.append(out["dice"][valid])
+      preds.append(out["pred"][valid])
+      loss_sum += float(out["loss"]) * int(valid.sum())
+      count += int(valid.sum())
+    return {"dice": np.concatenate(dice), "pred": np.concatenate(preds),
+            "loss": loss_sum / max(count, 1)}
+
+  def fit(self, state, rows: np.ndarray, seed: int, mesh) -> tuple[dict, dict]:
+    """Train one run on the training rows; (best variables, info)."""
+    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
+    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+    data = self.load()
+    train, val = data[self.splits[0]], data[self.splits[1]]
+    has_val = bool(val and val["image_id"])
+    ts, tx = self.init_state(state, seed, mesh)
+    step_fn = self.train_step(ts, tx, mesh)
+    b = self.batch_size
+    steps = max(1, math.ceil(len(rows) / b))
+    epochs = self.max_epochs
+    if self.min_steps > 0:
+      epochs = max(epochs, math.ceil(self.min_steps / steps))
+    trainable = ("decoder",) if self.freeze_encoder else tuple(ts.params)
+    keep = lambda t: {"params": {k: t.params[k] for k in trainable},  # noqa: E731
+                      "batch_stats": {k: t.batch_stats[k] for k in trainable
+                                      if k in t.batch_stats}}
+    rng = np.random.RandomState(seed)
+    best, best_loss, best_epoch, since, history = None, np.inf, -1, 0, []
+    train_s, images, first = 0.0, 0, True     # throughput: train steps after the first
+    t_start = time.time()
+    for epoch in range(epochs):
+      reps = math.ceil(steps * b / len(rows))
+      order = np.concatenate([rng.permutation(rows) for _ in range(reps)])[:steps * b]
+      measurements = []
+      t = time.time()
+      for s in range(steps):
+        sel = order[s * b:(s + 1) * b]
+        batch = {"image": geometry.normalize_numpy(train["image"][sel], self.normalization),
+                 "mask": train["mask"][sel].astype(np.float32)}
+        ts, m = step_fn(ts, parallel.shard_batch(batch, mesh), {})
+        measurements.append(m)
+        if first:                              # compiles (once per evaluator): not timed
+          jax.block_until_ready(m)
+          t, first = time.time(), False
+        else:
+          images += b
+      measurements = jax.device_get(measurements)
+      train_s += time.time() - t
+      if epoch == 0:
+        first_step = {k: float(v) for k, v in measurements[0].items()}
+      if not all(bool(m["finite"]) for m in measurements):
+        raise FloatingPointError(f"segmentation {self.downstream}: non-finite loss in epoch "
+                                 f"{epoch} (lr {self.lr})")
+      entry = {"epoch": epoch, "train_loss": float(np.mean([m["loss"] for m in measurements]))}
+      if has_val:
+        v = self.evaluate(ts.variables, val, mesh)
+        entry.update(val_loss=v["loss"], val_dice=float(np.mean(v["dice"])))
+      history.append(entry)
+      score = entry.get("val_loss", -epoch)        # no validation: the last epoch is kept
+      if score < best_loss:
+        best, best_loss, best_epoch, since = jax.device_get(keep(ts)), score, epoch, 0
+      else:
+        since += 1
+      if has_val and self.patience > 0 and since >= self.patience and (
+          self.min_steps <= 0 or (epoch + 1) * steps >= self.min_steps):
+        break
+    seconds = time.time() - t_start
+    variables = {"params": dict(ts.params, **best["params"]),
+                 "batch_stats": dict(ts.batch_stats, **best["batch_stats"])}
+    variables = jax.device_put(variables, parallel.replicated(mesh))
+    info = {"epochs": len(history), "best_epoch": best_epoch, "steps_per_epoch": steps,
+            "first_step": first_step,
+            "train_examples": int(len(rows)), "seconds": seconds,
+            "images_per_s": images / train_s if images and train_s > 0 else 0.0,
+            "history": history}
+    return variables, info
+
+  def rows(self, state, init: str = "pretrained") -> list[dict]:
+    data = self.load()
+    test = data[self.splits[2]]
+    gt_empty = test["mask"].reshape(len(test["image_id"]), -1).max(1) == 0
+    chance = float(np.mean(gt_empty))
+    tower = tc.tower_of(self.config)
+    mesh = self.mesh()
+    out, runs = [], []
+    with jax.set_mesh(mesh):
+      for frac in self.fractions:
+        rows = self.fraction_rows(frac)
+        dice, dice_pos = [], []
+        for seed in self.seeds:
+          tc.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % = "
+                      f"{len(rows)} images, seed {seed}")
+          variables, info = self.fit(state, rows, seed, mesh)
+          res = self.evaluate(variables, test, mesh)
+          dice.append(float(np.mean(res["dice"])))
+          dice_pos.append(float(np.mean(res["dice"][~gt_empty])) if (~gt_empty).any() else np.nan)
+          info.update(fraction=frac, seed=seed, test_dice=dice[-1])
+          runs.append(info)
+          tc.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
+                      f"test Dice {100 * dice[-1]:.1f} (best epoch {info['best_epoch']} of "
+                      f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
+          last = (variables, res)
+        std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None  # noqa: E731
+        out.append(tc.row(self.downstream, PROTOCOL, "dice", float(np.mean(dice)),
+                          fraction=frac, std=std(dice), chance=chance, init=init,
+                          published=published(self.downstream, "dice", frac, init, tower)))
+        if (~gt_empty).any():
+          out.append(tc.row(self.downstream, PROTOCOL, "dice_positive",
+                            float(np.nanmean(dice_pos)), fraction=frac, std=std(dice_pos),
+                            chance=0.0, init=init))
+    if self.figures > 0 and self.figure_dir:
+      path = os.path.join(self.figure_dir, f"segmentation_{tc._safe(self.downstream)}_{init}.png")  # pylint: disable=protected-access
+      write_figure(path, test, last[1], self.figures,
+                   title=f"{self.downstream} ({init}, {100 * self.fractions[-1]:g} % labels)")
+      self.figure_paths.append(path)
+    self.history = runs
+    self.timing.update(
+        runs=[{k: v for k, v in r.items() if k != "history"} for r in runs],
+        train_images_per_s=float(np.mean([r["images_per_s"] for r in runs])))
+    return out
+
+  def run(self, state):
+    yield from tc.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
+
+
+# ------------------------------------------------------------------------- figures
+
+def pick_examples(masks: np.ndarray, count: int) -> list[int]:
+  """Up to `count` test images: the largest ground truths first, then one empty one."""
+  area = masks.reshape(len(masks), -1).sum(1)
+  pos = [int(i) for i in np.argsort(-area, kind="stable") if area[i] > 0]
+  neg = [int(i) for i in np.flatnonzero(area == 0)]
+  picked = pos[:max(count - 1, 1)] + neg[:1]
+  return (picked + [i for i in pos + neg if i not in picked])[:count]
+
+
+def write_figure(path: str, test: dict, result: dict, count: int, title: str = "") -> str:
+  """PNG: a row of test images with the ground truth (green outline) and the prediction
+  (red) overlaid, the image's Dice above each."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from matplotlib.colors import ListedColormap  # pylint: disable=import-outside-toplevel
+  idx = pick_examples(test["mask"], count)
+  fig, axes = plt.subplots(1, len(idx), figsize=(2.6 * len(idx), 2.9), squeeze=False)
+  for ax, i in zip(axes[0], idx):
+    gt = test["mask"][i, ..., 0] > 0
+    pred = np.asarray(result["pred"][i], bool)
+    ax.imshow(test["image"][i, ..., 0], cmap="gray", vmin=0, vmax=255)
+    ax.imshow(np.ma.masked_where(~pred, pred.astype(float)), cmap=ListedColormap(["red"]),
+              alpha=0.4, vmin=0, vmax=1)
+    if gt.any():
+      ax.contour(gt.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
+    ax.set_title(f"Dice {100 * float(result['dice'][i]):.0f}"
+                 + ("" if gt.any() else " (empty GT)"), fontsize=8)
+    ax.axis("off")
+  if title:
+    fig.suptitle(title + "  — green: ground truth, red: prediction", fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
