@@ -36,7 +36,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 
 from asg_jax.evaluators import transfer_common as tc  # noqa: E402
 
@@ -146,14 +145,21 @@ def make_fns(pretrained) -> dict:
 
 
 def random_variables(pretrained, seed: int = 0) -> dict:
-  """Freshly initialised variables of the same architecture (the random-init baseline)."""
+  """Freshly initialised variables of the same architecture (the random-init baseline).
+
+  Kept on `pretrained` per seed: several transfer recipes run on one loaded model (the
+  demo's main job, a notebook, the tests) initialise it once."""
+  cache = pretrained.__dict__.setdefault("_random_variables", {})
+  if seed in cache:
+    return cache[seed]
   from asg_jax.inference import dummy_batch  # pylint: disable=import-outside-toplevel
   batch = {k: jnp.asarray(v) for k, v in dummy_batch(pretrained.config).items()}
   rng = jax.random.PRNGKey(seed)
   queries = pretrained.constants.get("tag_queries")
   v = jax.jit(lambda r, b, q: pretrained.model.init({"params": r, "dropout": r}, b, train=False,
                                                     tag_queries=q))(rng, batch, queries)
-  return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+  cache[seed] = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+  return cache[seed]
 
 
 def imagenet_variables(pretrained, path: str, seed: int = 0, random: dict | None = None) -> dict:
@@ -235,8 +241,11 @@ def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
       continue        # a segmentation-only config builds only cxr_siim/demo
     b = tfds.builder(name, data_dir=config.data_dir)
     if not b.is_prepared():
-      b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=os.path.join(raw, sub)))
+      from asg_jax import console  # pylint: disable=import-outside-toplevel
+      tc.progress(f"Building {name} (the demo stand-in) ...")
+      with console.quiet_tfds_prints():
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=os.path.join(raw, sub)))
 
 
 def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: str = "",
@@ -358,10 +367,15 @@ def main(argv=None) -> int:
                                      flag_values=fv)
   out_flag = flags.DEFINE_string("out", "", "output folder (default <workdir>/transfer)",
                                  flag_values=fv)
+  verbose_flag = flags.DEFINE_bool("verbose", False, "show every library log line (absl, TF, "
+                                   "orbax, tfds); default: the project's lines only",
+                                   flag_values=fv)
   fv(argv)
   if config_flag.value is None:
     print("ERROR: --config configs/transfer/<x>.py is required", file=sys.stderr)
     return 2
+  from asg_jax import console  # pylint: disable=import-outside-toplevel
+  console.configure(verbose=verbose_flag.value)
   results = run_transfer(workdir_flag.value, config_flag.value, out_dir=out_flag.value)
   out = out_flag.value or config_flag.value.out or os.path.join(
       config_flag.value.init or workdir_flag.value, "transfer")

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp

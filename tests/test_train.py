@@ -1,4 +1,5 @@
-"""The train loop: one compilation, resume == uninterrupted, 1 device == 8 devices, NaN guard."""
+"""The train loop: resume == uninterrupted (preemption, early stopping), NaN guard, honest
+evaluation (1 device == 8 devices: test_train_devices.py)."""
 import importlib.util
 import json
 import os
@@ -7,7 +8,6 @@ import signal
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from asg_jax import checkpoints, config as config_lib, objectives, parallel, predict, preemption, train
@@ -68,38 +68,6 @@ def run_steps(config, mesh, n):
       state, m = jitted(state, parallel.shard_batch(next(it), mesh), constants)
       history.append(jax.device_get(m))
   return jitted, state, history
-
-
-@pytest.mark.parametrize("objective,image", [("asg", "vit"), ("reclf", "vit")])
-def test_step_compiles_once_and_one_device_equals_eight(objective, image):
-  config = demo_config(f"runlocal,objective={objective},image={image}")
-  jitted8, state8, hist8 = run_steps(config, parallel.make_mesh(8), 3)
-  assert jitted8._cache_size() == 1          # pylint: disable=protected-access
-  _, state1, hist1 = run_steps(config, parallel.make_mesh(1), 3)
-  for h1, h8 in zip(hist1, hist8):
-    assert set(h1) == set(h8) and bool(h1["finite"])
-    for k in h1:
-      np.testing.assert_allclose(h1[k], h8[k], rtol=2e-4, atol=2e-5, err_msg=k)
-  # Parameters: Adam divides by sqrt(v), so a parameter whose true gradient is ~0 (e.g. a
-  # LayerNorm bias feeding a BatchNorm, the bias of a logit under a softmax) moves by up to
-  # lr per step on rounding noise, which
-  # differs with the reduction order. Every leaf must agree within that bound, and all but a
-  # few leaves tightly.
-  flat1 = jax.tree_util.tree_leaves_with_path(jax.device_get(state1.params))
-  flat8 = jax.tree.leaves(jax.device_get(state8.params))
-  bound = 2 * 3 * config.train.lr
-  loose = []
-  for (path, a), b in zip(flat1, flat8):
-    np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=jax.tree_util.keystr(path))
-    if not np.allclose(a, b, rtol=1e-3, atol=2e-5):
-      loose.append(jax.tree_util.keystr(path))
-  assert len(loose) <= max(3, len(flat8) // 25), loose
-  assert int(state8.step) == 3
-  # the measurements the step returns, and a schedule that starts at init_lr
-  for key in ("loss", "lr", "grad_norm", "top1", "top5", "i2t_top1", "t2i_top5"):
-    assert key in hist8[0], key
-  np.testing.assert_allclose(hist8[0]["lr"], 1e-8, rtol=1e-5)
-  assert hist8[1]["lr"] > hist8[0]["lr"]
 
 
 def _latest_params(workdir, config):

@@ -18,6 +18,8 @@ def get_config(arg=None):
   c.name = "demo" + ("_runlocal" if runlocal else "")
   c.demo.prepare = True
   c.demo.num_images = 120 if runlocal else 600
+  if runlocal:
+    c.demo.num_siim = 8     # this recipe segments nothing (configs/transfer/demo_seg.py does)
   seeds = (0, 1) if runlocal else (0, 1, 2)
   evaluate.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
                fractions=(0.01, 0.1, 1.0), seeds=seeds, max_epochs=10 if runlocal else 50)
