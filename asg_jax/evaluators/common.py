@@ -167,7 +167,8 @@ def builtin_types() -> list[str]:
   import pkgutil  # pylint: disable=import-outside-toplevel
   import asg_jax.evaluators as pkg  # pylint: disable=import-outside-toplevel
   return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if m.name not in ("common", "metrics") and not m.name.endswith("_common"))
+                if m.name not in ("common", "metrics")
+                and not m.name.endswith(("_common", "_training")))   # helper modules
 
 
 def check_entry(name: str, entry: ml_collections.ConfigDict) -> None:

@@ -9,6 +9,9 @@ jitted, `vmap`ped problem (`fit_probes`): runs of different sizes share the step
 the largest, smaller runs' surplus steps are masked, and a run that early-stopped stops
 updating (masks), so the whole table compiles once.
 
+`fine_tune=True` (with `encoder_lr`) makes the same entry full fine-tuning instead
+(`asg_jax.evaluators.fine_tune`, protocol "fine_tune").
+
 Metrics: macro AUROC over the classes (multi-label, per-class AUROC also reported) and
 top-1 accuracy (single-label sets such as COVIDx, chosen by `task`); mean ± sample std
 (ddof 1) over `seeds`.
@@ -45,7 +48,11 @@ def init_probe(key, dim: int, num_classes: int) -> dict:
 def loss_fn(params, x, y, weight, multiclass: bool):
   """Weighted mean over examples of BCE-with-logits averaged over classes (multi-label) or
   softmax cross-entropy (multiclass). weight [B] (0 = padding)."""
-  logits = x @ params["w"] + params["b"]
+  return logits_loss(x @ params["w"] + params["b"], y, weight, multiclass)
+
+
+def logits_loss(logits, y, weight, multiclass: bool):
+  """`loss_fn` of logits [B, C] (also the fine-tuning objective)."""
   if multiclass:
     per = optax.softmax_cross_entropy(logits, y)
   else:
@@ -206,6 +213,37 @@ def is_multiclass(labels: np.ndarray, task: str) -> bool:
   return labels.shape[1] > 1 and bool(np.all(labels.sum(-1) == 1))
 
 
+def classification_rows(dataset: str, protocol: str, fractions: Sequence[float],
+                        scores: Sequence[Sequence[np.ndarray]], y: np.ndarray,
+                        names: Sequence[str], multiclass: bool, init: str,
+                        suffix: str = "") -> list[dict]:
+  """results rows of test scores `scores[f][s]` [N, C] (fraction f, seed s) against the
+  0/1 labels y [N, C]: macro AUROC, top-1 accuracy (multiclass; chance = the majority
+  class) and per-class AUROC `auroc[<name>]`, each the mean ± sample std over seeds."""
+  out = []
+  std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None  # noqa: E731
+  for frac, runs in zip(fractions, scores):
+    aucs, per_class, accs = [], [], []
+    for sc in runs:
+      macro, per = tc.macro_auroc(sc, y)
+      aucs.append(macro)
+      per_class.append(per)
+      if multiclass:
+        accs.append(float(np.mean(sc.argmax(-1) == y.argmax(-1))))
+    out.append(tc.row(dataset, protocol, "auroc" + suffix, float(np.mean(aucs)), fraction=frac,
+                      std=std(aucs), chance=0.5, init=init))
+    if multiclass:
+      majority = float(np.max(np.mean(y, axis=0)))
+      out.append(tc.row(dataset, protocol, "accuracy" + suffix, float(np.mean(accs)),
+                        fraction=frac, std=std(accs), chance=majority, init=init))
+    per_class = np.asarray(per_class)
+    for c, name in enumerate(names):
+      col = per_class[:, c]
+      out.append(tc.row(dataset, protocol, f"auroc{suffix}[{name}]", float(np.mean(col)),
+                        fraction=frac, std=std(col), chance=0.5, init=init))
+  return out
+
+
 # ----------------------------------------------------------------------------- evaluator
 
 class Evaluator:
@@ -223,6 +261,9 @@ class Evaluator:
     extract_batch_size, cache_dir ("" = no cache), max_examples (> 0: first N of each split).
     standardize: z-score the features with the training split's mean/std (not the papers'
       protocol; off by default — docs/transfer.md shows why it matters on the demo).
+    fine_tune: train the encoder too (`asg_jax.evaluators.fine_tune`: protocol
+      "fine_tune", encoder lr `encoder_lr`, head lr `lr`, on the images; `extract_batch_size`
+      is its eval batch, `num_devices` its mesh (0 = all)).
   """
 
   def __init__(self, predict_fns, *, data=None, downstream: str, data_dir: str = "",
@@ -232,8 +273,22 @@ class Evaluator:
                weight_decay: float = 1e-6, batch_size: int = 48, max_epochs: int = 50,
                patience: int = 10, dropout: float = 0.0, task: str = "auto",
                feature: str = "image_feature", extract_batch_size: int = 64,
-               cache_dir: str = "", max_examples: int = 0, standardize: bool = False):
+               cache_dir: str = "", max_examples: int = 0, standardize: bool = False,
+               fine_tune: bool = False, encoder_lr: float = 1e-5, num_devices: int = 0):
     del data                    # the pre-training SplitPass: not used
+    self.fine_tune = None
+    if fine_tune:               # the encoder trains too: asg_jax/evaluators/fine_tune.py
+      if standardize or feature != "image_feature":
+        raise ValueError("linear_probe with fine_tune=True: standardize / feature apply to "
+                         "cached features only (fine-tuning reads the images)")
+      from asg_jax.evaluators import fine_tune as ft  # pylint: disable=import-outside-toplevel
+      self.fine_tune = ft.Evaluator(
+          predict_fns, downstream=downstream, data_dir=data_dir, train_split=train_split,
+          val_split=val_split, test_split=test_split, fractions=fractions, seeds=seeds,
+          fraction_seed=fraction_seed, lr=lr, encoder_lr=encoder_lr, weight_decay=weight_decay,
+          batch_size=batch_size, eval_batch_size=extract_batch_size, max_epochs=max_epochs,
+          patience=patience, dropout=dropout, task=task, num_devices=num_devices,
+          max_examples=max_examples)
     self.standardize = standardize
     self.fns = predict_fns
     self.downstream, self.data_dir = downstream, data_dir
@@ -272,6 +327,10 @@ class Evaluator:
     return out
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
+    if self.fine_tune is not None:
+      out = self.fine_tune.rows(state, init)
+      self.timing = self.fine_tune.timing
+      return out
     t0 = time.time()
     feats = self.features(state, init)
     t1 = time.time()
@@ -293,30 +352,11 @@ class Evaluator:
     fit = jax.device_get(fit)
     t2 = time.time()
     scores = scores_of(fit["params"], te[self.feature], multiclass)  # [R, N, C]
-    y = te["labels"]
     names = tc.class_names(self.downstream, self.data_dir)
-    out, sfx = [], ("_zscored" if self.standardize else "")
-    for f, frac in enumerate(self.fractions):
-      aucs, per_class, accs = [], [], []
-      for s in range(ns):
-        sc = scores[f * ns + s]
-        macro, per = tc.macro_auroc(sc, y)
-        aucs.append(macro)
-        per_class.append(per)
-        if multiclass:
-          accs.append(float(np.mean(sc.argmax(-1) == y.argmax(-1))))
-      std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None
-      out.append(tc.row(self.downstream, PROTOCOL, "auroc" + sfx, float(np.mean(aucs)), fraction=frac,
-                        std=std(aucs), chance=0.5, init=init))
-      if multiclass:
-        majority = float(np.max(np.mean(y, axis=0)))
-        out.append(tc.row(self.downstream, PROTOCOL, "accuracy" + sfx, float(np.mean(accs)),
-                          fraction=frac, std=std(accs), chance=majority, init=init))
-      per_class = np.asarray(per_class)
-      for c, name in enumerate(names):
-        col = per_class[:, c]
-        out.append(tc.row(self.downstream, PROTOCOL, f"auroc{sfx}[{name}]", float(np.mean(col)),
-                          fraction=frac, std=std(col), chance=0.5, init=init))
+    out = classification_rows(self.downstream, PROTOCOL, self.fractions,
+                              [[scores[f * ns + s] for s in range(ns)] for f in range(nf)],
+                              te["labels"], names, multiclass, init,
+                              suffix="_zscored" if self.standardize else "")
     n_train = int(tr[self.feature].shape[0])
     self.fit = fit
     self.timing = {"extract_s": t1 - t0, "fit_s": t2 - t1, "num_probes": nf * ns,

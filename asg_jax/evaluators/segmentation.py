@@ -15,7 +15,8 @@ loss (`patience`), the best epoch's parameters tested.
 Training uses the project's one train step, `asg_jax.train.make_train_step`, jitted as
 `train.py` does (state replicated and donated, batch sharded over the `data` mesh,
 measurements returned), compiled once per evaluator and reused for every init, fraction
-and seed.
+and seed: `asg_jax.evaluators.transfer_training.Trainer`, shared with the fine-tuning
+classifier.
 
 Geometry: the tower's own input size (`config.data.image_size` of the pre-trained model)
 and normalisation; images and masks go through the SAME `geometry.crop` (longest side to
@@ -34,7 +35,6 @@ to results.md).
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Sequence
@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from asg_jax.evaluators import transfer_common as tc
+from asg_jax.evaluators import transfer_training as tt
 
 PROTOCOL = "segmentation"
 _FRACTIONS = (0.01, 0.1, 1.0)
@@ -93,75 +94,14 @@ def load_split(b, split: str, *, image_size: int, resize: int = 0,
   """A split's images and masks in memory, cropped together (module docstring).
 
   Returns {"image" uint8 [N, S, S, 1], "mask" uint8 [N, S, S, 1] in {0, 1}, "labels"
-  float32 [N, C], "image_id" [N] str}, in the stored order.
+  float32 [N, C], "image_id" [N] str}, in the stored order (`transfer_training.load_split`).
   """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
-  tf.config.set_visible_devices([], "GPU")
-  if "mask" not in b.info.features:
-    raise ValueError(f"{b.info.full_name} has no `mask` feature: the segmentation evaluator "
-                     f"needs a segmentation set (cxr_siim, cxr_rsna)")
-  if split not in b.info.splits:
-    raise KeyError(f"{b.info.full_name}: no split {split!r} (built: {sorted(b.info.splits)})")
-  resize = resize or image_size
-  ds = b.as_dataset(split=split, shuffle_files=False)
-  if ids is not None:
-    if not ids:
-      ds = ds.take(0)
-    else:
-      table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-          tf.constant(list(ids), tf.string), tf.ones([len(ids)], tf.int32)), 0)
-      ds = ds.filter(lambda ex: table.lookup(ex["image_id"]) > 0)
-  if max_examples > 0:
-    ds = ds.take(max_examples)
-  no_boxes = tf.zeros((0, 4), tf.float32)
-
-  def prepare(ex):
-    image, _, _ = geometry.crop(ex["image"], no_boxes, resize=resize, image_size=image_size,
-                                train=False)
-    mask, _, _ = geometry.crop(tf.cast(ex["mask"], tf.uint8) * 255, no_boxes, resize=resize,
-                               image_size=image_size, train=False)
-    return {"image": image, "mask": tf.cast(mask >= 128, tf.uint8), "labels": ex["labels"],
-            "image_id": ex["image_id"]}
-
-  out = {"image": [], "mask": [], "labels": [], "image_id": []}
-  for ex in ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(256).as_numpy_iterator():
-    for k in ("image", "mask", "labels"):
-      out[k].append(ex[k])
-    out["image_id"] += [i.decode("utf-8") for i in ex["image_id"]]
-  c = len(b.info.metadata["class_names"])
-  if not out["image_id"]:
-    return {"image": np.zeros((0, image_size, image_size, 1), np.uint8),
-            "mask": np.zeros((0, image_size, image_size, 1), np.uint8),
-            "labels": np.zeros((0, c), np.float32), "image_id": []}
-  return {"image": np.concatenate(out["image"]), "mask": np.concatenate(out["mask"]),
-          "labels": np.concatenate(out["labels"]).astype(np.float32).reshape(-1, c),
-          "image_id": out["image_id"]}
+  return tt.load_split(b, split, image_size=image_size, resize=resize, ids=ids,
+                       max_examples=max_examples, with_mask=True,
+                       who="the segmentation evaluator")
 
 
-def training_ids(b, split: str, fraction: float, seed: int = 42, balance: bool = False
-                 ) -> list[str]:
-  """The image ids (sorted) trained on at a label fraction: `select_fraction` of the split
-  (`fraction_ids`), of SIIM's balanced set (`balanced_ids`) when `balance`."""
-  from asg_jax.data.builders import downstream as ds_lib  # pylint: disable=import-outside-toplevel
-  if balance:
-    return ds_lib.select_fraction(ds_lib.balanced_ids(b, split, seed), fraction, seed)
-  return ds_lib.fraction_ids(b, split, fraction, seed)
-
-
-def _batches(data: dict, batch_size: int, normalization: str):
-  """Fixed-size host batches of a split in order (`valid` False on the padding rows)."""
-  from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
-  n = len(data["image_id"])
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    valid = np.ones(batch_size, bool)
-    if len(idx) < batch_size:
-      valid[len(idx):] = False
-      idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
-    yield idx, valid, {"image": geometry.normalize_numpy(data["image"][idx], normalization),
-                       "mask": data["mask"][idx].astype(np.float32),
-                       "valid": valid.astype(np.float32)}
+training_ids = tt.training_ids
 
 
 # ----------------------------------------------------------------------- evaluator
@@ -219,8 +159,9 @@ class Evaluator:
     self.history: list[dict] = []
     self.figure_paths: list[str] = []
     self._data: dict | None = None
-    self._compiled: dict = {}
+    self._eval = None
     self.model = self._model()
+    self.trainer = self._trainer()
 
   # ------------------------------------------------------------------ model + steps
 
@@ -245,80 +186,44 @@ class Evaluator:
     return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
 
   def mesh(self):
-    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
-    mesh = parallel.make_mesh(self.num_devices or None)
-    n = mesh.devices.size
-    for name, b in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
-      if b % n:
-        raise ValueError(f"segmentation: {name}={b} is not divisible by the {n} devices of "
-                         f"the mesh (set num_devices)")
-    return mesh
+    return tt.make_mesh(self.num_devices, {"batch_size": self.batch_size,
+                                           "eval_batch_size": self.eval_batch_size},
+                        "segmentation")
 
-  def init_state(self, state, seed: int, mesh):
-    """TrainState: decoder freshly initialised (seed, `segmentation.init_decoder`), the
-    encoder from `state`."""
-    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
-    from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
+  def _trainer(self) -> tt.Trainer:
+    from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
     from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
     s = self.image_size
-    if "shapes" not in self._compiled:
-      dummy = {"image": jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32),
-               "mask": jax.ShapeDtypeStruct((2, s, s, 1), jnp.float32)}
-      key = jax.random.PRNGKey(0)
-      self._compiled["shapes"] = jax.eval_shape(
-          lambda b: self.model.init({"params": key, "dropout": key}, b, train=False), dummy)
-    shapes = self._compiled["shapes"]
-    dec = seg.init_decoder({"params": shapes["params"]["decoder"],
-                            "batch_stats": shapes.get("batch_stats", {}).get("decoder", {})}, seed)
-    encoder = state.params["image_encoder"]
-    if jax.tree.structure(encoder) != jax.tree.structure(shapes["params"]["image_encoder"]):
-      raise ValueError("segmentation: the state's image_encoder parameters do not match the "
-                       "segmentation model's tower (config.model.image)")
-    enc_stats = (state.batch_stats or {}).get("image_encoder") \
-        if "image_encoder" in shapes.get("batch_stats", {}) else None
-    key = ("state", mesh.devices.size)
-    if key not in self._compiled:
-      tx = self.optimizer()
+    return tt.Trainer(
+        self.model, self.optimizer(), self.lr, seg_loss.objective, head="decoder",
+        init_head=seg.init_decoder,
+        dummy_batch={"image": jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32),
+                     "mask": jax.ShapeDtypeStruct((2, s, s, 1), jnp.float32)},
+        trainable=("decoder",) if self.freeze_encoder else ("image_encoder", "decoder"),
+        rng_seed=self.augment_seed, name=f"segmentation {self.downstream}")
 
-      def make(encoder, enc_stats, dec_params, dec_stats):
-        # copies: the train step donates its state, the caller's encoder must survive
-        params = {"image_encoder": jax.tree.map(jnp.copy, encoder), "decoder": dec_params}
-        stats = {"decoder": dec_stats}
-        if enc_stats is not None:
-          stats["image_encoder"] = jax.tree.map(jnp.copy, enc_stats)
-        return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                    batch_stats=stats, opt_state=tx.init(params))
-      # one compiled function builds the whole replicated state (no per-leaf eager ops)
-      self._compiled[key] = (jax.jit(make, out_shardings=parallel.replicated(mesh)), tx)
-    make_state, tx = self._compiled[key]
-    return make_state(encoder, enc_stats, dec["params"], dec["batch_stats"]), tx
+  def init_state(self, state, seed: int, mesh):
+    """(TrainState, tx): decoder freshly initialised (seed, `segmentation.init_decoder`),
+    the encoder from `state` (`transfer_training.Trainer.init_state`)."""
+    return self.trainer.init_state(state, seed, mesh)
 
   def train_step(self, ts, tx, mesh):
     """The project's train step (asg_jax.train.make_train_step), jitted as train.py does;
     compiled once per evaluator and mesh."""
-    from asg_jax import parallel, train  # pylint: disable=import-outside-toplevel
-    from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
-    key = ("train", mesh.devices.size)
-    if key not in self._compiled:
-      sharding = jax.tree.map(lambda x: x.sharding, ts)
-      step = train.make_train_step(self.model, tx, optax.constant_schedule(self.lr),
-                                   seg_loss.objective, jax.random.PRNGKey(self.augment_seed))
-      self._compiled[key] = jax.jit(
-          step, in_shardings=(sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-          out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=(0,))
-    return self._compiled[key]
+    del tx
+    return self.trainer.train_step(ts, mesh)
 
   def eval_step(self):
     """(variables, batch) -> {"dice" [B], "loss" (valid rows), "pred" bool [B, S, S]}."""
     from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
-    if "eval" not in self._compiled:
+    if self._eval is None:
       def fn(variables, batch):
         out = self.model.apply(variables, batch, train=False)
         loss, _ = seg_loss.segmentation_loss(out["logits"], out["mask"], batch["valid"])
         return {"dice": seg_loss.per_image_dice(out["logits"], out["mask"]), "loss": loss,
                 "pred": out["logits"][..., 0] > 0}
-      self._compiled["eval"] = jax.jit(fn)
-    return self._compiled["eval"]
+      self._eval = jax.jit(fn)
+    return self._eval
 
   # ------------------------------------------------------------------ data
 
@@ -341,101 +246,34 @@ class Evaluator:
 
   def fraction_rows(self, fraction: float) -> np.ndarray:
     """Row positions in the loaded training split of a fraction's images."""
-    from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
     train_ids = self.load()[self.splits[0]]["image_id"]
-    wanted = training_ids(self._builder, self.splits[0], fraction, self.fraction_seed,
-                          self.balance)
-    if self.max_examples > 0:
-      present = set(train_ids)
-      wanted = [i for i in wanted if i in present]
-      if not wanted:    # the subset loaded holds none of the fraction: its first image
-        wanted = sorted(train_ids)[:1]
-    return downstream_input.select_rows(train_ids, wanted)
+    return tt.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
+                            self.fraction_seed, self.balance, self.max_examples)
 
   # ------------------------------------------------------------------ fit / predict
 
+  def _host_batch(self, data: dict):
+    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+    return lambda idx: {"image": geometry.normalize_numpy(data["image"][idx], self.normalization),
+                        "mask": data["mask"][idx].astype(np.float32)}
+
   def evaluate(self, variables, data: dict, mesh) -> dict:
     """{"dice" [N], "loss" (mean over batches, weighted by valid rows), "pred" [N, S, S]}."""
-    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
-    fn = self.eval_step()
-    dice, preds, loss_sum, count = [], [], 0.0, 0
-    for _, valid, batch in _batches(data, self.eval_batch_size, self.normalization):
-      out = jax.device_get(fn(variables, parallel.shard_batch(batch, mesh)))
-      dice.append(out["dice"][valid])
-      preds.append(out["pred"][valid])
-      loss_sum += float(out["loss"]) * int(valid.sum())
-      count += int(valid.sum())
-    return {"dice": np.concatenate(dice), "pred": np.concatenate(preds),
-            "loss": loss_sum / max(count, 1)}
+    return tt.predict(self.eval_step(), variables, data, self.eval_batch_size,
+                      self._host_batch(data), mesh)
 
   def fit(self, state, rows: np.ndarray, seed: int, mesh) -> tuple[dict, dict]:
     """Train one run on the training rows; (best variables, info)."""
-    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
-    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
     data = self.load()
     train, val = data[self.splits[0]], data[self.splits[1]]
-    has_val = bool(val and val["image_id"])
-    ts, tx = self.init_state(state, seed, mesh)
-    step_fn = self.train_step(ts, tx, mesh)
-    b = self.batch_size
-    steps = max(1, math.ceil(len(rows) / b))
-    epochs = self.max_epochs
-    if self.min_steps > 0:
-      epochs = max(epochs, math.ceil(self.min_steps / steps))
-    trainable = ("decoder",) if self.freeze_encoder else tuple(ts.params)
-    keep = lambda t: {"params": {k: t.params[k] for k in trainable},  # noqa: E731
-                      "batch_stats": {k: t.batch_stats[k] for k in trainable
-                                      if k in t.batch_stats}}
-    rng = np.random.RandomState(seed)
-    best, best_loss, best_epoch, since, history = None, np.inf, -1, 0, []
-    train_s, images, first = 0.0, 0, True     # throughput: train steps after the first
-    t_start = time.time()
-    for epoch in range(epochs):
-      reps = math.ceil(steps * b / len(rows))
-      order = np.concatenate([rng.permutation(rows) for _ in range(reps)])[:steps * b]
-      measurements = []
-      t = time.time()
-      for s in range(steps):
-        sel = order[s * b:(s + 1) * b]
-        batch = {"image": geometry.normalize_numpy(train["image"][sel], self.normalization),
-                 "mask": train["mask"][sel].astype(np.float32)}
-        ts, m = step_fn(ts, parallel.shard_batch(batch, mesh), {})
-        measurements.append(m)
-        if first:                              # compiles (once per evaluator): not timed
-          jax.block_until_ready(m)
-          t, first = time.time(), False
-        else:
-          images += b
-      measurements = jax.device_get(measurements)
-      train_s += time.time() - t
-      if epoch == 0:
-        first_step = {k: float(v) for k, v in measurements[0].items()}
-      if not all(bool(m["finite"]) for m in measurements):
-        raise FloatingPointError(f"segmentation {self.downstream}: non-finite loss in epoch "
-                                 f"{epoch} (lr {self.lr})")
-      entry = {"epoch": epoch, "train_loss": float(np.mean([m["loss"] for m in measurements]))}
-      if has_val:
-        v = self.evaluate(ts.variables, val, mesh)
-        entry.update(val_loss=v["loss"], val_dice=float(np.mean(v["dice"])))
-      history.append(entry)
-      score = entry.get("val_loss", -epoch)        # no validation: the last epoch is kept
-      if score < best_loss:
-        best, best_loss, best_epoch, since = jax.device_get(keep(ts)), score, epoch, 0
-      else:
-        since += 1
-      if has_val and self.patience > 0 and since >= self.patience and (
-          self.min_steps <= 0 or (epoch + 1) * steps >= self.min_steps):
-        break
-    seconds = time.time() - t_start
-    variables = {"params": dict(ts.params, **best["params"]),
-                 "batch_stats": dict(ts.batch_stats, **best["batch_stats"])}
-    variables = jax.device_put(variables, parallel.replicated(mesh))
-    info = {"epochs": len(history), "best_epoch": best_epoch, "steps_per_epoch": steps,
-            "first_step": first_step,
-            "train_examples": int(len(rows)), "seconds": seconds,
-            "images_per_s": images / train_s if images and train_s > 0 else 0.0,
-            "history": history}
-    return variables, info
+
+    def validate(variables):
+      v = self.evaluate(variables, val, mesh)
+      return {"val_loss": v["loss"], "val_dice": float(np.mean(v["dice"]))}
+    return self.trainer.fit(state, rows, seed, mesh, train_batch=self._host_batch(train),
+                            validate=validate if val and val["image_id"] else None,
+                            batch_size=self.batch_size, max_epochs=self.max_epochs,
+                            patience=self.patience, min_steps=self.min_steps)
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
     data = self.load()
