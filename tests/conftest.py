@@ -61,7 +61,8 @@ def tiny_pretrained():
 # collection order, so the longest ones go first and the two workers finish together.
 LONGEST_FIRST = ("tests/test_train.py", "tests/test_own_data.py", "tests/test_train_devices.py",
                  "tests/test_inference.py", "tests/test_visualize.py", "tests/data/test_downstream_builders.py",
-                 "tests/evaluators/test_segmentation.py", "tests/evaluators/test_transfer.py",
+                 "tests/test_notebooks.py", "tests/evaluators/test_segmentation.py",
+                 "tests/evaluators/test_fine_tune.py", "tests/evaluators/test_transfer.py",
                  "tests/evaluators/test_linear_probe.py")
 
 
