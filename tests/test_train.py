@@ -71,14 +71,17 @@ def run_steps(config, mesh, n):
 
 
 def _latest_params(workdir, config):
-  data, state, _, _ = build(config, parallel.make_mesh(8))
-  with jax.set_mesh(parallel.make_mesh(8)):
+  mesh = parallel.make_mesh(config.train.num_devices or None)
+  data, state, _, _ = build(config, mesh)
+  with jax.set_mesh(mesh):
     restored, step = checkpoints.Manager(str(workdir), 2).restore_latest(state)
   return step, jax.device_get(restored.params)
 
 
 def test_nan_guard_names_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
-  config = demo_config(**{"train.num_steps": 6, "train.checkpoint_every": 2,
+  # one device: the train-step programs of tests/test_inference.py's, test_visualize's and
+  # the notebooks' fixtures (the shared compile cache); 1 == 8 devices: test_train_devices.py
+  config = demo_config(**{"train.num_devices": 1, "train.num_steps": 6, "train.checkpoint_every": 2,
                           "train.log_every": 1, "eval.every_steps": 100})
   data = FakeData(config, nan_at_step=3)       # the 4th step (index 3) sees a NaN pixel
   with pytest.raises(train.NonFiniteLossError, match=r"step 3: .*loss"):
@@ -179,7 +182,7 @@ def test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluat
   # zs_num_tags is constant, so after the first evaluation nothing "improves": with
   # patience 3 and an evaluation every step, training stops at step 4.
   config = demo_config(evals=("zeroshot", "loss", "retrieval"), **{
-      "train.num_steps": 8, "train.checkpoint_every": 2, "train.log_every": 1,
+      "train.num_devices": 1, "train.num_steps": 8, "train.checkpoint_every": 2, "train.log_every": 1,
       "eval.every_steps": 1, "train.early_stop_patience": 3, "eval.best_metric": "zs_num_tags",
       "evals.zeroshot.prompts": False})
   # an evaluator living outside the package, declared through config alone

@@ -91,7 +91,7 @@ def init_head(shapes: dict, seed: int) -> dict:
 
 def make_objective(multiclass: bool):
   """The train step's objective: `logits_loss` of outputs["logits"] vs outputs["labels"]."""
-  from asg_jax.evaluators import linear_probe as lp  # pylint: disable=import-outside-toplevel
+  from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
 
   def objective(outputs, batch):
     del batch
@@ -171,7 +171,7 @@ class Evaluator:
     return self._data
 
   def multiclass(self) -> bool:
-    from asg_jax.evaluators import linear_probe as lp  # pylint: disable=import-outside-toplevel
+    from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
     return lp.is_multiclass(self.load()[self.splits[0]]["labels"], self.task)
 
   def fraction_rows(self, fraction: float) -> np.ndarray:
@@ -213,7 +213,7 @@ class Evaluator:
 
   def eval_step(self):
     """(variables, batch) -> {"scores" [B, C] (sigmoid / softmax), "loss" (valid rows)}."""
-    from asg_jax.evaluators import linear_probe as lp  # pylint: disable=import-outside-toplevel
+    from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
     if "eval" not in self._evals:
       model, multiclass = self.trainer().model, self.multiclass()
 
@@ -245,7 +245,7 @@ class Evaluator:
   # ------------------------------------------------------------------ rows
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
-    from asg_jax.evaluators import linear_probe as lp  # pylint: disable=import-outside-toplevel
+    from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
     data = self.load()
     test = data[self.splits[2]]
     multiclass = self.multiclass()
