@@ -281,8 +281,7 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
       tc.progress(f"[{state.init}] {name} ({type(ev).__module__.rsplit('.', 1)[-1]})")
       t = time.time()
       for r in ev.rows(state, state.init):
-        if r.get("published") is None:        # an evaluator may know its paper numbers
-          r["published"] = tc.published(r, tower)
+        r["published"] = tc.published(r, tower)
         rows.append(r)
       timing[f"{state.init}/{name}"] = dict(getattr(ev, "timing", {}) or {},
                                             seconds=time.time() - t)

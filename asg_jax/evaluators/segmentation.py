@@ -49,32 +49,7 @@ from asg_jax.evaluators import transfer_common as tc
 from asg_jax.evaluators import transfer_training as tt
 
 PROTOCOL = "segmentation"
-_FRACTIONS = (0.01, 0.1, 1.0)
-# ../shared/reference/results.md "Segmentation (Dice)", in %: (1 %, 10 %, 100 %)
-PUBLISHED = {
-    ("cxr_siim", "random", ""): (9.0, 28.6, 54.3),
-    ("cxr_siim", "imagenet", ""): (10.2, 35.5, 63.5),
-    ("cxr_siim", "pretrained", "cnn"): (60.7, 66.7, 73.6),
-    ("cxr_siim", "pretrained", "vit"): (71.9, 74.7, 75.6),
-    ("cxr_rsna", "random", ""): (6.9, 10.6, 18.5),
-    ("cxr_rsna", "imagenet", ""): (34.8, 39.9, 64.0),
-    ("cxr_rsna", "pretrained", "cnn"): (68.4, 69.9, 72.6),
-    ("cxr_rsna", "pretrained", "vit"): (71.7, 72.3, 72.8),
-}
-
-
-def published(dataset: str, metric: str, fraction: float | None, init: str,
-              tower: str) -> float | None:
-  """The results.md Dice (as a fraction) of a row, or None (demo / fixture sets too)."""
-  if "/" in dataset and dataset.split("/", 1)[1] not in ("", "default"):
-    return None
-  if metric != "dice" or fraction not in _FRACTIONS:
-    return None
-  key = (tc.base_name(dataset), init, tower if init == "pretrained" else "")
-  v = PUBLISHED.get(key)
-  return None if v is None else v[_FRACTIONS.index(fraction)] / 100.0
-
-
+_FRACTIONS = tc.FRACTIONS
 def protocol(batch_size: int, runlocal: bool = False) -> dict:
   """The evaluator keywords of the papers' recipe (configs/transfer/siim.py, rsna_seg.py);
   `runlocal`: tiny decoder, 1 epoch, batch 8, 2-image figures (tests, smoke runs)."""
@@ -280,7 +255,6 @@ class Evaluator:
     test = data[self.splits[2]]
     gt_empty = test["mask"].reshape(len(test["image_id"]), -1).max(1) == 0
     chance = float(np.mean(gt_empty))
-    tower = tc.tower_of(self.config)
     mesh = self.mesh()
     out, runs = [], []
     with jax.set_mesh(mesh):
@@ -302,8 +276,7 @@ class Evaluator:
           last = (variables, res)
         std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None  # noqa: E731
         out.append(tc.row(self.downstream, PROTOCOL, "dice", float(np.mean(dice)),
-                          fraction=frac, std=std(dice), chance=chance, init=init,
-                          published=published(self.downstream, "dice", frac, init, tower)))
+                          fraction=frac, std=std(dice), chance=chance, init=init))
         if (~gt_empty).any():
           out.append(tc.row(self.downstream, PROTOCOL, "dice_positive",
                             float(np.nanmean(dice_pos)), fraction=frac, std=std(dice_pos),

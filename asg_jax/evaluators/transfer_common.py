@@ -286,7 +286,7 @@ def yield_rows(rows: Sequence[Mapping]):
 # Published numbers (../shared/reference/results.md, in %): ASG's rows (CNN = ResNet-50,
 # ViT = ViT-B/16) for the pre-trained model, "Random init" / "ImageNet init" for the
 # baselines. Only the real datasets' default configs have published numbers.
-_FRACTIONS = (0.01, 0.1, 1.0)
+FRACTIONS = _FRACTIONS = (0.01, 0.1, 1.0)   # the papers' label fractions
 PUBLISHED_LINEAR_PROBE = {
     # (dataset, init, tower): (1 %, 10 %, 100 %)
     ("cxr_nih14", "random", ""): (52.1, 54.6, 55.3),
@@ -312,6 +312,19 @@ PUBLISHED_ZERO_SHOT = {   # ASG (tag decoder, KAD protocol): AUC / F1 / ACC
 }
 
 
+# ../shared/reference/results.md "Segmentation (Dice)", in %: (1 %, 10 %, 100 %)
+PUBLISHED_SEGMENTATION = {
+    ("cxr_siim", "random", ""): (9.0, 28.6, 54.3),
+    ("cxr_siim", "imagenet", ""): (10.2, 35.5, 63.5),
+    ("cxr_siim", "pretrained", "cnn"): (60.7, 66.7, 73.6),
+    ("cxr_siim", "pretrained", "vit"): (71.9, 74.7, 75.6),
+    ("cxr_rsna", "random", ""): (6.9, 10.6, 18.5),
+    ("cxr_rsna", "imagenet", ""): (34.8, 39.9, 64.0),
+    ("cxr_rsna", "pretrained", "cnn"): (68.4, 69.9, 72.6),
+    ("cxr_rsna", "pretrained", "vit"): (71.7, 72.3, 72.8),
+}
+
+
 def published(r: Mapping, tower: str) -> float | None:
   """The results.md number (as a fraction in [0, 1]) for a row, or None."""
   name = r["dataset"]
@@ -325,6 +338,9 @@ def published(r: Mapping, tower: str) -> float | None:
     key = (base, r["init"], "" if r["init"] != "pretrained" else tower)
     if key in PUBLISHED_LINEAR_PROBE:
       return PUBLISHED_LINEAR_PROBE[key][_FRACTIONS.index(r["fraction"])] / 100.0
+  if r["protocol"] == "segmentation" and r["metric"] == "dice" and r["fraction"] in _FRACTIONS:
+    v = PUBLISHED_SEGMENTATION.get((base, r["init"], "" if r["init"] != "pretrained" else tower))
+    return None if v is None else v[_FRACTIONS.index(r["fraction"])] / 100.0
   if r["protocol"] == "zero_shot_tags" and r["init"] == "pretrained":
     v = PUBLISHED_ZERO_SHOT.get((base, r["metric"]))
     return None if v is None else v / 100.0

@@ -188,3 +188,17 @@ def test_evaluate_runs_on_the_demo_fixture_and_writes_results(tmp_path, tiny_pre
   assert any(n.startswith("cxr_chexpert_demo__train__pretrained") for n in cached)
   again = evaluate.run_transfer(str(tmp_path), config, pretrained=tiny_pretrained)
   assert again["rows"] == results["rows"]
+
+
+def test_published_numbers_are_results_md_values_for_the_real_datasets_only():
+  def r(dataset, protocol, metric, fraction, init):
+    return {"dataset": dataset, "protocol": protocol, "metric": metric, "fraction": fraction,
+            "init": init}
+  # ../shared/reference/results.md: ASG ViT SIIM Dice 71.9 / 74.7 / 75.6; random init 9.0 at 1 %
+  assert tc.published(r("cxr_siim", "segmentation", "dice", 0.01, "pretrained"), "vit") == pytest.approx(0.719)
+  assert tc.published(r("cxr_siim", "segmentation", "dice", 1.0, "pretrained"), "vit") == pytest.approx(0.756)
+  assert tc.published(r("cxr_siim", "segmentation", "dice", 0.01, "random"), "vit") == pytest.approx(0.090)
+  assert tc.published(r("cxr_rsna", "segmentation", "dice", 0.1, "imagenet"), "cnn") == pytest.approx(0.399)
+  assert tc.published(r("cxr_siim/demo", "segmentation", "dice", 1.0, "pretrained"), "vit") is None
+  assert tc.published(r("cxr_siim", "segmentation", "dice_positive", 1.0, "pretrained"), "vit") is None
+  assert tc.published(r("cxr_chexpert", "linear_probe", "auroc", 0.01, "random"), "cnn") == pytest.approx(0.561)
