@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.embed_dim = 128          # projection output (asg.md)
   c.model.head_hidden = 2048       # projection MLP width
-  c.model.dtype = "float32"        # compute dtype of the encoders ("bfloat16" on TPU/GPU)
+  c.model.dtype = "float32"        # compute dtype of every module (the accelerator recipes:
+                                   # "bfloat16"; parameters, softmax/norm statistics and loss
+                                   # reductions stay float32)
 
   c.model.image = ml_collections.ConfigDict()
   c.model.image.name = "vit"       # an image tower of asg_jax/registry.py: "vit" | "resnet50"
@@ -48,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.mlp_dim = 3072
   c.model.image.dropout = 0.0
   c.model.image.attention_impl = "einsum"   # ViT: einsum | auto | xla | cudnn (models/attention.py)
+  c.model.image.remat = "none"     # ViT blocks: none | block | dots_saveable (models/remat.py)
+  c.model.image.scan = False       # ViT: nn.scan over the identical blocks (faster compiles)
   c.model.image.resnet_stage_sizes = (3, 4, 6, 3)
   c.model.image.resnet_width = 64
 
@@ -64,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.hidden_dropout = 0.1
   c.model.text.attention_dropout = 0.1
   c.model.text.attention_impl = "einsum"    # einsum | auto | xla | cudnn (fused: dropout 0)
+  c.model.text.remat = "none"      # BERT layers: none | block | dots_saveable
+  c.model.text.scan = False        # BERT: nn.scan over the identical layers
 
   c.model.tag_decoder = ml_collections.ConfigDict()
   c.model.tag_decoder.enabled = True
@@ -152,7 +158,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.weight_decay = 0.05
   c.train.grad_clip = 0.0          # 0 = none (the released recipe does not clip)
-  c.train.log_every = 50
+  c.train.log_every = 50           # also how often the step's measurements are fetched
+  c.train.device_prefetch = 2      # sharded batches transferred ahead of the step (0 = none)
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.early_stop_patience = 5  # evaluations without val-loss improvement; 0 = off
@@ -290,6 +297,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
       "model.image.attention_impl": ("einsum", "auto", "xla", "cudnn"),
       "model.text.attention_impl": ("einsum", "auto", "xla", "cudnn"),
       "data.rebuild": ("auto", "never", "always"),
+      "model.image.remat": ("none", "block", "dots_saveable"),
+      "model.text.remat": ("none", "block", "dots_saveable"),
   }
   for dotted, allowed in choices.items():
     value = c
@@ -333,6 +342,7 @@ def make_runlocal(c: ml_collections.ConfigDict) -> None:
   """Shrinks a full recipe to run on a CPU in seconds on the demo data (same code paths)."""
   c.model.image.pretrained = ""
   c.model.text.pretrained = ""
+  c.model.dtype = "float32"        # CPU: bfloat16 is no faster there
   c.model.image.hidden_size = 64
   c.model.image.num_layers = 1
   c.model.image.num_heads = 2

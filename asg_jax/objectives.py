@@ -74,6 +74,15 @@ def make_reclf_objective(config: ml_collections.ConfigDict) -> Callable:
   return objective
 
 
+def needs_local_outputs(config: ml_collections.ConfigDict) -> bool:
+  """Whether the training objective reads the local outputs (patch_emb, word_emb, ...):
+  ARSA and the RECLF / GLoRIA local branch do; IRA, ERL and IRL do not."""
+  lc = config.loss
+  if lc.name in ("reclf", "gloria") or config.model.local_head.mode:
+    return True
+  return lc.name == "asg" and bool(lc.use_arsa)
+
+
 def patch_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """`(gh, gw)`: the static local-feature grid of the image tower for the configured input
   (the tower module's own `patch_grid`)."""

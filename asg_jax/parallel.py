@@ -5,7 +5,8 @@ of one), with the batch sharded over `data` and the train state replicated.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import collections
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -61,3 +62,22 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """Place a pytree replicated on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def prefetch_to_mesh(batches: Iterator[Mapping[str, np.ndarray]], mesh: jax.sharding.Mesh,
+                     depth: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Host batches -> sharded global batches (`shard_batch`), `depth` batches ahead.
+
+  The transfers are asynchronous, so while the device runs step t the next `depth`
+  batches are already on their way (0 = no prefetch: shard each batch when asked)."""
+  queue: collections.deque = collections.deque()
+  batches = iter(batches)
+  while True:
+    while len(queue) < max(depth, 0) + 1:   # the one returned now + `depth` ahead
+      try:
+        queue.append(shard_batch(next(batches), mesh))
+      except StopIteration:
+        break
+    if not queue:
+      return
+    yield queue.popleft()

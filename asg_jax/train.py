@@ -6,6 +6,7 @@ NaN/Inf guard; clu writers; `<workdir>/summary.json` at the end.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,8 +44,11 @@ make_optimizer = state_lib.make_optimizer
 
 # ----------------------------------------------------------------------------- steps
 def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Callable,
-                    base_rng: jax.Array) -> Callable:
+                    base_rng: jax.Array, apply_kwargs: Mapping | None = None) -> Callable:
   """The pure train step `(state, batch, constants) -> (state, measurements)`.
+
+  `apply_kwargs`: extra keyword arguments of `model.apply` (e.g. `local=False`: the model
+  skips what the objective does not read).
 
   A step whose loss, any loss term or gradient norm is non-finite leaves the state
   unchanged (so a checkpoint never holds a poisoned state); `measurements['finite']` says
@@ -58,7 +62,7 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
       outputs, mutated = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, batch, train=True,
           tag_queries=constants.get("tag_queries"), rngs={"dropout": rng},
-          mutable=["batch_stats"])
+          mutable=["batch_stats"], **dict(apply_kwargs or {}))
       loss, measurements = objective(outputs, batch)
       return loss, (measurements, mutated["batch_stats"])
 
@@ -79,6 +83,40 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
     return new_state, measurements
 
   return train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The pieces of the one training program (see `build_train_step`).
+
+  Attributes:
+    model: the VisionLanguageModel.
+    tx, schedule: the optax optimizer and its learning-rate schedule.
+    objective: `(outputs, batch) -> (loss, measurements)`.
+    step: the jitted `(state, batch, constants) -> (state, measurements)`: state
+      replicated and donated, batch sharded over the `data` axis, measurements replicated.
+  """
+  model: vlp.VisionLanguageModel
+  tx: optax.GradientTransformation
+  schedule: Callable
+  objective: Callable
+  step: Callable
+
+
+def build_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+                     num_steps: int, dropout_rng: jax.Array) -> TrainStep:
+  """The jitted train step of `config` on `mesh`: what `train_and_evaluate` runs and what
+  benchmarks/train_step.py measures (one program, built in one place)."""
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+  tx, schedule = make_optimizer(config.train, num_steps)
+  objective = objectives.make_objective(config)
+  apply_kwargs = {} if objectives.needs_local_outputs(config) else {"local": False}
+  step = jax.jit(
+      make_train_step(model, tx, schedule, objective, dropout_rng, apply_kwargs),
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh),
+                    parallel.replicated(mesh)),
+      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=(0,))
+  return TrainStep(model=model, tx=tx, schedule=schedule, objective=objective, step=step)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -180,11 +218,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   num_steps = num_train_steps(config, data.num_train_examples)
   _warn_small_eval_split(getattr(data, "num_eval_examples", None), config)
 
-  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  tx, schedule = make_optimizer(config.train, num_steps)
-  objective = objectives.make_objective(config)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, dropout_rng, query_rng = jax.random.split(rng, 3)
+  program = build_train_step(config, mesh, num_steps=num_steps, dropout_rng=dropout_rng)
+  model, tx, objective, train_step = program.model, program.tx, program.objective, program.step
 
   with jax.set_mesh(mesh):
     host_constants = objectives.make_constants(config, data.tokenizer, query_rng)
@@ -194,7 +231,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     with console.step("Initialising the model"):
       state = state_lib.init_state(config, model, tx, init_rng, data.example_batch(), constants,
                                    mesh)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     manager = checkpoints.Manager(workdir, config.train.keep_checkpoints)
     state, start_step = manager.restore_latest(state)
     loop_state = manager.restore_loop(start_step) if start_step else {}
@@ -202,10 +238,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       logger.info("resumed from %s at step %d", manager.directory, start_step)
       print(f"Resuming from step {start_step} ({manager.directory})", flush=True)
 
-    train_step = jax.jit(
-        make_train_step(model, tx, schedule, objective, dropout_rng),
-        in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-        out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
     predict_fns = predict.make_predict_fns(model, objective, data.tokenizer, config)
     evaluators = eval_common.from_config(
         config, predict_fns, mesh=mesh, constants=constants,
@@ -235,7 +267,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       return result
 
     history: list[dict] = []
-    pending = None            # (step, device measurements) checked one step late
+    # (step, device measurements) not fetched yet: fetched together every log_every steps,
+    # and before any evaluation or checkpoint (so no non-finite step goes unchecked before
+    # a checkpoint is written; a non-finite step never changes the state anyway)
+    pending: list = []
+
+    def fetch_pending():
+      history.extend(_to_host(step_, m) for step_, m in zip(
+          [p[0] for p in pending], jax.device_get([p[1] for p in pending])))
+      pending.clear()
     best = dict(loop_state.get("best", {}))
     stalls = int(loop_state.get("stalls", 0))
     stopped = loop_state.get("stopped")    # set once training has ended (early stopping)
@@ -245,10 +285,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     last_eval = None
     final = {"metrics": {}, "chance": {}}     # the latest value of every metric
     warned_metric = False
-    train_iter = data.train_batches(start_step)
+    train_iter = parallel.prefetch_to_mesh(data.train_batches(start_step), mesh,
+                                           config.train.device_prefetch)
     with preemption.Guard() as guard:
       for step in range(start_step, num_steps if stopped is None else start_step):
-        batch = parallel.shard_batch(next(train_iter), mesh)
+        batch = next(train_iter)
         if step == start_step:
           with console.step("Compiling the train step"):
             state, measurements = train_step(state, batch, constants)
@@ -256,22 +297,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
           t_rate, s_rate = time.time(), step + 1
         else:
           state, measurements = train_step(state, batch, constants)
-        if pending is not None:
-          history.append(_to_host(*pending))
-        pending = (step, measurements)
+        pending.append((step, measurements))
         done = step + 1
         is_last = done == num_steps
         if done % config.train.log_every == 0 or is_last:
-          history.append(_to_host(*pending))
-          pending = None
+          fetch_pending()
           _log_train(writer, history, done, num_steps, t_rate, s_rate)
           history = []
         result = evaluate(state, done, only_due=True)
         if result is not None:
           t_rate += result["seconds"]   # evaluation time is not train-step time
-          if pending is not None:
-            history.append(_to_host(*pending))
-            pending = None
+          fetch_pending()
           last_eval = result
           final["metrics"].update(result["metrics"])
           final["chance"].update(result["chance"])
@@ -295,21 +331,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
             manager.save(done, state, loop(), force=True)
             break
         if done % config.train.checkpoint_every == 0 or is_last:
-          if pending is not None:   # never checkpoint before the guard has seen this step
-            history.append(_to_host(*pending))
-            pending = None
+          fetch_pending()   # never checkpoint before the guard has seen these steps
           manager.save(done, state, loop())
         if guard.requested:   # SIGTERM / SIGINT: this step is done; checkpoint it and stop
-          if pending is not None:
-            history.append(_to_host(*pending))
-            pending = None
+          fetch_pending()
           if not (done % config.train.checkpoint_every == 0 or is_last):   # not saved above
             manager.save(done, state, loop(), force=True)
           manager.wait()
           writer.flush()
           raise preemption.Preempted(done, guard.signal_name, manager.directory)
-    if pending is not None:
-      history.append(_to_host(*pending))
+    fetch_pending()
     if last_eval is None:   # nothing trained here (resumed at the end, or reevaluate)
       last_eval = evaluate(state, int(jax.device_get(state.step)), only_due=False) or {
           "metrics": {}, "chance": {}, "num_examples": 0}

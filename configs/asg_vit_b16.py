@@ -18,6 +18,7 @@ def get_config(arg=None):
   c.model.text.pretrained = "emilyalsentzer/Bio_ClinicalBERT"
   c.data.tokenizer = "emilyalsentzer/Bio_ClinicalBERT"
   config_lib.apply_asg_ablation(c, args["ablation"])
+  c.model.dtype = "bfloat16"     # compute dtype on TPU/GPU (parameters stay float32)
   if args["runlocal"]:
     config_lib.make_runlocal(c)
   return config_lib.finalize(c)

@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.model.image.input_resize = 299
   config_lib.apply_asg_ablation(c, "full")
 
+  c.model.dtype = "bfloat16"     # compute dtype on TPU/GPU (parameters stay float32)
   if args["runlocal"]:
     config_lib.make_runlocal(c)
     c.model.image.resnet_width = 16

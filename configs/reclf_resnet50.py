@@ -15,6 +15,7 @@ def get_config(arg=None):
   c.model.image.pretrained = "microsoft/resnet-50"
   c.model.text.pretrained = "emilyalsentzer/Bio_ClinicalBERT"
   config_lib.apply_reclf_rung(c, args["rung"])
+  c.model.dtype = "bfloat16"     # compute dtype on TPU/GPU (parameters stay float32)
   if args["runlocal"]:
     config_lib.make_runlocal(c)
   return config_lib.finalize(c)

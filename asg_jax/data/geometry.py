@@ -31,18 +31,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("imagenet", "half")
-
-
-def normalization_constants(normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) per RGB channel for `normalization` in {"imagenet", "half"}."""
-  if normalization == "imagenet":
-    return IMAGENET_MEAN, IMAGENET_STD
-  if normalization == "half":
-    return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-  raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+from asg_jax.data.normalization import (  # noqa: E402,F401  (re-exported)
+    IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, normalization_constants, normalize_numpy)
 
 
 def resized_shape(height: tf.Tensor, width: tf.Tensor, resize: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -139,22 +129,6 @@ def normalize(image: tf.Tensor, normalization: str = "imagenet") -> tf.Tensor:
   if image.shape[-1] == 1:
     image = tf.tile(image, [1] * (image.shape.rank - 1) + [3])
   return (image / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def normalize_numpy(images: np.ndarray, normalization: str = "imagenet") -> np.ndarray:
-  """Step 4 in NumPy (a 256-entry lookup table, ~3x faster than arithmetic): uint8
-  `[..., C]` (C = 1 or 3) → float32 `[..., 3]`, equal to `normalize`."""
-  mean, std = normalization_constants(normalization)
-  lut = ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
-          - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))      # [256, 3]
-  images = np.asarray(images)
-  if images.dtype != np.uint8:
-    raise ValueError(f"normalize_numpy expects uint8 images, got {images.dtype}")
-  if images.shape[-1] == 1:
-    return np.take(lut, images[..., 0], axis=0)
-  if images.shape[-1] == 3:
-    return lut[images, np.arange(3)]
-  raise ValueError(f"images must have 1 or 3 channels, got shape {images.shape}")
 
 
 def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, train: bool,

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from asg_jax.data import geometry
+from asg_jax.data import normalization as normalization_lib
 
 BATCH_KEYS = ("image", "input_ids", "attention_mask", "word_ids", "tags", "chexpert",
               "region_boxes", "region_mask", "region_ids", "region_word_index",
@@ -60,16 +60,18 @@ def region_word_index(word_starts: np.ndarray, sentence_starts: np.ndarray,
 
 
 def finalize_batch(raw: dict, tokenizer, max_region_words: int,
-                   normalization: str = "imagenet") -> dict[str, np.ndarray]:
+                   normalization: str | None = "imagenet") -> dict[str, np.ndarray]:
   """tf.data batch (see `make_dataset`) → host batch of interfaces.md §2: normalises the
-  image, tokenises the captions and points the regions at their words."""
+  image (`normalization=None`: keeps the uint8 pixels, normalised later on device),
+  tokenises the captions and points the regions at their words."""
   captions = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw["caption"]]
   tokens = tokenizer.encode_batch(captions, return_word_starts=True)
   rwi = region_word_index(tokens["word_starts"], raw["sentence_starts"],
                           raw["region_sentences"], max_region_words)
   mask = np.asarray(raw["region_mask"], bool) & (rwi >= 0).any(-1)
   return {
-      "image": geometry.normalize_numpy(raw["image"], normalization),
+      "image": (np.asarray(raw["image"], np.uint8) if normalization is None
+                else normalization_lib.normalize_numpy(raw["image"], normalization)),
       "input_ids": tokens["input_ids"],
       "attention_mask": tokens["attention_mask"],
       "word_ids": tokens["word_ids"],

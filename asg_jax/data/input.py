@@ -99,7 +99,7 @@ class DataSource:
     return self._pipeline.create_input_iterator(
         **self._kwargs(), split=self.config.data.train_split, tokenizer=self.tokenizer,
         batch_size=self.config.train.batch_size, train=True, seed=self.config.seed,
-        start_step=start_step)
+        start_step=start_step, device_normalize=True)
 
   def eval_batches(self, split: str = "", dataset: str = "") -> Iterator[dict[str, np.ndarray]]:
     """One pass over `split` (default `config.data.eval_split`) of `dataset` (default the
@@ -112,4 +112,5 @@ class DataSource:
     return self._pipeline.create_input_iterator(
         **kwargs, split=split or self.config.data.eval_split, tokenizer=self.tokenizer,
         batch_size=self.config.eval.batch_size, train=False, seed=self.config.seed,
-        start_step=0, max_examples=self.config.eval.max_examples or None)
+        start_step=0, max_examples=self.config.eval.max_examples or None,
+        device_normalize=True)

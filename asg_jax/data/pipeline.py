@@ -70,8 +70,8 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
                    batch_size: int, train: bool, seed: int, start_step: int = 0,
                    max_examples: int | None = None, process_index: int = 0,
                    process_count: int = 1, min_box_visibility: float = 0.5,
-                   host_prefetch: int = HOST_PREFETCH, host_workers: int | None = None
-                   ) -> Iterator[dict[str, np.ndarray]]:
+                   host_prefetch: int = HOST_PREFETCH, host_workers: int | None = None,
+                   device_normalize: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Host batches of this process from a whole-split `source` (see `create_input_iterator`).
 
   `host_workers` threads (default `min(4, cores)`) normalise/tokenise batches ahead of the
@@ -108,7 +108,8 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
                     min_box_visibility=min_box_visibility)
 
   finalize = functools.partial(finalize_batch, tokenizer=tokenizer,
-                               max_region_words=max_region_words, normalization=normalization)
+                               max_region_words=max_region_words,
+                               normalization=None if device_normalize else normalization)
   workers = host_workers if host_workers is not None else min(4, os.cpu_count() or 1)
   if host_prefetch <= 0:
     workers = 0
@@ -125,8 +126,8 @@ def create_input_iterator(*, name: str, builder_config: str | None, data_dir: st
                           regions: Sequence[str], shuffle_buffer: int, split: str, tokenizer,
                           batch_size: int, train: bool, seed: int, start_step: int,
                           max_examples: int | None = None, process_index: int | None = None,
-                          process_count: int | None = None, min_box_visibility: float = 0.5
-                          ) -> Iterator[dict[str, np.ndarray]]:
+                          process_count: int | None = None, min_box_visibility: float = 0.5,
+                          device_normalize: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Host batches of the tfds split `name/builder_config:split` for this process.
 
   Args:
@@ -136,6 +137,9 @@ def create_input_iterator(*, name: str, builder_config: str | None, data_dir: st
     start_step: the first step to yield (resume); eval normally uses 0.
     max_examples: use only the split's first `max_examples` examples.
     process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
+    device_normalize: leave `image` as the cropped uint8 grey pixels `[b, S, S, 1]` (the
+      pre-training feed: the model normalises them on device, `data/normalization.py`);
+      False: float32 `[b, S, S, 3]` normalised on the host.
     (the rest: config.data, see `make_dataset` and geometry.transform)
   Yields:
     dicts with exactly the keys of interfaces.md §2 (`image` f32 `[b, S, S, 3]`,
@@ -154,4 +158,5 @@ def create_input_iterator(*, name: str, builder_config: str | None, data_dir: st
                         shuffle_buffer=shuffle_buffer, batch_size=batch_size, train=train,
                         seed=seed, start_step=start_step, max_examples=max_examples,
                         process_index=process_index, process_count=process_count,
-                        min_box_visibility=min_box_visibility)
+                        min_box_visibility=min_box_visibility,
+                        device_normalize=device_normalize)

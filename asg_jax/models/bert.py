@@ -11,7 +11,8 @@ Only the first `use_layers` layers exist and run (ASG uses 6 of Bio_ClinicalBERT
 Parameter names follow the Hugging Face checkpoint layout (`embeddings/word_embeddings`,
 `encoder/layer_0/attention/self/query`, `encoder/layer_0/attention/output/LayerNorm`, ...),
 so `checkpoint_convert.load_bert` maps a BERT checkpoint (keys possibly prefixed `bert.`)
-by name.
+by name. With `scan=True` the layers are one `nn.scan` module, `encoder/layers/...` with a
+leading [layers] axis on every leaf (asg_jax/models/remat.py; the loader restacks).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from asg_jax.models import attention
+from asg_jax.models import remat as remat_lib
 
 _LN_EPS = 1e-12
 _INIT = nn.initializers.normal(stddev=0.02)  # HF BERT initializer_range
@@ -142,7 +144,9 @@ class Layer(nn.Module):
   attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x, key_mask, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x, key_mask, train: bool) -> tuple[jax.Array, jax.Array]:
+    """`x [B, L, D]`, bool `key_mask [B, L]` -> (`[B, L, D]`, probabilities as
+    `SelfAttention`). `train` may be passed positionally (`nn.remat` marks it static)."""
     a, probs = Attention(self.hidden_size, self.num_heads, self.hidden_dropout,
                          self.attention_dropout, self.dtype, self.attention_impl,
                          name="attention")(x, key_mask, train=train)
@@ -174,7 +178,12 @@ class Embeddings(nn.Module):
 
 
 class Encoder(nn.Module):
-  """`num_layers` BERT layers named `layer_{i}`; returns the last layer's attention."""
+  """`num_layers` BERT layers; returns `(x [B, L, D], the last layer's attention)`.
+
+  Layers are named `layer_{i}`, or with `scan` one `nn.scan` module `layers` whose
+  parameters carry a leading [num_layers] axis (`remat.stack_layers`); `remat` is a
+  `remat.REMAT_OPTIONS` name applied to every layer (asg_jax/models/remat.py).
+  """
   num_layers: int
   hidden_size: int
   num_heads: int
@@ -183,14 +192,23 @@ class Encoder(nn.Module):
   attention_dropout: float
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, key_mask, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    layer = remat_lib.layer_stack(Layer, self.remat, self.scan, self.num_layers, 2)
+    args = (self.hidden_size, self.num_heads, self.intermediate_size, self.hidden_dropout,
+            self.attention_dropout, self.dtype, self.attention_impl)
+    if self.scan:
+      b, n = x.shape[:2]   # the carry's probabilities: zeros of one layer's output shape
+      rows = n if self.attention_impl == "einsum" else 1
+      probs0 = jnp.zeros((b, self.num_heads, rows, n), jnp.float32)
+      (x, probs), _ = layer(*args, name=remat_lib.SCANNED)((x, probs0), key_mask, train)
+      return x, probs
     probs = None
     for i in range(self.num_layers):
-      x, probs = Layer(self.hidden_size, self.num_heads, self.intermediate_size,
-                       self.hidden_dropout, self.attention_dropout, self.dtype,
-                       self.attention_impl, name=f"layer_{i}")(x, key_mask, train=train)
+      x, probs = layer(*args, name=f"layer_{i}")(x, key_mask, train)
     return x, probs
 
 
@@ -206,6 +224,11 @@ class BertEncoder(nn.Module):
     dtype: compute dtype (parameters stay float32; softmax in float32).
     attention_impl: asg_jax/models/attention.py ("einsum" | "auto" | "xla" | "cudnn"; the
       fused ones need attention_dropout = 0 when training).
+    remat: rematerialisation of each layer, "none" | "block" | "dots_saveable"
+      (asg_jax/models/remat.py; changes memory / compute of the backward pass, not values).
+    scan: run the layers with `nn.scan` (one compiled layer; the parameters are
+      `encoder/layers/...` with a leading [layers_run] axis instead of `encoder/layer_{i}`,
+      see `remat.stack_layers` / `unstack_layers`; the HF loader handles both layouts).
   """
   vocab_size: int
   hidden_size: int
@@ -218,6 +241,8 @@ class BertEncoder(nn.Module):
   use_layers: int | None = None
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  remat: str = "none"
+  scan: bool = False
 
   @property
   def layers_run(self) -> int:
@@ -234,7 +259,8 @@ class BertEncoder(nn.Module):
     Returns:
       `hidden [B, L, D]` (last layer run), `cls [B, D]` (= hidden[:, 0], no pooler) and
       `attention [B, heads, L, L]` (that layer's softmax probabilities, float32; with a fused
-      attention_impl only the [CLS] query row, `[B, heads, 1, L]`).
+      attention_impl only the [CLS] query row, `[B, heads, 1, L]`). The same with any
+      `remat` / `scan` setting.
     """
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
       raise ValueError(f"BertEncoder: expected input_ids and attention_mask of the same shape "
@@ -253,7 +279,8 @@ class BertEncoder(nn.Module):
     key_mask = jnp.asarray(attention_mask).astype(bool)
     x, probs = Encoder(self.layers_run, self.hidden_size, self.num_attention_heads,
                        self.intermediate_size, self.hidden_dropout, self.attention_dropout,
-                       self.dtype, self.attention_impl, name="encoder")(x, key_mask, train=train)
+                       self.dtype, self.attention_impl, self.remat, self.scan,
+                       name="encoder")(x, key_mask, train=train)
     return {"cls": x[:, 0], "hidden": x, "attention": probs}
 
 
@@ -261,7 +288,8 @@ class BertEncoder(nn.Module):
 # (asg_jax/registry.py: every text tower module exposes build / load_pretrained)
 
 def build(cfg, dtype, use_layers: int | None, name: str = "text_encoder") -> BertEncoder:
-  """The Linen module for `config.model.text` (`use_layers`: first k layers; None = all)."""
+  """The Linen module for `config.model.text` (`use_layers`: first k layers; None = all;
+  `remat` / `scan` default to "none" / False for configs that predate them)."""
   return BertEncoder(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                      num_hidden_layers=cfg.num_hidden_layers,
                      num_attention_heads=cfg.num_attention_heads,
@@ -269,10 +297,12 @@ def build(cfg, dtype, use_layers: int | None, name: str = "text_encoder") -> Ber
                      max_position_embeddings=cfg.max_position_embeddings,
                      hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout,
                      use_layers=use_layers, dtype=dtype,
-                     attention_impl=cfg.get("attention_impl", "einsum"), name=name)
+                     attention_impl=cfg.get("attention_impl", "einsum"),
+                     remat=cfg.get("remat", "none"), scan=cfg.get("scan", False), name=name)
 
 
 def load_pretrained(path: str, params):
-  """Hugging Face BERT weights (local path or cached hub name) into `params`."""
+  """Hugging Face BERT weights (local path or cached hub name) into `params` (either layout:
+  a scanned tree is loaded through `remat.unstack_layers` and restacked)."""
   from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
   return checkpoint_convert.load_bert(path, params)

@@ -12,6 +12,8 @@ possibly under a model prefix (`bert.`, `vit.`, `resnet.`, ...). Leaves:
     BatchNorm batch_stats mean / var <- running_mean / running_var
     other params (cls_token, position_embeddings) <- the same name
 
+A scanned ViT / BERT tree (`encoder/layers/...` with a leading layer axis, `scan=True`) is
+read through the unscanned layout and restacked (`remat.unstack_layers` / `stack_layers`).
 Only the leaves present in the given tree are read (so a 6-layer BERT loads from a 12-layer
 checkpoint; the pooler / classifier are ignored). Every shape is checked and all missing or
 mismatched keys are reported in one error. Reading prefers `safetensors` (NumPy); a
@@ -223,6 +225,17 @@ def _load(path_or_name: str, params: Mapping, what: str, prefixes: tuple[str, ..
   return new_params, new_stats
 
 
+def _load_layers(path_or_name: str, params: Mapping, what: str, prefixes: tuple[str, ...],
+                 aliases: Callable[[str], list[str]] = lambda k: []) -> dict:
+  """`_load` for a ViT / BERT tree in either layout: a scanned tree (`encoder/layers`, the
+  `scan=True` towers) is unstacked to `encoder/layer_{i}`, loaded, and stacked again."""
+  from asg_jax.models import remat  # pylint: disable=import-outside-toplevel
+  scanned = remat.is_scanned(params)
+  tree = remat.unstack_layers(params) if scanned else params
+  new, _ = _load(path_or_name, tree, what, prefixes, aliases)
+  return remat.stack_layers(new) if scanned else new
+
+
 # --------------------------------------------------------------------------- public
 
 
@@ -232,22 +245,22 @@ def load_bert(path_or_name: str, params: Mapping) -> dict:
   Args:
     path_or_name: local dir (model.safetensors / pytorch_model.bin), weight file, or hub
       name in the local HF cache (e.g. "emilyalsentzer/Bio_ClinicalBERT").
-    params: the `BertEncoder` params tree (its layers decide which checkpoint layers are read).
+    params: the `BertEncoder` params tree (its layers decide which checkpoint layers are read),
+      arrays or ShapeDtypeStructs; the scanned layout (`encoder/layers`, `scan=True`) too.
   Returns:
     a params tree of the same structure with the checkpoint's values.
   Raises:
     ValueError naming every missing / shape-mismatched key; FileNotFoundError.
   """
-  new, _ = _load(path_or_name, params, "BERT", ("bert.", "model.", "encoder."))
-  return new
+  return _load_layers(path_or_name, params, "BERT", ("bert.", "model.", "encoder."))
 
 
 def load_vit(path_or_name: str, params: Mapping) -> dict:
   """Loads a Hugging Face ViT / DeiT checkpoint (`ViTModel`, `ViTForImageClassification`,
   keys possibly prefixed `vit.`) into `ViT` params; same contract as `load_bert`. The
   position embeddings must match the model's patch grid (no interpolation)."""
-  new, _ = _load(path_or_name, params, "ViT", ("vit.", "deit.", "model."), _vit_v5_aliases)
-  return new
+  return _load_layers(path_or_name, params, "ViT", ("vit.", "deit.", "model."),
+                      _vit_v5_aliases)
 
 
 def load_resnet(path_or_name: str, params: Mapping, batch_stats: Mapping | None = None):

@@ -16,6 +16,8 @@ the means are ordinary reductions over the batch axis, which XLA partitions acro
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,7 @@ class Linear(nn.Module):
   lr-sized random steps (runs would then depend on the device count). No output changes.
   """
   features: int
+  dtype: Any = jnp.float32     # compute dtype of the matmul (float32 accumulation)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, frozen_bias: bool = False) -> jax.Array:
@@ -46,7 +49,9 @@ class Linear(nn.Module):
                       (self.features,))
     if frozen_bias:
       bias = jax.lax.stop_gradient(bias)
-    return x @ kernel + bias
+    y = jnp.matmul(x.astype(self.dtype), kernel.astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+    return y + bias
 
 
 class ProjectionHead(nn.Module):
@@ -58,6 +63,7 @@ class ProjectionHead(nn.Module):
   """
   hidden: int
   out: int
+  dtype: Any = jnp.float32     # matmuls; BatchNorm, L2 norm and the output stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
@@ -83,8 +89,8 @@ class ProjectionHead(nn.Module):
     bn = lambda name, affine: nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
         use_bias=affine, use_scale=affine, name=name)
-    h = Linear(self.hidden, name="dense_0")(x, frozen_bias=train)
+    h = Linear(self.hidden, self.dtype, name="dense_0")(x, frozen_bias=train)
     h = nn.relu(bn("bn_0", True)(h, mask=bn_mask))
-    h = Linear(self.out, name="dense_1")(h, frozen_bias=train)
+    h = Linear(self.out, self.dtype, name="dense_1")(h, frozen_bias=train)
     h = bn("bn_1", False)(h, mask=bn_mask)
     return l2_normalize(h)

@@ -50,7 +50,7 @@ class DecoderLayer(nn.Module):
       return nn.MultiHeadDotProductAttention(
           num_heads=self.num_heads, qkv_features=self.d_model, out_features=self.d_model,
           dropout_rate=self.dropout, kernel_init=_INIT, bias_init=nn.initializers.zeros,
-          dtype=self.dtype, name=name)
+          dtype=self.dtype, force_fp32_for_softmax=True, name=name)
 
     h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="norm1")(x)
     h = attention("self_attn")(h, h, deterministic=det)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from asg_jax.models import attention
+from asg_jax.models import remat as remat_lib
 from asg_jax.models.bert import KeyDense
 
 _LN_EPS = 1e-6
@@ -83,8 +84,11 @@ class EncoderBlock(nn.Module):
   attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
-    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]` or None)."""
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array | None]:
+    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]` or None).
+
+    `train` (dropout on) may be passed positionally: `nn.remat` marks it static by position.
+    """
     drop = nn.Dropout(self.dropout, deterministic=not train)
     h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_before")(x)
     h, probs = Attention(self.hidden_size, self.num_heads, self.dtype, self.attention_impl,
@@ -131,7 +135,12 @@ class Embeddings(nn.Module):
 
 
 class Encoder(nn.Module):
-  """`num_layers` blocks named `layer_{i}`; returns the last block's attention."""
+  """`num_layers` blocks; returns `(x [B, N, D], the last block's attention)`.
+
+  Blocks are named `layer_{i}`, or with `scan` one `nn.scan` module `layers` whose
+  parameters carry a leading [num_layers] axis (`remat.stack_layers`); `remat` is a
+  `remat.REMAT_OPTIONS` name applied to every block (asg_jax/models/remat.py).
+  """
   num_layers: int
   hidden_size: int
   num_heads: int
@@ -139,13 +148,23 @@ class Encoder(nn.Module):
   dropout: float
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
+    block = remat_lib.layer_stack(EncoderBlock, self.remat, self.scan, self.num_layers, 1)
+    args = (self.hidden_size, self.num_heads, self.mlp_dim, self.dropout, self.dtype,
+            self.attention_impl)
+    if self.scan:
+      b, n = x.shape[:2]   # the carry's probabilities: zeros of one block's output shape
+      probs0 = (jnp.zeros((b, self.num_heads, n, n), jnp.float32)
+                if self.attention_impl == "einsum" else None)
+      (x, probs), _ = block(*args, name=remat_lib.SCANNED)((x, probs0), train)
+      return x, probs
     probs = None
     for i in range(self.num_layers):
-      x, probs = EncoderBlock(self.hidden_size, self.num_heads, self.mlp_dim, self.dropout,
-                              self.dtype, self.attention_impl, name=f"layer_{i}")(x, train=train)
+      x, probs = block(*args, name=f"layer_{i}")(x, train)
     return x, probs
 
 
@@ -157,6 +176,11 @@ class ViT(nn.Module):
     dropout: dropout rate on the embeddings, attention output and MLP output (DeiT: 0).
     dtype: compute dtype (parameters stay float32; softmax in float32).
     attention_impl: asg_jax/models/attention.py ("einsum" | "auto" | "xla" | "cudnn").
+    remat: rematerialisation of each encoder block, "none" | "block" | "dots_saveable"
+      (asg_jax/models/remat.py; changes memory / compute of the backward pass, not values).
+    scan: run the `num_layers` blocks with `nn.scan` (one compiled block; the parameters are
+      `encoder/layers/...` with a leading [num_layers] axis instead of `encoder/layer_{i}`,
+      see `remat.stack_layers` / `unstack_layers`; the HF loader handles both layouts).
   """
   patch_size: int
   hidden_size: int
@@ -166,6 +190,8 @@ class ViT(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -176,6 +202,7 @@ class ViT(nn.Module):
       `cls [B, D]` (CLS after the final LayerNorm), `patch_tokens [B, M, D]` (after the final
       norm, M = (H/p)*(W/p), row-major over the patch grid), `attention [B, heads, 1+M, 1+M]`
       (the last block's softmax probabilities, float32; only with attention_impl "einsum").
+      The same with any `remat` / `scan` setting.
     """
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"ViT images: expected [B, H, W, 3], got shape {images.shape}")
@@ -189,7 +216,8 @@ class ViT(nn.Module):
     x = Embeddings(self.patch_size, self.hidden_size, self.dropout, self.dtype,
                    name="embeddings")(images.astype(self.dtype), train=train)
     x, probs = Encoder(self.num_layers, self.hidden_size, self.num_heads, self.mlp_dim,
-                       self.dropout, self.dtype, self.attention_impl, name="encoder")(x, train=train)
+                       self.dropout, self.dtype, self.attention_impl, self.remat, self.scan,
+                       name="encoder")(x, train=train)
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm")(x)
     out = {"cls": x[:, 0], "patch_tokens": x[:, 1:]}
     if probs is not None:
@@ -202,10 +230,12 @@ class ViT(nn.Module):
 # load_pretrained)
 
 def build(cfg, dtype, name: str = "image_encoder") -> ViT:
-  """The Linen module for `config.model.image`."""
+  """The Linen module for `config.model.image` (`remat` / `scan` default to "none" / False
+  for configs that predate them)."""
   return ViT(patch_size=cfg.patch_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
              num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
-             attention_impl=cfg.get("attention_impl", "einsum"), name=name)
+             attention_impl=cfg.get("attention_impl", "einsum"), remat=cfg.get("remat", "none"),
+             scan=cfg.get("scan", False), name=name)
 
 
 def features(out: dict) -> tuple[jax.Array, jax.Array]:
@@ -220,6 +250,7 @@ def patch_grid(cfg, image_size: int) -> tuple[int, int]:
 
 
 def load_pretrained(path: str, params, batch_stats):
-  """Hugging Face ViT/DeiT weights (local path or cached hub name) into `params`."""
+  """Hugging Face ViT/DeiT weights (local path or cached hub name) into `params` (either
+  layout: a scanned tree is loaded through `remat.unstack_layers` and restacked)."""
   from asg_jax.models import checkpoint_convert  # pylint: disable=import-outside-toplevel
   return checkpoint_convert.load_vit(path, params), batch_stats

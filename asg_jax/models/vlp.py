@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asg_jax import registry
+from asg_jax.data import normalization
 from asg_jax.models import aggregation, heads
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -33,22 +34,28 @@ class VisionLanguageModel(nn.Module):
                                                                     name="image_encoder")
     self.text_encoder = registry.text_tower(cfg.text.name).build(
         cfg.text, dtype, use_layers=cfg.text.use_layers, name="text_encoder")
-    self.image_global_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
-    self.image_local_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
-    self.text_global_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
-    self.text_local_head = heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim)
+    head = lambda: heads.ProjectionHead(cfg.head_hidden, cfg.embed_dim, dtype)  # noqa: E731
+    self.image_global_head, self.image_local_head = head(), head()
+    self.text_global_head, self.text_local_head = head(), head()
     if cfg.tag_decoder.enabled:
       from asg_jax.models import tag_decoder  # pylint: disable=import-outside-toplevel
       self.tag_decoder = tag_decoder.TagDecoder(
           num_layers=cfg.tag_decoder.num_layers, d_model=cfg.tag_decoder.d_model,
           num_heads=cfg.tag_decoder.num_heads, mlp_dim=cfg.tag_decoder.mlp_dim,
-          dropout=cfg.tag_decoder.dropout)
+          dropout=cfg.tag_decoder.dropout, dtype=dtype)
     if cfg.local_head.mode:
       self.local_head = local_head_from_config(cfg.local_head)
 
-  def encode_image(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    """`images [B,S,S,3]` -> image_feature, patch_tokens, image_emb, patch_emb."""
+  def encode_image(self, images: jax.Array, *, train: bool, local: bool = True
+                   ) -> dict[str, jax.Array]:
+    """`images` -> image_feature, patch_tokens, image_emb, patch_emb (`local=False`: no
+    patch_emb, the local head does not run).
+
+    `images`: uint8 `[B,S,S,1|3]` pixels (the pre-training feed), normalised here on device
+    with `config.input_normalization` (exactly the host's numbers, data/normalization.py),
+    or float `[B,S,S,3]` already normalised (inference, transfer evaluators)."""
     cfg = self.config
+    images = normalization.normalize_jax(images, cfg.get("input_normalization", "imagenet"))
     if cfg.image.input_resize:
       size = cfg.image.input_resize
       images = jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]),
@@ -58,16 +65,19 @@ class VisionLanguageModel(nn.Module):
     out = {"image_feature": image_feature.astype(jnp.float32),
            "patch_tokens": patch_tokens.astype(jnp.float32)}
     out["image_emb"] = self.image_global_head(out["image_feature"], train=train)
-    out["patch_emb"] = self.image_local_head(out["patch_tokens"], train=train)
+    if local:
+      out["patch_emb"] = self.image_local_head(out["patch_tokens"], train=train)
     return out
 
   def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, word_ids: jax.Array,
-                  *, train: bool) -> dict[str, jax.Array]:
+                  *, train: bool, local: bool = True) -> dict[str, jax.Array]:
     """`[B,L]` token ids/mask/word ids -> text_feature, text_emb, word_emb, word_mask,
-    word_importance (interfaces.md §3)."""
+    word_importance (interfaces.md §3; `local=False`: only text_feature and text_emb)."""
     txt = self.text_encoder(input_ids, attention_mask, train=train)
     out = {"text_feature": txt["cls"].astype(jnp.float32)}
     out["text_emb"] = self.text_global_head(out["text_feature"], train=train)
+    if not local:
+      return out
     word_hidden, word_mask = aggregation.aggregate_words(txt["hidden"].astype(jnp.float32),
                                                          word_ids)
     word_emb = self.text_local_head(word_hidden, train=train, mask=word_mask)
@@ -78,17 +88,24 @@ class VisionLanguageModel(nn.Module):
     return out
 
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool,
-               tag_queries: jax.Array | None = None) -> dict[str, jax.Array]:
+               tag_queries: jax.Array | None = None, local: bool = True
+               ) -> dict[str, jax.Array]:
     """Args:
-      batch: `image [B,S,S,3]`, `input_ids/attention_mask/word_ids [B,L]` (interfaces.md §2).
+      batch: `image` (uint8 `[B,S,S,1]` or normalised float `[B,S,S,3]`),
+        `input_ids/attention_mask/word_ids [B,L]` (interfaces.md §2).
       train: dropout on, BatchNorm in batch-statistics mode.
       tag_queries: `[T, Dq]` constant tag-phrase features (needed if the tag decoder is on).
+      local: run the local heads (patch_emb, word_emb, word_mask, word_importance). The
+        train step passes False when its objective reads none of them (ASG without ARSA,
+        IRA alone: `objectives.needs_local_outputs`); their parameters exist either way.
     Returns:
       dict of named outputs (interfaces.md §3).
     """
-    out = self.encode_image(batch["image"], train=train)
+    if self.config.local_head.mode and not local:
+      raise ValueError("the local-matching head needs the local outputs (local=True)")
+    out = self.encode_image(batch["image"], train=train, local=local)
     out.update(self.encode_text(batch["input_ids"], batch["attention_mask"], batch["word_ids"],
-                                train=train))
+                                train=train, local=local))
     if self.config.tag_decoder.enabled:
       if tag_queries is None:
         raise ValueError("the tag decoder is enabled but no tag_queries [T, D] were given")
@@ -114,5 +131,8 @@ def local_head_from_config(cfg: ml_collections.ConfigDict) -> nn.Module:
 
 
 def frozen_model_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """`config.model` as a hashable FrozenConfigDict (a module attribute)."""
-  return ml_collections.FrozenConfigDict(config.model)
+  """`config.model` as a hashable FrozenConfigDict (a module attribute), plus
+  `input_normalization` (= `config.data.normalization`: how uint8 pixels become the image
+  tower's input)."""
+  return ml_collections.FrozenConfigDict(
+      dict(config.model.to_dict(), input_normalization=config.data.normalization))

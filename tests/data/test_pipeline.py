@@ -362,7 +362,9 @@ def test_data_source_over_a_prepared_tfds_dataset(tmp_path):
   assert (pathlib.Path(data.build["data_dir"]) / "wordpiece_60.txt").exists() and data.tokenizer.vocab_size == 60
   train = take(data.train_batches(0), 7)
   assert_batches_equal(take(data.train_batches(4), 3), train[4:])
-  assert all(b["image"].shape == (4, SIZE, SIZE, 3) for b in train)
+  # the pre-training feed: cropped uint8 grey pixels (normalised on device by the model)
+  assert all(b["image"].shape == (4, SIZE, SIZE, 1) and b["image"].dtype == np.uint8
+             for b in train)
   evals = list(data.eval_batches())
   assert len(evals) == 2 and sum(b["valid"].sum() for b in evals) == 10
   assert set(data.example_batch()) == set(SCHEMA) | {"valid"}

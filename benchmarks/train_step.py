@@ -1,0 +1,218 @@
+"""Speed of the real pre-training step: compile time, memory, step time, pairs/s, FLOPs, MFU.
+
+    .venv/bin/python benchmarks/train_step.py [--size tiny|base] [--batch 8] [--steps 10]
+        [--dtype float32|bfloat16] [--ablation full|ira|...] [--loss asg|reclf]
+        [--attention einsum|auto|xla|cudnn] [--remat none|block|dots_saveable]
+        [--scan] [--devices N] [--json]
+
+Builds the step exactly as pre-training does (`asg_jax.train.build_train_step`: the recipe's
+model, objective and AdamW, state replicated and donated, batch sharded over the `data`
+mesh) from `configs/asg_vit_b16.py` (`--loss reclf`: `configs/reclf_vit_b16.py`) with
+random initialisation (no checkpoint is read) on a random batch in the interfaces.md §2
+layout (`asg_jax.data.random_batch`: full-length captions, every region valid). `--size
+tiny` is the recipe's `runlocal` architecture. Reports:
+
+- compile seconds (lower + compile), peak memory (`memory_analysis`: arguments + outputs +
+  temporaries), median and p90 step time over `--steps` steps after one warm-up;
+- pairs/s; model FLOPs per pair counted from the architecture (`asg_jax.flops`) beside XLA's
+  `cost_analysis()` of the compiled step (per pair);
+- MFU against the device's spec peak (a table below; CPU: none) and against a bf16 (GPU/TPU)
+  or float32 (CPU) matmul measured in the same run.
+
+The last line printed is one JSON object with every figure (`--json`: only that line).
+Imports neither TensorFlow nor tfds (the GPU machine has neither).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+# dense bf16 peak FLOP/s per chip, from the vendors' spec sheets
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
+             "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+             "TPU v6 lite": 918e12}
+
+
+def _parse(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--size", choices=("tiny", "base"), default="tiny")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--ablation", default="full")
+  p.add_argument("--loss", choices=("asg", "reclf"), default="asg")
+  p.add_argument("--attention", default="einsum")
+  p.add_argument("--remat", default="none")
+  p.add_argument("--scan", action="store_true")
+  p.add_argument("--devices", type=int, default=1)
+  p.add_argument("--json", action="store_true")
+  return p.parse_args(argv)
+
+
+def load_recipe(name: str, arg: str = ""):
+  """configs/<name>.py's get_config(arg)."""
+  spec = importlib.util.spec_from_file_location(f"_recipe_{name}",
+                                                os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def make_config(*, size: str = "tiny", dtype: str = "float32", ablation: str = "full",
+                loss: str = "asg", attention: str = "einsum", remat: str = "none",
+                scan: bool = False, batch: int = 8):
+  """The recipe's config as the benchmark runs it (random init, no data, no evaluation)."""
+  args = [f"ablation={ablation}" if loss == "asg" else f"rung={ablation}"]
+  if size == "tiny":
+    args.append("runlocal")
+  config = load_recipe("asg_vit_b16" if loss == "asg" else "reclf_vit_b16",
+                       ",".join(a for a in args if not a.endswith("=full")))
+  with config.unlocked():
+    config.model.image.pretrained = config.model.text.pretrained = ""
+    config.model.dtype = dtype
+    for tower in (config.model.image, config.model.text):
+      tower.attention_impl = attention
+      if "remat" in tower:
+        tower.remat = remat
+      if "scan" in tower:
+        tower.scan = scan
+    if attention != "einsum":
+      config.model.text.attention_dropout = 0.0
+    config.train.batch_size = config.eval.batch_size = batch
+    config.train.num_steps = 1000
+  return config
+
+
+class Runner:
+  """The compiled train step of `config` on a random batch, ready to time.
+
+  Attributes (after construction): `compile_seconds`, `memory` (dict of bytes),
+  `cost_flops` (XLA's count for the whole step), `num_params`, `flops_per_pair`.
+  """
+
+  def __init__(self, config, batch: int, num_devices: int = 1, seed: int = 0):
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from asg_jax import flops, parallel, train  # pylint: disable=import-outside-toplevel
+    from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
+    from asg_jax.data import random_batch  # pylint: disable=import-outside-toplevel
+    self.config, self.batch_size = config, batch
+    self.mesh = parallel.make_mesh(num_devices)
+    rng = jax.random.PRNGKey(seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    program = train.build_train_step(config, self.mesh, num_steps=config.train.num_steps,
+                                     dropout_rng=dropout_rng)
+    host_batch = random_batch.random_batch(config, batch, seed)
+    constants = {}
+    if config.model.tag_decoder.enabled:   # the frozen tower's tag-phrase features: random
+      constants["tag_queries"] = np.random.default_rng(seed).normal(
+          size=(random_batch.NUM_TAGS, config.model.text.hidden_size)).astype(np.float32)
+    with jax.set_mesh(self.mesh):
+      self.constants = parallel.replicate(constants, self.mesh)
+      self.state = state_lib.init_state(config, program.model, program.tx, init_rng,
+                                        host_batch, self.constants, self.mesh)
+      self.batch = parallel.shard_batch(host_batch, self.mesh)
+      t0 = time.perf_counter()
+      compiled = program.step.lower(self.state, self.batch, self.constants).compile()
+      self.compile_seconds = time.perf_counter() - t0
+    self._step = compiled
+    mem = compiled.memory_analysis()
+    self.memory = {} if mem is None else {
+        k: int(getattr(mem, f"{k}_size_in_bytes", 0))
+        for k in ("argument", "output", "temp", "generated_code")}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.cost_flops = float((cost or {}).get("flops", float("nan")))
+    self.num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.state.params)))
+    self.flops_per_pair = flops.train_flops_per_pair(config, batch)
+
+  def step(self) -> None:
+    """One train step, waited for."""
+    import jax  # pylint: disable=import-outside-toplevel
+    self.state, measurements = self._step(self.state, self.batch, self.constants)
+    jax.block_until_ready(measurements)
+
+  def time_steps(self, steps: int) -> list[float]:
+    self.step()   # warm-up (first execution)
+    out = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      self.step()
+      out.append(time.perf_counter() - t0)
+    return out
+
+
+def matmul_flops_per_second(dtype: str, size: int | None = None, repeats: int = 5) -> float:
+  """FLOP/s of a square matmul on the default device (the "measured peak")."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  size = size or (8192 if jax.default_backend() != "cpu" else 1024)
+  a = jnp.ones((size, size), dtype)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a))
+    times.append(time.perf_counter() - t0)
+  return 2 * size ** 3 / min(times)
+
+
+def spec_peak(device_kind: str) -> float | None:
+  for name, peak in PEAK_BF16.items():
+    if name.lower() in device_kind.lower():
+      return peak
+  return None
+
+
+def run(args) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  config = make_config(size=args.size, dtype=args.dtype, ablation=args.ablation,
+                       loss=args.loss, attention=args.attention, remat=args.remat,
+                       scan=args.scan, batch=args.batch)
+  runner = Runner(config, args.batch, args.devices)
+  times = runner.time_steps(args.steps)
+  median = statistics.median(times)
+  p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+  pairs_per_s = args.batch / median
+  kind = jax.devices()[0].device_kind
+  matmul_dtype = "bfloat16" if jax.default_backend() != "cpu" else "float32"
+  measured_peak = matmul_flops_per_second(matmul_dtype) * args.devices
+  peak = spec_peak(kind)
+  achieved = runner.flops_per_pair * pairs_per_s
+  return {
+      "size": args.size, "batch": args.batch, "dtype": args.dtype, "ablation": args.ablation,
+      "loss": args.loss, "attention": args.attention, "remat": args.remat, "scan": args.scan,
+      "devices": f"{args.devices} x {kind}", "jax": jax.__version__,
+      "num_params": runner.num_params, "compile_s": round(runner.compile_seconds, 2),
+      "memory_bytes": runner.memory,
+      "step_s_median": round(median, 5), "step_s_p90": round(p90, 5),
+      "pairs_per_s": round(pairs_per_s, 2),
+      "gflops_per_pair": round(runner.flops_per_pair / 1e9, 3),
+      "gflops_per_pair_xla": round(runner.cost_flops / args.batch / 1e9, 3),
+      "achieved_tflops": round(achieved / 1e12, 4),
+      "matmul_tflops_measured": round(measured_peak / 1e12, 3), "matmul_dtype": matmul_dtype,
+      "mfu_vs_measured_matmul": round(achieved / measured_peak, 4),
+      "mfu_vs_spec": None if peak is None else round(achieved / (peak * args.devices), 4),
+  }
+
+
+def main(argv=None):
+  args = _parse(argv)
+  result = run(args)
+  if not args.json:
+    for k, v in result.items():
+      print(f"{k:>24}: {v}")
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, REPO)
+  main()
