@@ -92,8 +92,13 @@ class Manager:
     if step is None:
       folder = self.best_directory if which == "best" else self.directory
       raise FileNotFoundError(f"no {which} checkpoint in {folder}")
+    # placed on this process's first device, whatever topology wrote it (a checkpoint of
+    # a multi-host run loads on one machine for inference)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                          variables)
     restored = manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_abstract(variables))))
+        model=ocp.args.StandardRestore(target)))
     return restored["model"], int(step)
 
   def save_best(self, step: int, state: Any, record: dict) -> None:

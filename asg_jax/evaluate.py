@@ -226,8 +226,8 @@ def build(config: ml_collections.ConfigDict, fns: dict, out_dir: str) -> list[tu
 
 
 def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Generate the demo stand-ins; build the CheXpert-layout ones (cxr_chexpert/demo,
-  demo_5x200) and, when an evaluator uses it, the SIIM-layout cxr_siim/demo."""
+  """Generate the demo stand-ins; build those an evaluator uses (the CheXpert-layout
+  cxr_chexpert/demo and demo_5x200, the SIIM-layout cxr_siim/demo)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
@@ -237,8 +237,8 @@ def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
   used = {str(e.get("downstream", "")) for e in config.evals.values()}
   for name, sub in (("cxr_chexpert/demo", "chexpert"), ("cxr_chexpert/demo_5x200", "chexpert"),
                     ("cxr_siim/demo", "siim")):
-    if name not in used and (sub == "siim" or "cxr_siim/demo" in used):
-      continue        # a segmentation-only config builds only cxr_siim/demo
+    if name not in used:
+      continue
     b = tfds.builder(name, data_dir=config.data_dir)
     if not b.is_prepared():
       from asg_jax import console  # pylint: disable=import-outside-toplevel

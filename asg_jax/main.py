@@ -4,6 +4,9 @@ Overrides use ml_collections syntax, e.g. `--config.train.num_steps=10`; an unkn
 an impossible value is a one-line error naming the key (exit status 2), before any data is
 generated or built. Rerunning the same command resumes from the last checkpoint; rerunning a
 finished one says so and keeps its summary.json (`--reevaluate` evaluates it again).
+Multi-host: the same command on every host, plus `--jax_coordinator_address=host0:1234
+--jax_num_processes=N --jax_process_id=i` (or the launcher's environment,
+asg_jax/distributed.py); process 0 generates and builds the data while the others wait.
 SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, checkpoint it and exit with
 status 75 (asg_jax/preemption.py); the same command then continues from that step. Exit
 status 2: a bad config or folder; 3: a non-finite loss.
@@ -32,13 +35,24 @@ _REEVALUATE = flags.DEFINE_bool("reevaluate", False, "Evaluate a finished run ag
                                 "rewrite its summary.json.")
 _FIGURES = flags.DEFINE_bool("figures", True, "At the end, write the figures of the run "
                              "(grounding, retrieval, t-SNE, curves) into <workdir>/figures.")
+_COORDINATOR = flags.DEFINE_string(
+    "jax_coordinator_address", None, "Multi-host: host:port of process 0's coordinator "
+    "(with --jax_num_processes and --jax_process_id; else the JAX_* environment variables or "
+    "the cluster JAX detects: asg_jax/distributed.py).")
+_NUM_PROCESSES = flags.DEFINE_integer("jax_num_processes", None, "Multi-host: processes.")
+_PROCESS_ID = flags.DEFINE_integer("jax_process_id", None, "Multi-host: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from asg_jax import console  # pylint: disable=import-outside-toplevel
+  from asg_jax import console, distributed  # pylint: disable=import-outside-toplevel
+  try:   # before anything touches a device
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
   # the project's lines only, unless the user asked for library logs with --verbosity
   verbose = flags.FLAGS["verbosity"].present
   console.configure(verbose=verbose)
@@ -157,6 +171,8 @@ def check_command_line(argv: list[str]) -> None:
 
 
 def cli():
+  from asg_jax import cpu_allocator  # pylint: disable=import-outside-toplevel
+  cpu_allocator.reexec_with_tunables()   # CPU: huge pages for XLA's per-step buffers
   check_command_line(sys.argv)
   app.run(main)
 

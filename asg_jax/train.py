@@ -205,7 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
           f"{finished['steps']}, {finished.get('stopped')}); summary.json is kept as it was. "
           f"Pass --reevaluate to evaluate the last checkpoint again.", flush=True)
     return finished
-  write_config(config, workdir)
+  if jax.process_index() == 0:
+    write_config(config, workdir)
   mesh = parallel.make_mesh(config.train.num_devices or None)
   if config.train.batch_size % mesh.size or config.eval.batch_size % mesh.size:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} and "
@@ -363,7 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       "devices": f"{mesh.size} x {jax.devices()[0].device_kind}",
       "config_fingerprint": config_fingerprint(config),
   }
-  path = workdir_lib.write_summary(workdir, summary)
+  path = (workdir_lib.write_summary(workdir, summary) if jax.process_index() == 0 else
+          os.path.join(workdir, workdir_lib.SUMMARY_FILE))
   print(f"Summary written to {path}", flush=True)
   return summary
 

@@ -16,7 +16,14 @@ a random batch in the interfaces.md §2 layout), three training steps on the sam
 Each is warmed up (JAX: compiled + 1 step; torch: 2 steps, the first compiling under
 `torch.compile`), then `--rounds` interleaved rounds (jax, eager, compile, jax, ...) of
 `--steps` steps each are timed; a round's figure is steps × batch / its wall time. torch runs
-with as many intra-op threads as there are usable cores; XLA uses all of them by default.
+with as many intra-op threads as there are usable cores (`--torch-threads` to change); XLA
+uses all of them by default.
+
+`OMP_WAIT_POLICY` defaults to PASSIVE here (an explicit setting in the environment wins; it is
+reported): on a shared, oversubscribed CPU box (load above the core count) torch's OpenMP
+threads otherwise spin at every barrier while a sibling thread is descheduled, and the tiny
+eager step measured 0.3–1.4 s instead of 0.07 s at 2 threads (1 thread: 0.05 s) — a figure
+of the machine's other tenants, not of PyTorch.
 Prints a table (one row per round, then the medians) and, as its LAST line, one JSON object:
 `size, batch, dtype, ablation, jax, torch_eager, torch_compile` (pairs/s, median over the
 rounds), `num_params` (the JAX count; `torch_num_params` must equal it), the ratios
@@ -48,6 +55,10 @@ def _parse(argv=None):
   p.add_argument("--ablation", default="full")
   p.add_argument("--no-compile", action="store_true", help="skip the torch.compile step")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--only", default="", help="comma-separated subset of jax,torch_eager,"
+                 "torch_compile (e.g. benchmarks/gpu.sh's torch-only stage)")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="torch intra-op threads (0: the usable core count)")
   return p.parse_args(argv)
 
 
@@ -65,31 +76,42 @@ def _timed(fn) -> float:
 
 def run(args) -> dict:
   sys.path[:0] = [p for p in (REPO, HERE) if p not in sys.path]
+  if "torch" not in sys.modules:   # read by OpenMP when torch loads
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   import jax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import torch_reference  # pylint: disable=import-outside-toplevel
   import train_step  # pylint: disable=import-outside-toplevel
 
-  threads = torch_reference.set_threads(_cores())
+  threads = torch_reference.set_threads(args.torch_threads or _cores())
   config = train_step.make_config(size=args.size, dtype=args.dtype, ablation=args.ablation,
                                   batch=args.batch)
   steps, warmup_s, errors = {}, {}, {}
 
-  runner = train_step.Runner(config, args.batch, seed=args.seed)
-  warmup_s["jax_compile"] = round(runner.compile_seconds, 2)
-  warmup_s["jax_first_step"] = round(_timed(runner.step), 3)
-  steps["jax"] = runner.step
+  only = set(filter(None, args.only.split(","))) or set(NAMES)
+  unknown = only - set(NAMES)
+  if unknown:
+    raise SystemExit(f"--only: unknown {sorted(unknown)}; expected names of {NAMES}")
+  runner = None
+  if "jax" in only:
+    runner = train_step.Runner(config, args.batch, seed=args.seed)
+    warmup_s["jax_compile"] = round(runner.compile_seconds, 2)
+    warmup_s["jax_first_step"] = round(_timed(runner.step), 3)
+    steps["jax"] = runner.step
 
   eager, torch_params = torch_reference.make_torch_step(config, args.batch, compile=False,
                                                         seed=args.seed)
-  warmup_s["torch_eager_first_steps"] = round(_timed(eager) + _timed(eager), 3)
-  steps["torch_eager"] = eager
-  if torch_params != runner.num_params:
+  if "torch_eager" in only:
+    warmup_s["torch_eager_first_steps"] = round(_timed(eager) + _timed(eager), 3)
+    steps["torch_eager"] = eager
+  if runner is not None and torch_params != runner.num_params:
     print(f"WARNING: torch has {torch_params:,} parameters, JAX {runner.num_params:,}",
           file=sys.stderr)
 
   errors["torch_compile"] = None
-  if not args.no_compile:
+  if "torch_compile" not in only:
+    errors["torch_compile"] = "not run (--only)"
+  elif not args.no_compile:
     try:
       compiled, _ = torch_reference.make_torch_step(config, args.batch, compile=True,
                                                     seed=args.seed)
@@ -121,14 +143,16 @@ def run(args) -> dict:
   return {
       "size": args.size, "batch": args.batch, "dtype": args.dtype, "ablation": args.ablation,
       "jax": median["jax"], "torch_eager": median["torch_eager"],
-      "torch_compile": median["torch_compile"], "num_params": runner.num_params,
+      "torch_compile": median["torch_compile"],
+      "num_params": runner.num_params if runner is not None else torch_params,
       "jax_over_eager": ratio(median["jax"], median["torch_eager"]),
       "jax_over_compile": ratio(median["jax"], median["torch_compile"]),
       "torch_num_params": torch_params,
       "torch_compile_error": errors["torch_compile"],
       "rounds": args.rounds, "steps": args.steps,
       "per_round": {k: [round(x, 3) for x in v] for k, v in rounds.items()},
-      "warmup_s": warmup_s, "threads": threads,
+      "warmup_s": warmup_s, "threads": threads, "cores": _cores(),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
       "torch_optimizer": eager.runner.optimizer_impl,
       "device": f"{jax.devices()[0].device_kind} / torch {eager.runner.device}",
       "versions": {"jax": jax.__version__, "torch": torch.__version__},

@@ -131,6 +131,7 @@ class BatchNorm(nn.Module):
     self.register_buffer("running_var", torch.ones(features))
 
   def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.float()   # statistics in float32 (as JAX), also under bfloat16 autocast
     if mask is None or not self.training:
       return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                           training=self.training, momentum=_BN_MOMENTUM, eps=_BN_EPS)

@@ -215,4 +215,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
   sys.path.insert(0, REPO)
+  from asg_jax import cpu_allocator  # noqa: E402  (the project's own CPU setting, as main.py)
+  cpu_allocator.reexec_with_tunables()
   main()

@@ -51,9 +51,12 @@ def fake_batch(config, batch_size: int, seed: int, nan_image: bool = False) -> d
     for j in range(r):
       start = rng.integers(0, n_words[i] - 2)
       rwi[i, j, :3] = np.arange(start, start + 3)
-  image = rng.normal(size=(batch_size, s, s, 3)).astype(np.float32)
-  if nan_image:
-    image[0, 0, 0, 0] = np.nan
+  # the feed's uint8 grey pixels (normalised on device): the same programs as the real
+  # pipeline's batches, so the persistent compile cache serves both
+  image = rng.integers(0, 256, size=(batch_size, s, s, 1), dtype=np.uint8)
+  if nan_image:   # pixels cannot be NaN: a NaN region box poisons ARSA's RoIAlign instead
+    region_mask[0, 0] = True
+    boxes[0, 0, 0] = np.nan
   return {
       "image": image, "input_ids": ids, "attention_mask": mask, "word_ids": word_ids,
       "tags": rng.integers(-1, 2, size=(batch_size, 40)).astype(np.int32),

@@ -83,7 +83,7 @@ def test_nan_guard_names_step_and_terms_and_keeps_last_good_checkpoint(tmp_path)
   # the notebooks' fixtures (the shared compile cache); 1 == 8 devices: test_train_devices.py
   config = demo_config(**{"train.num_devices": 1, "train.num_steps": 6, "train.checkpoint_every": 2,
                           "train.log_every": 1, "eval.every_steps": 100})
-  data = FakeData(config, nan_at_step=3)       # the 4th step (index 3) sees a NaN pixel
+  data = FakeData(config, nan_at_step=3)       # the 4th step (index 3) sees a NaN box
   with pytest.raises(train.NonFiniteLossError, match=r"step 3: .*loss"):
     train.train_and_evaluate(config, str(tmp_path), data=data)
   step, params = _latest_params(tmp_path, config)
@@ -94,7 +94,7 @@ def test_nan_guard_names_step_and_terms_and_keeps_last_good_checkpoint(tmp_path)
 def test_fake_batch_follows_interface():
   config = demo_config()
   b = fake_batch(config, 4, 0)
-  assert b["image"].shape == (4, 112, 112, 3)
+  assert b["image"].shape == (4, 112, 112, 1) and b["image"].dtype == np.uint8
   assert b["region_word_index"].shape == (4, 23, 63)
   assert (b["word_ids"][:, 0] == -1).all()
 

@@ -33,6 +33,7 @@ class DataSource:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from asg_jax import distributed  # pylint: disable=import-outside-toplevel
     from asg_jax.data import build, pipeline, tokenization  # pylint: disable=import-outside-toplevel
     self.config = config
     dc = config.data
@@ -49,10 +50,19 @@ class DataSource:
             f"configs/own_data.py (or set config.data.demo_num_studies=0 and "
             f"config.data.builder_config=default).")
       manual_dir = dc.manual_dir or os.path.join(self.data_dir, "demo_manual")
-      synthetic.ensure_demo(manual_dir, num_studies=dc.demo_num_studies, seed=dc.demo_seed)
-    self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
-                               rebuild=dc.rebuild)
-    self.tokenizer = self._tokenizer(tokenization)
+    # multi-host: process 0 generates, builds and trains the vocabulary; the others wait,
+    # then open what it wrote
+    with distributed.first_process_only("data") as mine:
+      if mine:
+        if dc.demo_num_studies > 0:
+          synthetic.ensure_demo(manual_dir, num_studies=dc.demo_num_studies, seed=dc.demo_seed)
+        self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
+                                   rebuild=dc.rebuild)
+        self.tokenizer = self._tokenizer(tokenization)
+    if not mine:
+      self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
+                                 rebuild="never")
+      self.tokenizer = self._tokenizer(tokenization)
     vocab = self.tokenizer.vocab_size
     if vocab > config.model.text.vocab_size:
       raise ValueError(f"the tokenizer has {vocab} tokens but config.model.text.vocab_size = "

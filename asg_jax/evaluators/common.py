@@ -80,7 +80,19 @@ class SplitPass:
       outputs = outputs_fn({"params": state.params, "batch_stats": state.batch_stats}, batch,
                            constants)
       return {name: fn(outputs, batch) for name, fn in fns.items()}
-    return jax.jit(step)
+    # outputs replicated: every process can fetch the global batch's values (multi-host)
+    return jax.jit(step, out_shardings=parallel.replicated(self._mesh))
+
+  @staticmethod
+  def _global_rows(inputs: dict, valid: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Multi-host: every process's rows and `valid`, concatenated in process order (the
+    row order of the global batch), on every process."""
+    if jax.process_count() == 1:
+      return inputs, valid
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    gathered = multihost_utils.process_allgather(dict(inputs, valid=valid))
+    rows = {k: np.concatenate(list(v)) for k, v in gathered.items()}
+    return {k: v for k, v in rows.items() if k != "valid"}, rows["valid"]
 
   def run(self, state) -> dict[str, dict[str, np.ndarray | float]]:
     """{registered name: {key: per-example array [N, ...] or split mean}} (memoised on the
@@ -94,15 +106,16 @@ class SplitPass:
     means: dict[tuple[str, str], float] = {}
     total = 0
     for host_batch in self._batches():
-      valid = np.asarray(host_batch.get("valid", np.ones(len(host_batch["image"]), bool)))
+      local_valid = np.asarray(host_batch.get("valid", np.ones(len(host_batch["image"]), bool)))
+      local_inputs = {k: v for k, v in host_batch.items() if k != "valid"}
+      inputs, valid = self._global_rows(local_inputs, local_valid)
       n_valid = int(valid.sum())
       if n_valid == 0:      # all-padding batch (other processes have more examples)
         continue
-      inputs = {k: v for k, v in host_batch.items() if k != "valid"}
       if n_valid == len(valid):
-        batch = parallel.shard_batch(inputs, self._mesh)
-      else:                 # the real rows only, unsharded: dense losses over exactly these
-        batch = {k: np.asarray(v)[valid] for k, v in inputs.items()}
+        batch = parallel.shard_batch(local_inputs, self._mesh)
+      else:                 # the real rows only (of every process), unsharded: dense losses
+        batch = {k: np.asarray(v)[valid] for k, v in inputs.items()}   # over exactly these
       out = jax.device_get(self._jitted(state, batch, self._constants))
       for name, values in out.items():
         for key, value in values.items():
