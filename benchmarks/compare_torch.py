@@ -187,4 +187,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  sys.path.insert(0, REPO)
+  from asg_jax import cpu_allocator  # the project's own CPU allocator setting (as main.py)
+  cpu_allocator.reexec_with_tunables()
   main()

@@ -43,7 +43,7 @@ stage() {   # stage NAME SECONDS COMMAND...: one JSON line per stage (its own or
   fi
 }
 
-stage versions 60 "$PY" -c '
+stage versions 30 "$PY" -c '
 import json, platform, subprocess
 import jax, jaxlib
 out = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -57,7 +57,7 @@ try:
 except Exception as e: out["nvidia_smi"] = repr(e)
 print(json.dumps(out))'
 
-stage matmul 60 "$PY" -c '
+stage matmul 40 "$PY" -c '
 import json, sys; sys.path.insert(0, ".")
 from benchmarks import train_step as b
 print(json.dumps({"bf16_tflops": b.matmul_flops_per_second("bfloat16") / 1e12,
@@ -65,8 +65,8 @@ print(json.dumps({"bf16_tflops": b.matmul_flops_per_second("bfloat16") / 1e12,
 
 B=${BATCH:-288}
 S=${SIZE:-base}   # SIZE=tiny BATCH=8: a smoke run on a CPU
-stage asg_full 120 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --json
-stage asg_fused 100 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --attention cudnn --json
-stage asg_ira 80 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --ablation ira --json
-stage torch 100 "$PY" benchmarks/compare_torch.py --size "$S" --batch "$B" --dtype bfloat16 --only torch_eager --steps 10 --rounds 1
+stage asg_full 110 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --json
+stage asg_fused 80 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --attention cudnn --json
+stage asg_ira 70 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --ablation ira --json
+stage torch 60 "$PY" benchmarks/compare_torch.py --size "$S" --batch "$B" --dtype bfloat16 --only torch_eager --steps 10 --rounds 1
 echo "wrote $LOG"

@@ -104,7 +104,12 @@ def bench(source, tok, *, resize, size, length, words, batch, seconds) -> dict:
   full = rate(pipeline.iterate_source(source, tokenizer=tok, max_region_words=words,
                                       max_length=length, batch_size=batch, **{
                                           k: v for k, v in common.items()}), batch, seconds)
-  return {"tf.data": tfdata, "host tokenise+words": host_only, "full host batches": full}
+  # the pre-training feed (DataSource): uint8 grey pixels, normalised on device
+  feed = rate(pipeline.iterate_source(source, tokenizer=tok, max_region_words=words,
+                                      max_length=length, batch_size=batch,
+                                      device_normalize=True, **common), batch, seconds)
+  return {"tf.data": tfdata, "host tokenise+words": host_only,
+          "full host batches (float32 RGB)": full, "full host batches (uint8 feed)": feed}
 
 
 def main() -> None:
