@@ -8,6 +8,7 @@ parameter tree is `stack_layers` of the unscanned one and round-trips exactly; t
 Face loaders fill scanned trees (the real 6-layer all-MiniLM-L6-v2 BERT, a tiny random ViT);
 `build` reads the config keys (and defaults them for older configs).
 """
+import functools
 import pathlib
 
 import jax
@@ -22,11 +23,14 @@ KEY = jax.random.key(0, impl="rbg")
 TOL = dict(atol=1e-5, rtol=1e-5)
 SETTINGS = [(r, s) for r in remat.REMAT_OPTIONS for s in (False, True)]
 
-VIT = dict(patch_size=8, hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64, dropout=0.0)
+VIT = dict(patch_size=8, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, dropout=0.0)
 BERT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
             intermediate_size=48, max_position_embeddings=20, hidden_dropout=0.0,
             attention_dropout=0.0)
 L = 16
+# XLA:CPU compiles ~2x faster without LLVM optimisation (compiling is most of this file's
+# run time); the arithmetic is float32 either way
+FAST = dict(compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _images():
@@ -57,29 +61,31 @@ def _loss_weights(out):
 
 
 def _outputs_and_grads(model, params, args, weights):
-  """{mode: (outputs, d loss / d params)} for train (dropout rates 0) and eval, one jit."""
+  """{mode: (outputs, d loss / d params)} for train (dropout rates 0) and eval."""
   def one(p, train):
     def loss(p):
       out = model.apply({"params": p}, *args, train=train)
       return sum(jnp.sum(out[k] * weights[k]) for k in weights), out
     grads, out = jax.grad(loss, has_aux=True)(p)
     return out, grads
-  return jax.jit(lambda p: {"train": one(p, True), "eval": one(p, False)})(params)
+  return {"train": one(params, True), "eval": one(params, False)}
 
 
 def _check_tower(make, args):
   plain = make("none", False)
   params = _random_params(plain, *args)
-  ref_out = plain.apply({"params": params}, *args, train=False)
-  weights = _loss_weights(ref_out)
+  weights = _loss_weights(jax.eval_shape(lambda: plain.apply({"params": params}, *args,
+                                                              train=False)))
   assert set(weights) >= {"cls", "attention"}
-  ref = _outputs_and_grads(plain, params, args, weights)
-  for name, scan in SETTINGS:
-    if (name, scan) == ("none", False):
-      continue
-    model = make(name, scan)
-    p = remat.stack_layers(params) if scan else params
-    got = _outputs_and_grads(model, p, args, weights)
+
+  @functools.partial(jax.jit, **FAST)
+  def everything(params, stacked):   # one compile for all settings (compiling dominates)
+    return {(name, scan): _outputs_and_grads(make(name, scan), stacked if scan else params,
+                                             args, weights) for name, scan in SETTINGS}
+
+  results = everything(params, remat.stack_layers(params))
+  ref = results["none", False]
+  for (name, scan), got in results.items():
     for mode in ("train", "eval"):
       what = f"remat={name} scan={scan} {mode}"
       (out, grads), (ref_o, ref_g) = got[mode], ref[mode]
@@ -114,9 +120,9 @@ def test_scanned_layout_and_round_trip():
       jax.tree.map(lambda s: (s.shape, s.dtype), scanned_shapes)
   params = _random_params(plain, images)
   stacked = remat.stack_layers(params)
-  assert stacked["encoder"]["layers"]["layernorm_before"]["scale"].shape == (3, 32)
-  np.testing.assert_array_equal(stacked["encoder"]["layers"]["output"]["dense"]["kernel"][2],
-                                params["encoder"]["layer_2"]["output"]["dense"]["kernel"])
+  assert stacked["encoder"]["layers"]["layernorm_before"]["scale"].shape == (2, 32)
+  np.testing.assert_array_equal(stacked["encoder"]["layers"]["output"]["dense"]["kernel"][1],
+                                params["encoder"]["layer_1"]["output"]["dense"]["kernel"])
   jax.tree.map(np.testing.assert_array_equal, remat.unstack_layers(stacked), params)
   jax.tree.map(np.testing.assert_array_equal,
                remat.stack_layers(remat.unstack_layers(stacked)), stacked)
@@ -155,7 +161,7 @@ def test_bert_dropout_runs_scanned_and_rematerialised():
                            remat="dots_saveable", scan=True)
   params = _random_params(model, ids, mask)
   run = jax.jit(lambda p, k: jax.value_and_grad(lambda p: jnp.sum(model.apply(
-      {"params": p}, ids, mask, train=True, rngs={"dropout": k})["hidden"] ** 2))(p))
+      {"params": p}, ids, mask, train=True, rngs={"dropout": k})["hidden"] ** 2))(p), **FAST)
   (a, ga), (b, _), (c, _) = (run(params, jax.random.key(i, impl="rbg")) for i in (0, 0, 1))
   assert np.isfinite(a) and a == b and a != c
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(ga))
@@ -199,7 +205,7 @@ def test_bert_loader_with_scan_real_checkpoint():
 def test_vit_loader_with_scan_matches_hf(tmp_path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=64, image_size=32, patch_size=8,
                                layer_norm_eps=1e-6, attn_implementation="eager")
   torch.manual_seed(0)
@@ -210,7 +216,7 @@ def test_vit_loader_with_scan_matches_hf(tmp_path):
   shapes = jax.eval_shape(lambda: model.init(KEY, images, train=False))["params"]
   params, stats = vit.load_pretrained(str(tmp_path), shapes, {})
   assert stats == {} and remat.is_scanned(params)
-  out = jax.jit(lambda p: model.apply({"params": p}, images, train=False))(params)
+  out = jax.jit(lambda p: model.apply({"params": p}, images, train=False), **FAST)(params)
   with torch.no_grad():
     ref = hf(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
              output_attentions=True)
@@ -227,9 +233,9 @@ def test_fused_attention_scanned_returns_cls_row():
   plain = bert.BertEncoder(**BERT)
   fused = bert.BertEncoder(**BERT, attention_impl="xla", scan=True, remat="dots_saveable")
   params = _random_params(plain, ids, mask)
-  ref = plain.apply({"params": params}, ids, mask, train=False)
-  out = jax.jit(lambda p: fused.apply({"params": p}, ids, mask, train=True))(
-      remat.stack_layers(params))
+  ref, out = jax.jit(lambda p, q: (plain.apply({"params": p}, ids, mask, train=False),
+                                   fused.apply({"params": q}, ids, mask, train=True)), **FAST)(
+                                       params, remat.stack_layers(params))
   assert out["attention"].shape == (2, BERT["num_attention_heads"], 1, L)
   np.testing.assert_allclose(out["attention"], ref["attention"][:, :, :1], **TOL)
   np.testing.assert_allclose(out["hidden"], ref["hidden"], **TOL)
