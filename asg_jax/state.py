@@ -63,6 +63,9 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
   return tx, schedule
 
 
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 def _init_variables(model, batch: dict, constants: dict, rng: jax.Array) -> dict:
   return model.init({"params": rng, "dropout": rng}, batch, train=False,
                     tag_queries=constants.get("tag_queries"))
@@ -77,7 +80,10 @@ def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array,
     example_batch: a host batch (any batch size) fixing the input shapes.
   """
   batch = {k: jnp.asarray(v[:2]) for k, v in example_batch.items()}
-  variables = jax.jit(lambda r: _init_variables(model, batch, constants, r))(rng)
+  init = jax.jit(lambda r: _init_variables(model, batch, constants, r))
+  # the init program runs once: compiled without backend optimisation (CPU: 3.5 s instead
+  # of 8.4 s for the demo model; values equal to within float32 rounding of the initialisers)
+  variables = init.lower(rng).compile(compiler_options=INIT_COMPILER_OPTIONS)(rng)
   params, batch_stats = load_pretrained(config, variables["params"],
                                         variables.get("batch_stats", {}))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,

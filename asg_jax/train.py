@@ -103,10 +103,20 @@ class TrainStep:
   step: Callable
 
 
+def dropout_key(config: ml_collections.ConfigDict, rng: jax.Array) -> jax.Array:
+  """The base key of the step's dropout: `rng` itself ("threefry"), or an "rbg" key made
+  from its bits (`config.train.dropout_prng`: XLA's RngBitGenerator, cheaper on GPU/TPU)."""
+  if config.train.get("dropout_prng", "threefry") == "threefry":
+    return rng
+  seed = jax.random.bits(rng, (), jnp.uint32)
+  return jax.random.key(seed, impl="rbg")
+
+
 def build_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                      num_steps: int, dropout_rng: jax.Array) -> TrainStep:
   """The jitted train step of `config` on `mesh`: what `train_and_evaluate` runs and what
   benchmarks/train_step.py measures (one program, built in one place)."""
+  dropout_rng = dropout_key(config, dropout_rng)
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
   tx, schedule = make_optimizer(config.train, num_steps)
   objective = objectives.make_objective(config)

@@ -135,3 +135,21 @@ def test_prefetch_keeps_order_and_runs_depth_batches_ahead():
   assert isinstance(first["x"], jax.Array) and first["x"].sharding.mesh == mesh
   rest = [int(b["x"][0, 0]) for b in it]
   assert [int(first["x"][0, 0])] + rest == [0, 1, 2, 3, 4]
+
+
+def test_rbg_dropout_keys_are_seeded_and_differ_from_threefry():
+  import flax.linen as nn
+  from asg_jax import train
+  config = bench.make_config(size="tiny")
+  rng = jax.random.PRNGKey(3)
+  assert train.dropout_key(config, rng) is rng                      # the default
+  with config.unlocked():
+    config.train.dropout_prng = "rbg"
+  key = train.dropout_key(config, rng)
+  assert "rbg" in str(jax.random.key_impl(key))
+  drop = lambda k: nn.Dropout(0.5).apply({}, jnp.ones((64,)), deterministic=False,  # noqa: E731
+                                         rngs={"dropout": jax.random.fold_in(k, 7)})
+  a, b = drop(key), drop(train.dropout_key(config, rng))
+  np.testing.assert_array_equal(a, b)                                # seeded
+  assert not np.array_equal(a, drop(rng))                            # another stream
+  assert 10 < int((a == 0).sum()) < 54                               # still dropout 0.5

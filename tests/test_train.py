@@ -199,10 +199,12 @@ def test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluat
   assert CountingData.passes == 4
   assert {"i2t_top1", "t2i_top1", "i2t_top5", "t2i_top5", "val_loss", "zs_num_tags"} \
       <= set(full["metrics"])
-  # preempted: a real SIGTERM arrives while the 2nd batch is read; step 2 finishes, is
+  # preempted: a real SIGTERM arrives while batch 3 is read, which the 2-deep device
+  # prefetch (config.train.device_prefetch) does as step 2 starts; step 2 finishes, is
   # checkpointed, and Preempted is raised (main.py exits with status 75)
+  assert config.train.device_prefetch == 2
   with pytest.raises(preemption.Preempted, match="SIGTERM received: stopped after step 2") as e:
-    train.train_and_evaluate(config, str(tmp_path / "killed"), data=SignalledData(config, 1))
+    train.train_and_evaluate(config, str(tmp_path / "killed"), data=SignalledData(config, 3))
   assert e.value.step == 2
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # the handler was removed
   resumed = train.train_and_evaluate(config, str(tmp_path / "killed"), data=FakeData(config))
