@@ -156,8 +156,9 @@ def random_variables(pretrained, seed: int = 0) -> dict:
   batch = {k: jnp.asarray(v) for k, v in dummy_batch(pretrained.config).items()}
   rng = jax.random.PRNGKey(seed)
   queries = pretrained.constants.get("tag_queries")
-  v = jax.jit(lambda r, b, q: pretrained.model.init({"params": r, "dropout": r}, b, train=False,
-                                                    tag_queries=q))(rng, batch, queries)
+  from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
+  v = state_lib.run_once(lambda r, b, q: pretrained.model.init(
+      {"params": r, "dropout": r}, b, train=False, tag_queries=q), rng, batch, queries)
   cache[seed] = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
   return cache[seed]
 

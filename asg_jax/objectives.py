@@ -130,7 +130,9 @@ def tag_query_encoder(config: ml_collections.ConfigDict, tokenizer, rng: jax.Arr
   else:
     if rng is None:
       raise ValueError("the frozen tag-query tower is a random init: its rng is needed")
-    params = jax.jit(lambda r: encoder.init(r, ids1, mask1, train=False)["params"])(rng)
+    from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
+    params = state_lib.run_once(lambda r: encoder.init(r, ids1, mask1, train=False)["params"],
+                                rng)
   cls = jax.jit(lambda p, i, m: encoder.apply({"params": p}, i, m, train=False)["cls"])
   bucket = len(tag_phrases())   # batches padded to a multiple of 40: one compiled shape
 
