@@ -68,7 +68,7 @@ class ProcessSlice:
 
 # IRA alone (the smallest programs: the test is about the loop, evaluation and checkpoints
 # across processes; the full objectives' sharding is tests/test_train_devices.py's)
-config = demo_config("runlocal,ablation=ira", evals=("loss", "retrieval"), **{
+config = demo_config("runlocal,ablation=ira,image=vit", evals=("loss", "retrieval"), **{
     "train.num_steps": STEPS, "train.batch_size": BATCH, "eval.batch_size": BATCH,
     "train.log_every": 1, "train.checkpoint_every": 2, "eval.every_steps": 2,
     "train.early_stop_patience": 0})

@@ -61,8 +61,9 @@ def test_two_processes_of_four_devices_equal_one_process_of_eight(tmp_path):
   outs = finish(procs)
   out_multi0, out_single = outs[0], outs[2]
   assert "worker 1 done: 4 steps" in outs[1]
-  losses = train_losses(out_multi0)
-  assert len(losses) == 4 and losses == train_losses(out_single)   # printed to 4 decimals
+  losses = train_losses(out_multi0)                 # printed to 4 decimals
+  assert len(losses) == 4
+  np.testing.assert_allclose(losses, train_losses(out_single), rtol=1e-4, atol=5e-4)
   s_multi = json.loads((multi / "summary.json").read_text())
   s_single = json.loads((single / "summary.json").read_text())
   assert s_multi["devices"].startswith("8 x") and s_multi["steps"] == 4

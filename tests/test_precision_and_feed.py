@@ -41,7 +41,19 @@ def test_device_normalisation_is_bit_identical_to_the_host(kind, channels):
                                 floats)
 
 
+_MODELS = {}
+
+
 def _model_and_variables(config, batch):
+  """The tiny model, initialised once per architecture (both tests below share it: the
+  ASG ablations differ in the loss only)."""
+  key = vlp.frozen_model_config(config)
+  if key not in _MODELS:
+    _MODELS[key] = _init_model(config, batch)
+  return _MODELS[key]
+
+
+def _init_model(config, batch):
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
   constants = {"tag_queries": np.random.default_rng(1).normal(
       size=(40, config.model.text.hidden_size)).astype(np.float32)}
