@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def launch(workdir, processes, devices, port=0):
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
+  env = dict(os.environ)   # the worker sets its own device count in XLA_FLAGS
   return [subprocess.Popen(
       [sys.executable, str(WORKER), "--processes", str(processes), "--process_id", str(i),
        "--port", str(port), "--devices", str(devices), "--workdir", str(workdir)],
@@ -69,7 +69,9 @@ def test_two_processes_of_four_devices_equal_one_process_of_eight(tmp_path):
   assert s_multi["devices"].startswith("8 x") and s_multi["steps"] == 4
   assert set(s_multi["metrics"]) == set(s_single["metrics"]) and "val_loss" in s_multi["metrics"]
   for k, v in s_single["metrics"].items():
-    assert s_multi["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    # retrieval ranks of near-tied pairs may swap on rounding: one example of 40 at most
+    tol = 1.01 / 40 if "top" in k else 1e-5
+    assert s_multi["metrics"][k] == pytest.approx(v, rel=1e-4, abs=tol), k
   assert s_multi["num_eval_examples"] == s_single["num_eval_examples"] == 40
   # the checkpoints the 2 processes wrote together restore here, equal to the 1-process run
   tok = FakeTokenizer(64, 8)                  # the fake data's (no tokenizer.json written)

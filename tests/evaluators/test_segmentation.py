@@ -241,7 +241,8 @@ def test_one_device_equals_eight_and_the_frozen_encoder_does_not_move(fixtures, 
   # the step's measurements (forward over the sharded batch, BatchNorm over the global
   # batch, the gradient) agree to float precision
   for k in ("loss", "focal", "soft_dice", "dice", "grad_norm"):
-    assert i1["first_step"][k] == pytest.approx(i8["first_step"][k], rel=1e-5, abs=1e-7), k
+    # float32 sums in another order (8 shards): ~1e-5 relative on the gradient norm
+    assert i1["first_step"][k] == pytest.approx(i8["first_step"][k], rel=3e-5, abs=1e-7), k
   assert i1["history"][0]["train_loss"] == pytest.approx(i8["history"][0]["train_loss"], rel=1e-5)
   # after AdamW updates (a near-zero gradient's element moves by up to lr whatever its
   # sign: float noise is amplified), the states still agree closely
