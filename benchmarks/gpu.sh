@@ -13,8 +13,10 @@
 #   asg_ira       the IRA ablation (no tag decoder, no local heads)
 #   torch         the PyTorch reference (benchmarks/torch_reference.py), 10 steps, bf16 autocast
 # The benchmark path imports neither TensorFlow nor tfds. Python packages the machine lacks
-# (ml_collections, on the lent H200) travel as wheels in ./.whl (made with `pip download`,
-# see benchmarks/RESULTS.md) and are installed into /tmp/site first.
+# (ml_collections, on the lent H200) travel as wheels in ./.whl, installed into /tmp/site
+# first. Make them on a machine with PyPI:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 -d .whl ml_collections==1.1.0
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
