@@ -277,6 +277,16 @@ def apply_reclf_rung(c: ml_collections.ConfigDict, name: str) -> None:
   c.model.tag_decoder.enabled = False
 
 
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/recipe.py[:arg]` -> that file's `get_config(arg)` (`get_config()` without arg)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_asg_jax_recipe", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Locks the config so unknown keys fail, and checks values that must agree."""
   config.lock()
@@ -286,6 +296,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _check(c: ml_collections.ConfigDict) -> None:
   from asg_jax import registry  # pylint: disable=import-outside-toplevel
+  from asg_jax.models import remat  # pylint: disable=import-outside-toplevel
   choices = {
       "model.image.name": tuple(registry.IMAGE_TOWERS),
       "model.text.name": tuple(registry.TEXT_TOWERS),
@@ -300,8 +311,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
       "model.text.attention_impl": ("einsum", "auto", "xla", "cudnn"),
       "data.rebuild": ("auto", "never", "always"),
       "train.dropout_prng": ("threefry", "rbg"),
-      "model.image.remat": ("none", "block", "dots_saveable"),
-      "model.text.remat": ("none", "block", "dots_saveable"),
+      "model.image.remat": remat.REMAT_OPTIONS,
+      "model.text.remat": remat.REMAT_OPTIONS,
   }
   for dotted, allowed in choices.items():
     value = c

@@ -24,7 +24,6 @@ level). `<out>` = `config.out`, default `<workdir>/transfer`; cached features in
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -103,11 +102,8 @@ def add(c: ml_collections.ConfigDict, name: str, *, type: str, **kwargs) -> None
 
 def load_config(path: str) -> ml_collections.ConfigDict:
   """`configs/transfer/x.py[:arg]` -> its get_config(arg)."""
-  path, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("transfer_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.load_recipe(path)
 
 
 # ------------------------------------------------------------------------- the model

@@ -153,16 +153,12 @@ def check_command_line(argv: list[str]) -> None:
       keys.append(arg[len("--config."):].split("=", 1)[0])
   if not spec or not keys:
     return
-  path, _, arg = spec.partition(":")
+  path = spec.partition(":")[0]
   if not os.path.isfile(path):
     print(f"ERROR: --config {path}: no such file", file=sys.stderr)
     sys.exit(2)
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  module_spec = importlib.util.spec_from_file_location("_asg_jax_recipe", path)
-  module = importlib.util.module_from_spec(module_spec)
   try:
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None) if arg else module.get_config()
+    config = config_lib.load_recipe(spec)
     for key in keys:
       config_lib.check_override_key(config, key)
   except config_lib.ConfigError as e:

@@ -62,7 +62,7 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
       outputs, mutated = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, batch, train=True,
           tag_queries=constants.get("tag_queries"), rngs={"dropout": rng},
-          mutable=["batch_stats"], **dict(apply_kwargs or {}))
+          mutable=["batch_stats"], **(apply_kwargs or {}))
       loss, measurements = objective(outputs, batch)
       return loss, (measurements, mutated["batch_stats"])
 

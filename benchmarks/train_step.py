@@ -25,7 +25,6 @@ Imports neither TensorFlow nor tfds (the GPU machine has neither).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -56,15 +55,6 @@ def _parse(argv=None):
   return p.parse_args(argv)
 
 
-def load_recipe(name: str, arg: str = ""):
-  """configs/<name>.py's get_config(arg)."""
-  spec = importlib.util.spec_from_file_location(f"_recipe_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def make_config(*, size: str = "tiny", dtype: str = "float32", ablation: str = "full",
                 loss: str = "asg", attention: str = "einsum", remat: str = "none",
                 scan: bool = False, batch: int = 8):
@@ -72,8 +62,11 @@ def make_config(*, size: str = "tiny", dtype: str = "float32", ablation: str = "
   args = [f"ablation={ablation}" if loss == "asg" else f"rung={ablation}"]
   if size == "tiny":
     args.append("runlocal")
-  config = load_recipe("asg_vit_b16" if loss == "asg" else "reclf_vit_b16",
-                       ",".join(a for a in args if not a.endswith("=full")))
+  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  arg = ",".join(a for a in args if not a.endswith("=full"))
+  recipe = "asg_vit_b16" if loss == "asg" else "reclf_vit_b16"
+  config = config_lib.load_recipe(os.path.join(REPO, "configs", f"{recipe}.py") +
+                                  (f":{arg}" if arg else ""))
   with config.unlocked():
     config.model.image.pretrained = config.model.text.pretrained = ""
     config.model.dtype = dtype
@@ -122,7 +115,7 @@ class Runner:
       t0 = time.perf_counter()
       compiled = program.step.lower(self.state, self.batch, self.constants).compile()
       self.compile_seconds = time.perf_counter() - t0
-    self._step = compiled
+    self.compiled = compiled   # the compiled train step (state, batch, constants)
     mem = compiled.memory_analysis()
     self.memory = {} if mem is None else {
         k: int(getattr(mem, f"{k}_size_in_bytes", 0))
@@ -133,11 +126,11 @@ class Runner:
     self.num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.state.params)))
     self.flops_per_pair = flops.train_flops_per_pair(config, batch)
 
-  def step(self) -> None:
-    """One train step, waited for."""
+  def step(self) -> dict:
+    """One train step, waited for; returns its measurements."""
     import jax  # pylint: disable=import-outside-toplevel
-    self.state, measurements = self._step(self.state, self.batch, self.constants)
-    jax.block_until_ready(measurements)
+    self.state, measurements = self.compiled(self.state, self.batch, self.constants)
+    return jax.block_until_ready(measurements)
 
   def time_steps(self, steps: int) -> list[float]:
     self.step()   # warm-up (first execution)

@@ -49,11 +49,10 @@ from asg_jax.evaluators import transfer_common as tc
 from asg_jax.evaluators import transfer_training as tt
 
 PROTOCOL = "segmentation"
-_FRACTIONS = tc.FRACTIONS
 def protocol(batch_size: int, runlocal: bool = False) -> dict:
   """The evaluator keywords of the papers' recipe (configs/transfer/siim.py, rsna_seg.py);
   `runlocal`: tiny decoder, 1 epoch, batch 8, 2-image figures (tests, smoke runs)."""
-  out = dict(fractions=_FRACTIONS, seeds=(0,), lr=5e-4, weight_decay=0.05,
+  out = dict(fractions=tc.FRACTIONS, seeds=(0,), lr=5e-4, weight_decay=0.05,
              batch_size=batch_size, max_epochs=50, patience=10, freeze_encoder=True,
              channels=(), figures=4, num_devices=0)
   if runlocal:
@@ -102,7 +101,7 @@ class Evaluator:
 
   def __init__(self, predict_fns, *, data=None, downstream: str, data_dir: str = "",
                train_split: str = "train", val_split: str = "validation",
-               test_split: str = "test", fractions: Sequence[float] = _FRACTIONS,
+               test_split: str = "test", fractions: Sequence[float] = tc.FRACTIONS,
                fraction_seed: int = 42, balance: bool = False, seeds: Sequence[int] = (0,),
                lr: float = 5e-4, weight_decay: float = 0.05, batch_size: int = 8,
                eval_batch_size: int = 0, max_epochs: int = 50, patience: int = 10,

