@@ -35,6 +35,7 @@ to results.md).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Sequence
@@ -54,7 +55,7 @@ def protocol(batch_size: int, runlocal: bool = False) -> dict:
   `runlocal`: tiny decoder, 1 epoch, batch 8, 2-image figures (tests, smoke runs)."""
   out = dict(fractions=tc.FRACTIONS, seeds=(0,), lr=5e-4, weight_decay=0.05,
              batch_size=batch_size, max_epochs=50, patience=10, freeze_encoder=True,
-             channels=(), figures=4, num_devices=0)
+             channels=(), figures=4, num_devices=0, head_prior=0.0)
   if runlocal:
     out.update(batch_size=8, max_epochs=1, patience=0, channels=(8,),
                setr_hidden=16, figures=2)
@@ -95,6 +96,8 @@ class Evaluator:
     channels, setr_hidden: decoder widths (`()` = the paper's).
     augment: MGCA's ShiftScaleRotate in training.
     resize: longest side before the centre crop (0 = the tower's image_size: no crop).
+    head_prior: the decoder head's initial foreground probability (0 = smp's bias 0, the
+      papers' recipe; `asg_jax.models.segmentation.init_decoder`).
     eval_batch_size (0 = batch_size), num_devices (0 = all), max_examples (> 0: first N
       of each split), figures (overlay images per init), figure_dir / cache_dir.
   """
@@ -108,7 +111,8 @@ class Evaluator:
                min_steps: int = 0, freeze_encoder: bool = True, channels: Sequence[int] = (),
                setr_hidden: int = 768, augment: bool = True, resize: int = 0,
                num_devices: int = 0, max_examples: int = 0, figures: int = 4,
-               figure_dir: str = "", cache_dir: str = "", augment_seed: int = 0):
+               figure_dir: str = "", cache_dir: str = "", augment_seed: int = 0,
+               head_prior: float = 0.0):
     del data                      # the pre-training SplitPass: not used
     self.fns = predict_fns
     self.config = predict_fns["config"]
@@ -127,6 +131,7 @@ class Evaluator:
     self.max_examples, self.figures = int(max_examples), int(figures)
     self.figure_dir = figure_dir or (os.path.dirname(os.path.abspath(cache_dir)) if cache_dir else "")
     self.augment_seed = int(augment_seed)
+    self.head_prior = float(head_prior)
     self.image_size = int(self.config.data.image_size)
     self.normalization = str(self.config.data.normalization)
     self.timing: dict = {}
@@ -170,7 +175,7 @@ class Evaluator:
     s = self.image_size
     return tt.Trainer(
         self.model, self.optimizer(), self.lr, seg_loss.objective, head="decoder",
-        init_head=seg.init_decoder,
+        init_head=functools.partial(seg.init_decoder, head_prior=self.head_prior),
         dummy_batch={"image": jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32),
                      "mask": jax.ShapeDtypeStruct((2, s, s, 1), jnp.float32)},
         trainable=("decoder",) if self.freeze_encoder else ("image_encoder", "decoder"),

@@ -256,13 +256,21 @@ class Segmenter(nn.Module):
     return {"logits": logits, "mask": masks}
 
 
-def init_decoder(shapes: dict, seed: int) -> dict:
+def init_decoder(shapes: dict, seed: int, head_prior: float = 0.0) -> dict:
   """Decoder variables `{"params", "batch_stats"}` of the shapes `shapes` (e.g. the
   "decoder" parts of `jax.eval_shape(model.init, ...)`), drawn with NumPy as
   segmentation_models_pytorch's `initialize_decoder` / `initialize_head`: conv and dense
   kernels He-uniform (fan in, ReLU gain: U(+-sqrt(6 / fan_in))), the 1-channel head
   Glorot-uniform, biases 0, BatchNorm scale 1 / bias 0, running mean 0 / var 1. (No jitted
-  RNG: compiling one threefry initializer per leaf costs seconds each on a CPU.)"""
+  RNG: compiling one threefry initializer per leaf costs seconds each on a CPU.)
+
+  `head_prior` in (0, 1): the head's bias is `log(p / (1 - p))` instead of 0, so every pixel
+  starts at foreground probability ≈ p (the focal-loss paper's prior initialisation, Lin
+  et al. 2017, section 4.1): the decoder starts from the empty prediction, which the
+  empty-mask Dice rule scores 1 on every empty image, instead of marking half the pixels.
+  0 = smp's bias 0 (the papers' recipe)."""
+  if not 0.0 <= head_prior < 1.0:
+    raise ValueError(f"segmentation head_prior = {head_prior}; expected 0 (off) or in (0, 1)")
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   rng = np.random.RandomState(seed)
   flat = traverse_util.flatten_dict(dict(shapes["params"]))
@@ -277,6 +285,8 @@ def init_decoder(shapes: dict, seed: int) -> dict:
       value = rng.uniform(-bound, bound, shape)
     elif name == "scale":
       value = np.ones(shape)
+    elif path[0] == "head" and head_prior > 0:
+      value = np.full(shape, math.log(head_prior / (1.0 - head_prior)))
     else:                                   # bias
       value = np.zeros(shape)
     params[path] = np.asarray(value, np.float32)

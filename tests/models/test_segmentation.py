@@ -89,6 +89,14 @@ def test_decoder_init_follows_the_smp_recipe():
   again = seg.init_decoder(shapes, 0)
   np.testing.assert_array_equal(again["params"]["block_0"]["conv"]["kernel"], k)
   assert not np.array_equal(seg.init_decoder(shapes, 1)["params"]["block_0"]["conv"]["kernel"], k)
+  # the focal-loss prior: the head's bias only, sigmoid(bias) = p; the rest as without it
+  primed = seg.init_decoder(shapes, 0, head_prior=0.01)
+  assert primed["params"]["head"]["bias"][0] == pytest.approx(np.log(0.01 / 0.99), rel=1e-6)
+  assert 1 / (1 + np.exp(-primed["params"]["head"]["bias"][0])) == pytest.approx(0.01, rel=1e-5)
+  np.testing.assert_array_equal(primed["params"]["head"]["kernel"], head)
+  np.testing.assert_array_equal(primed["params"]["block_0"]["bn"]["bias"], 0)
+  with pytest.raises(ValueError, match="head_prior"):
+    seg.init_decoder(shapes, 0, head_prior=1.0)
 
 
 def _asymmetric(size=8):
