@@ -73,8 +73,9 @@ def word_patch_attention(patch_emb: jax.Array, word_emb: jax.Array, word_mask: j
   return jax.nn.softmax(logits / temperature, axis=-1)
 
 
-@jax.custom_vjp
-def attended_context(word_emb: jax.Array, patch_emb: jax.Array, temperature: float) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def attended_context(word_emb: jax.Array, patch_emb: jax.Array, temperature: float,
+                     compute_dtype: Any = None) -> jax.Array:
   """c_ijk = Σ_m softmax_m(w_jk·p_im / τ_a) p_im, with a memory-lean hand-written VJP.
 
   The backward pass uses Σ_m a_m (g·p_m) = g·c, so dL = a ⊙ (g Pᵀ − g·c) / τ_a needs only
@@ -83,33 +84,48 @@ def attended_context(word_emb: jax.Array, patch_emb: jax.Array, temperature: flo
   Args:
     word_emb: `[Bj, N, E]`; patch_emb: `[Bi, M, E]` (float32); temperature: τ_a (a float
       or a traced scalar; it receives no gradient — τ_a is a fixed hyper-parameter).
+    compute_dtype: None / float32, or bfloat16: the matmul operands (words, patches, the
+      attention and its gradient) in that dtype, every product accumulated in float32
+      (`preferred_element_type`), the softmax and its backward arithmetic in float32; the
+      attention kept for the backward pass in that dtype (half the bytes in bf16).
   Returns:
-    `[Bi, Bj, N, E]` unnormalised context.
+    `[Bi, Bj, N, E]` float32 unnormalised context.
   """
-  return _attended_context_fwd(word_emb, patch_emb, temperature)[0]
+  return _attended_context_fwd(word_emb, patch_emb, temperature, compute_dtype)[0]
 
 
-def _attended_context_fwd(word_emb, patch_emb, temperature):
+def _mm(spec: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
+  """einsum with operands in `dtype` (None: as given) and a float32 result."""
+  if dtype is not None:
+    x, y = x.astype(dtype), y.astype(dtype)
+  return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+
+def _attended_context_fwd(word_emb, patch_emb, temperature, compute_dtype):
   # Layout [Bi, M, Bj·N]: both products are plain (batched) matmuls without transposing
   # the attention-sized tensors (measured: ~2.3 attention-sized buffers for fwd+bwd
   # instead of ~5 with autodiff in the [Bi, Bj, N, M] layout).
   bi, bj, n, e = patch_emb.shape[0], word_emb.shape[0], word_emb.shape[1], word_emb.shape[2]
   x = word_emb.reshape(bj * n, e)
-  a = jax.nn.softmax(jnp.einsum("ime,xe->imx", patch_emb, x) / temperature, axis=1)
-  c = jnp.einsum("imx,ime->ixe", a, patch_emb)
+  a = jax.nn.softmax(_mm("ime,xe->imx", patch_emb, x, compute_dtype) / temperature, axis=1)
+  if compute_dtype is not None:
+    a = a.astype(compute_dtype)
+  c = _mm("imx,ime->ixe", a, patch_emb, compute_dtype)
   return c.reshape(bi, bj, n, e), (word_emb, patch_emb, a, c, temperature)
 
 
-def _attended_context_bwd(residuals, g):
+def _attended_context_bwd(compute_dtype, residuals, g):
   word_emb, patch_emb, a, c, temperature = residuals
   bi, bj_n, e = c.shape
   x = word_emb.reshape(bj_n, e)
-  g = g.reshape(bi, bj_n, e)
-  da = jnp.einsum("ixe,ime->imx", g, patch_emb)
-  dlogits = a * (da - jnp.sum(g * c, axis=-1)[:, None, :]) / temperature
-  d_x = jnp.einsum("imx,ime->xe", dlogits, patch_emb)
-  d_patch = (jnp.einsum("imx,xe->ime", dlogits, x) + jnp.einsum("imx,ixe->ime", a, g))
-  return d_x.reshape(word_emb.shape), d_patch, jnp.zeros_like(temperature)
+  g = g.reshape(bi, bj_n, e).astype(jnp.float32)
+  da = _mm("ixe,ime->imx", g, patch_emb, compute_dtype)
+  dlogits = a.astype(jnp.float32) * (da - jnp.sum(g * c, axis=-1)[:, None, :]) / temperature
+  d_x = _mm("imx,ime->xe", dlogits, patch_emb, compute_dtype)
+  d_patch = (_mm("imx,xe->ime", dlogits, x, compute_dtype)
+             + _mm("imx,ixe->ime", a, g, compute_dtype))
+  return (d_x.reshape(word_emb.shape).astype(word_emb.dtype), d_patch.astype(patch_emb.dtype),
+          jnp.zeros_like(temperature))
 
 
 attended_context.defvjp(_attended_context_fwd, _attended_context_bwd)
@@ -117,7 +133,7 @@ attended_context.defvjp(_attended_context_fwd, _attended_context_bwd)
 
 def local_matching_features(patch_emb: jax.Array, word_emb: jax.Array, word_mask: jax.Array,
                             temperature: float = 0.1, *, word_softmax_first: bool = False,
-                            return_context: bool = False):
+                            return_context: bool = False, compute_dtype: Any = None):
   """Matching features h_ijk = w_jk ⊙ normalize(c_ijk), c_ijk = Σ_m a_ijkm p_im.
 
   Σ_d h_ijkd is the cosine score r_ijk = cos(w_jk, c_ijk) for normalised words.
@@ -126,6 +142,8 @@ def local_matching_features(patch_emb: jax.Array, word_emb: jax.Array, word_mask
     patch_emb: `[Bi, M, E]`; word_emb: `[Bj, N, E]`; word_mask: bool `[Bj, N]`.
     temperature: τ_a of `word_patch_attention`.
     return_context: also return the normalised attended context ĉ `[Bi, Bj, N, E]`.
+    compute_dtype: the word–patch matmuls' operand dtype (`attended_context`; None =
+      float32). GLoRIA's `word_softmax_first` path stays float32.
   Returns:
     h `[Bi, Bj, N, E]` float32, exactly 0 at padding words (and ĉ if asked).
   """
@@ -134,10 +152,17 @@ def local_matching_features(patch_emb: jax.Array, word_emb: jax.Array, word_mask
     a = word_patch_attention(p, w, word_mask, temperature, word_softmax_first=True)
     c = jnp.einsum("ijkm,ime->ijke", a, p)
   else:
-    c = attended_context(w, p, temperature)
+    c = attended_context(w, p, temperature, _dtype_or_none(compute_dtype))
   c_hat = l2_normalize(c)
   h = w[None] * c_hat
   return (h, c_hat) if return_context else h
+
+
+def _dtype_or_none(dtype):
+  """None for float32 / None (the float32 path, bit-identical to before), else the dtype."""
+  if dtype is None or jnp.dtype(dtype) == jnp.float32:
+    return None
+  return jnp.dtype(dtype)
 
 
 def local_matching_scores(patch_emb: jax.Array, word_emb: jax.Array, word_mask: jax.Array,
@@ -311,11 +336,11 @@ def weighted_pool(scores: jax.Array, word_weights: jax.Array) -> jax.Array:
 
 def _block_similarity(patch_emb, word_emb, word_mask, word_weights, srm_layers, *, srm_heads,
                       srm_visual_context, attn_temperature, word_softmax_first, pooling,
-                      gamma2):
+                      gamma2, compute_dtype=None):
   """All images against one block of reports: `[Bi, M, E]`, `[C, N, E]` -> `[Bi, C]`."""
   h, c_hat = local_matching_features(patch_emb, word_emb, word_mask, attn_temperature,
                                      word_softmax_first=word_softmax_first,
-                                     return_context=True)
+                                     return_context=True, compute_dtype=compute_dtype)
   if srm_layers:
     h = srm_refine(h, word_emb, word_mask, srm_layers, num_heads=srm_heads,
                    context=c_hat if srm_visual_context else None)
@@ -335,7 +360,8 @@ def reclf_local_similarity(patch_emb: jax.Array, word_emb: jax.Array, word_mask:
                            srm_heads: int = 1, srm_visual_context: bool = False,
                            attn_temperature: float = 0.1, word_softmax_first: bool = False,
                            pooling: str = "lse", gamma2: float = 5.0,
-                           block_size: int | None = 32, remat: bool = True) -> jax.Array:
+                           block_size: int | None = 32, remat: bool = True,
+                           compute_dtype: Any = None) -> jax.Array:
   """RECLF local similarity R `[Bi, Bj]` for every (image, report) pair, on one device.
 
   local matchings (§1) → SRM (`srm_layers`, §2; none = off) → pooling: IRM weights
@@ -343,6 +369,8 @@ def reclf_local_similarity(patch_emb: jax.Array, word_emb: jax.Array, word_mask:
   GLoRIA's — or 'mean'). Reports are processed in blocks of `block_size` with `lax.map`;
   with `remat` each block is `jax.checkpoint`-ed, so the `[Bi, block, N, M]` attention is
   never stored for the backward pass. `block_size` None (or ≥ Bj) = one block.
+  `compute_dtype` (None = float32; bfloat16) is the word–patch matmuls' operand dtype
+  (`attended_context`); scores, SRM, pooling and the result stay float32.
 
   Args:
     patch_emb: `[Bi, M, E]`; word_emb: `[Bj, N, E]`; word_mask: bool `[Bj, N]`.
@@ -355,7 +383,7 @@ def reclf_local_similarity(patch_emb: jax.Array, word_emb: jax.Array, word_mask:
                            srm_visual_context=srm_visual_context,
                            attn_temperature=attn_temperature,
                            word_softmax_first=word_softmax_first, pooling=pooling,
-                           gamma2=gamma2)
+                           gamma2=gamma2, compute_dtype=compute_dtype)
   srm_layers = [dict(layer) for layer in srm_layers]
   n_reports = word_emb.shape[0]
   if block_size is None or block_size >= n_reports:

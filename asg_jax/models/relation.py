@@ -7,6 +7,8 @@ the jitted step; under `jax.set_mesh` with a `data` axis the pairwise matching i
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,6 +66,7 @@ class LocalMatchingHead(nn.Module):
   block_size: int | None = 32
   remat: bool = True
   shard: bool = True
+  dtype: Any = jnp.float32            # word–patch matmul operands (bf16: `config.model.dtype`)
 
   @nn.compact
   def __call__(self, patch_emb: jax.Array, word_emb: jax.Array, word_mask: jax.Array,
@@ -78,7 +81,8 @@ class LocalMatchingHead(nn.Module):
     """
     word_mask = word_mask.astype(bool)
     common = dict(block_size=self.block_size, remat=self.remat, shard=self.shard,
-                  word_softmax_first=self.word_softmax_first, gamma2=self.gamma2)
+                  word_softmax_first=self.word_softmax_first, gamma2=self.gamma2,
+                  compute_dtype=self.dtype)
     if self.mode == "gloria":
       return local_matching.pairwise_local_similarity(patch_emb, word_emb, word_mask, None,
                                              attn_temperature=1.0 / self.gamma1,

@@ -44,7 +44,7 @@ class VisionLanguageModel(nn.Module):
           num_heads=cfg.tag_decoder.num_heads, mlp_dim=cfg.tag_decoder.mlp_dim,
           dropout=cfg.tag_decoder.dropout, dtype=dtype)
     if cfg.local_head.mode:
-      self.local_head = local_head_from_config(cfg.local_head)
+      self.local_head = local_head_from_config(cfg.local_head, dtype)
 
   def encode_image(self, images: jax.Array, *, train: bool, local: bool = True
                    ) -> dict[str, jax.Array]:
@@ -117,8 +117,9 @@ class VisionLanguageModel(nn.Module):
     return out
 
 
-def local_head_from_config(cfg: ml_collections.ConfigDict) -> nn.Module:
-  """The RECLF / GLoRIA local-matching head named by `config.model.local_head`."""
+def local_head_from_config(cfg: ml_collections.ConfigDict, dtype=jnp.float32) -> nn.Module:
+  """The RECLF / GLoRIA local-matching head named by `config.model.local_head`; `dtype`
+  (the model's compute dtype) is its word–patch matmuls' operand dtype."""
   from asg_jax.models import relation  # pylint: disable=import-outside-toplevel
   return relation.LocalMatchingHead(
       mode=cfg.mode, use_srm=cfg.use_srm, use_irm=cfg.use_irm, srm_layers=cfg.srm_layers,
@@ -127,7 +128,7 @@ def local_head_from_config(cfg: ml_collections.ConfigDict) -> nn.Module:
       importance_source=cfg.importance_source, detach_importance=cfg.detach_importance,
       attn_temperature=cfg.attn_temperature, gamma1=cfg.gamma1, gamma2=cfg.gamma2,
       pooling=cfg.pooling, word_softmax_first=cfg.word_softmax_first,
-      block_size=cfg.block_size or None, remat=cfg.remat, shard=cfg.shard)
+      block_size=cfg.block_size or None, remat=cfg.remat, shard=cfg.shard, dtype=dtype)
 
 
 def frozen_model_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:

@@ -339,3 +339,48 @@ def test_attended_context_custom_vjp_matches_autodiff():
   np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-5)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_local_matching_multiplies_in_bf16_and_stays_close_to_float32():
+  """compute_dtype=bfloat16: the word–patch products take bf16 operands (float32
+  accumulation), the attention kept for the backward pass is bf16, and values and
+  gradients stay within bf16 rounding of the float32 path (which is unchanged)."""
+  patch, words, mask, importance = make_inputs(bi=4, bj=4, m=12, n=6, e=16, seed=3)
+  words = jnp.asarray(words)
+  cot = jax.random.normal(jax.random.key(1), (4, 4, 6, 16))
+
+  def grads(dtype):
+    fn = lambda w, p: jnp.sum(cot * reclf.attended_context(w, p, 0.1, dtype))  # noqa: E731
+    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+
+  (v32, g32), (v16, g16) = grads(None)(words, patch), grads(jnp.bfloat16)(words, patch)
+  ctx16 = jax.jit(lambda w, p: reclf.attended_context(w, p, 0.1, jnp.bfloat16))(words, patch)
+  assert ctx16.dtype == jnp.float32
+  scale = float(np.abs(v32))
+  assert abs(float(v16) - float(v32)) <= 2e-2 * scale
+  assert float(v16) != float(v32)                          # it did run in bf16
+  for a, b in zip(g16, g32):
+    assert a.dtype == jnp.float32
+    err = float(jnp.max(jnp.abs(a - b))) / float(jnp.max(jnp.abs(b)))
+    assert 0 < err < 3e-2
+  hlo = grads(jnp.bfloat16).lower(words, patch).as_text()
+  assert "bf16" in hlo and "dot_general" in hlo
+
+  # the whole RECLF similarity (SRM off, IRM weights): float32 result, close to float32
+  weights = reclf.importance_weights(jnp.asarray(importance), jnp.asarray(mask))
+  sim = lambda dtype: jax.jit(lambda p, w: reclf.reclf_local_similarity(  # noqa: E731
+      p, w, jnp.asarray(mask), weights, block_size=2, compute_dtype=dtype))(patch, words)
+  s32, s16 = sim(None), sim(jnp.bfloat16)
+  np.testing.assert_array_equal(s32, sim(jnp.float32))    # float32 = the unchanged path
+  assert s16.dtype == jnp.float32
+  np.testing.assert_allclose(s16, s32, atol=2e-2)
+  assert not np.allclose(s16, s32, atol=1e-7)
+
+
+def test_the_model_dtype_reaches_the_local_matching_head():
+  from asg_jax import config as config_lib
+  from asg_jax.models import vlp
+  cfg = config_lib.base_config().model.local_head
+  cfg.mode = "reclf"
+  assert vlp.local_head_from_config(cfg, jnp.bfloat16).dtype == jnp.bfloat16
+  assert vlp.local_head_from_config(cfg).dtype == jnp.float32
