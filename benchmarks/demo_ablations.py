@@ -13,8 +13,8 @@ pointing-game accuracy) and writes it to `<root>/<suite>.md`. A row already fini
 
 Downstream, where the papers measure each term: every row's main job also runs
 `configs/transfer/demo.py` (the CheXpert-layout stand-in, docs/transfer.md); a second table
-reads each row's `transfer/results.json`: linear-probe macro AUROC (z-scored features) at
-1 / 10 / 100 % as mean ± std over the 3 probe seeds, zero-shot AUROC (prompts, tag decoder)
+reads each row's `transfer/results.json`: linear-probe macro AUROC on raw and on z-scored
+features at 1 / 10 / 100 % as mean ± std over the 3 probe seeds, zero-shot AUROC (prompts, tag decoder)
 and 5×200 image→prompt P@1, with the random-init encoder and chance as the last rows.
 """
 from __future__ import annotations
@@ -73,9 +73,12 @@ def table(rows: list[tuple[str, dict]]) -> str:
   return "\n".join(lines)
 
 
-DOWNSTREAM = [("probe 1 %", ("linear_probe", "auroc_zscored", 0.01, "cxr_chexpert/demo")),
-              ("probe 10 %", ("linear_probe", "auroc_zscored", 0.1, "cxr_chexpert/demo")),
-              ("probe 100 %", ("linear_probe", "auroc_zscored", 1.0, "cxr_chexpert/demo")),
+DOWNSTREAM = [("probe 1 %", ("linear_probe", "auroc", 0.01, "cxr_chexpert/demo")),
+              ("probe 10 %", ("linear_probe", "auroc", 0.1, "cxr_chexpert/demo")),
+              ("probe 100 %", ("linear_probe", "auroc", 1.0, "cxr_chexpert/demo")),
+              ("z-probe 1 %", ("linear_probe", "auroc_zscored", 0.01, "cxr_chexpert/demo")),
+              ("z-probe 10 %", ("linear_probe", "auroc_zscored", 0.1, "cxr_chexpert/demo")),
+              ("z-probe 100 %", ("linear_probe", "auroc_zscored", 1.0, "cxr_chexpert/demo")),
               ("ZS AUROC (prompts)", ("zero_shot_prompt", "auroc", None, "cxr_chexpert/demo")),
               ("ZS AUROC (tags)", ("zero_shot_tags", "auroc", None, "cxr_chexpert/demo")),
               ("5×200 i2t P@1", ("retrieval", "i2t_precision@1", None, "cxr_chexpert/demo_5x200"))]
@@ -133,7 +136,7 @@ def main(argv=None) -> None:
   text += (f"\n\n{args.steps} steps, seed 0, demo data ({n} validation studies); "
            "R@K = mean of image→text and text→image.\n")
   text += ("\nDownstream (configs/transfer/demo.py on the stand-in, %; probe: mean ± std "
-           "over 3 seeds, z-scored features):\n\n" + downstream_table(workdirs) + "\n")
+           "over 3 probe seeds, on raw and on z-scored (z-) features):\n\n" + downstream_table(workdirs) + "\n")
   print(text)
   with open(os.path.join(args.root, f"{args.suite}.md"), "w") as f:
     f.write(text)
