@@ -1,6 +1,6 @@
 """Compiled memory and FLOPs of the RECLF / GLoRIA local loss at the real per-device size.
 
-    .venv/bin/python benchmarks/reclf_memory.py [--block-sizes 8,16,32] [--devices 4]
+    .venv/bin/python benchmarks/reclf_memory.py [--block-sizes 8,16,32] [--devices 4] [--dtype bfloat16]
 
 Lowers and compiles (never runs) `value_and_grad` of the local loss (the head's `[B, B]`
 local similarity → semantic contrastive loss at τ_l) with respect to the patch embeddings,
@@ -38,6 +38,8 @@ def _parse():
   parser.add_argument("--embed", type=int, default=128)
   parser.add_argument("--modes", default="reclf,gloria", help="head modes to measure")
   parser.add_argument("--no-sharded", action="store_true")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="the head's compute dtype (config.model.dtype)")
   return parser.parse_args()
 
 
@@ -85,15 +87,15 @@ def _params(head, n, e):
       jnp.ones((2, n))))
 
 
-def compile_single(mode, block_size, bi, bj, n, m, e):
-  head = LocalMatchingHead(mode=mode, block_size=block_size)
+def compile_single(mode, block_size, bi, bj, n, m, e, dtype=jnp.float32):
+  head = LocalMatchingHead(mode=mode, block_size=block_size, dtype=dtype)
   fn = jax.jit(local_loss_fn(head))
   return fn.lower(_params(head, n, e), *_shapes(bi, bj, n, m, e)).compile()
 
 
-def compile_sharded(mode, block_size, devices, bi, n, m, e):
+def compile_sharded(mode, block_size, devices, bi, n, m, e, dtype=jnp.float32):
   mesh = parallel.make_mesh(devices)
-  head = LocalMatchingHead(mode=mode, block_size=block_size)
+  head = LocalMatchingHead(mode=mode, block_size=block_size, dtype=dtype)
   with jax.set_mesh(mesh):
     fn = jax.jit(local_loss_fn(head))
     shapes = _shapes(bi * devices, bi * devices, n, m, e, parallel.batch_sharding(mesh))
@@ -126,9 +128,10 @@ def main(args):
       for block in blocks:
         t0 = time.time()
         if layout == "single":
-          compiled = compile_single(mode, block, bi, bj, n, m, e)
+          compiled = compile_single(mode, block, bi, bj, n, m, e, jnp.dtype(args.dtype))
         else:
-          compiled = compile_sharded(mode, block, args.devices, bi, n, m, e)
+          compiled = compile_sharded(mode, block, args.devices, bi, n, m, e,
+                                     jnp.dtype(args.dtype))
         rows.append((block, compiled.memory_analysis(), _flops(compiled), time.time() - t0))
       per_report = outside = float("nan")
       if len(rows) >= 2:
