@@ -158,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.weight_decay = 0.05
   c.train.grad_clip = 0.0          # 0 = none (the released recipe does not clip)
+  # {top-level params key (e.g. "tag_decoder"): m}: that subtree's AdamW updates × m, as a
+  # PyTorch param group with lr·m (weight decay too); empty = none (the plain optimizer)
+  c.train.lr_multipliers = ml_collections.ConfigDict()
   c.train.log_every = 50           # also how often the step's measurements are fetched
   c.train.device_prefetch = 2      # sharded batches transferred ahead of the step (0 = none)
   c.train.dropout_prng = "threefry"  # the dropout keys' PRNG: "threefry" | "rbg" (cheaper bits
@@ -342,6 +345,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.train.warmup_frac = {c.train.warmup_frac}; expected in [0, 1)")
   if c.train.num_steps <= 0 and c.train.num_epochs <= 0:
     raise ConfigError("set config.train.num_steps or config.train.num_epochs (> 0)")
+  from asg_jax import state  # pylint: disable=import-outside-toplevel
+  state.lr_multipliers(c.train)    # values: numbers > 0 (names: checked against the params)
   from asg_jax.evaluators import common  # pylint: disable=import-outside-toplevel
   for name in c.evals:
     common.check_entry(name, c.evals[name])

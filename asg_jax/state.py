@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from asg_jax import parallel
+from asg_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,59 @@ def lr_schedule(train_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.S
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
-  """AdamW (decoupled weight decay on every parameter, as the released code) + schedule."""
+  """AdamW (decoupled weight decay on every parameter, as the released code) + schedule.
+
+  `train_cfg.lr_multipliers` ({top-level params key: m}, empty = none) scales the AdamW
+  updates of those subtrees by m — a PyTorch parameter group with lr·m (the decoupled weight
+  decay scaled the same way). Empty: exactly the plain AdamW (same opt_state structure)."""
   schedule = lr_schedule(train_cfg, num_steps)
   tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
                    weight_decay=train_cfg.weight_decay)
+  multipliers = lr_multipliers(train_cfg)
+  if multipliers:
+    tx = optax.chain(tx, scale_subtrees(multipliers))
   if train_cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), tx)
   return tx, schedule
+
+
+def lr_multipliers(train_cfg: ml_collections.ConfigDict) -> dict[str, float]:
+  """`config.train.lr_multipliers` as a plain {name: float} (absent or empty: {})."""
+  raw = train_cfg.get("lr_multipliers", None) or {}
+  out = {}
+  for name, m in dict(raw).items():
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+      raise ConfigError(f"config.train.lr_multipliers[{name!r}] = {m!r}; expected a number > 0")
+    out[str(name)] = float(m)
+  return out
+
+
+def check_multiplier_names(multipliers, params) -> None:
+  """ConfigError naming every multiplier that is not a top-level key of `params`."""
+  keys = sorted(params.keys())
+  unknown = sorted(set(multipliers) - set(keys))
+  if unknown:
+    raise ConfigError(f"config.train.lr_multipliers: {', '.join(map(repr, unknown))} "
+                      f"{'is not a' if len(unknown) == 1 else 'are not'} top-level parameter "
+                      f"subtree{'' if len(unknown) == 1 else 's'}; the model's are {keys}")
+
+
+def scale_subtrees(multipliers: dict[str, float]) -> optax.GradientTransformation:
+  """Stateless: multiplies the updates of top-level subtree `name` by `multipliers[name]`
+  (the names are checked against the params at `init` and at `update`)."""
+
+  def init_fn(params):
+    check_multiplier_names(multipliers, params)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    check_multiplier_names(multipliers, updates)
+    scaled = {k: (jax.tree.map(lambda u, m=multipliers[k]: u * jnp.asarray(m, u.dtype), v)
+                  if k in multipliers else v) for k, v in updates.items()}
+    return type(updates)(scaled) if not isinstance(updates, dict) else scaled, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
