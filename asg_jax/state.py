@@ -92,22 +92,22 @@ def check_multiplier_names(multipliers, params) -> None:
                       f"subtree{'' if len(unknown) == 1 else 's'}; the model's are {keys}")
 
 
+_UNSCALED = "__unscaled__"
+
+
 def scale_subtrees(multipliers: dict[str, float]) -> optax.GradientTransformation:
-  """Stateless: multiplies the updates of top-level subtree `name` by `multipliers[name]`
-  (the names are checked against the params at `init` and at `update`)."""
+  """`optax.multi_transform`: the updates of top-level subtree `name` times
+  `multipliers[name]` (`optax.scale`), the others unchanged; the names are checked against
+  the tree (`check_multiplier_names`) when the labels are made, at `init` and `update`."""
 
-  def init_fn(params):
-    check_multiplier_names(multipliers, params)
-    return optax.EmptyState()
+  def labels(tree):
+    check_multiplier_names(multipliers, tree)
+    return {k: jax.tree.map(lambda _, k=k: k if k in multipliers else _UNSCALED, v)
+            for k, v in tree.items()}
 
-  def update_fn(updates, state, params=None):
-    del params
-    check_multiplier_names(multipliers, updates)
-    scaled = {k: (jax.tree.map(lambda u, m=multipliers[k]: u * jnp.asarray(m, u.dtype), v)
-                  if k in multipliers else v) for k, v in updates.items()}
-    return type(updates)(scaled) if not isinstance(updates, dict) else scaled, state
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  transforms = {k: optax.scale(m) for k, m in multipliers.items()}
+  transforms[_UNSCALED] = optax.identity()
+  return optax.multi_transform(transforms, labels)
 
 
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}

@@ -14,8 +14,9 @@ pointing-game accuracy) and writes it to `<root>/<suite>.md`. A row already fini
 Downstream, where the papers measure each term: every row's main job also runs
 `configs/transfer/demo.py` (the CheXpert-layout stand-in, docs/transfer.md); a second table
 reads each row's `transfer/results.json`: linear-probe macro AUROC on raw and on z-scored
-features at 1 / 10 / 100 % as mean ± std over the 3 probe seeds, zero-shot AUROC (prompts, tag decoder)
-and 5×200 image→prompt P@1, with the random-init encoder and chance as the last rows.
+features at 1 / 10 / 100 % as mean ± std over the 3 probe seeds, zero-shot AUROC (prompts,
+tag decoder) and 5×200 image→prompt P@1, with the random-init encoder and chance as the
+last rows.
 """
 from __future__ import annotations
 
@@ -136,7 +137,8 @@ def main(argv=None) -> None:
   text += (f"\n\n{args.steps} steps, seed 0, demo data ({n} validation studies); "
            "R@K = mean of image→text and text→image.\n")
   text += ("\nDownstream (configs/transfer/demo.py on the stand-in, %; probe: mean ± std "
-           "over 3 probe seeds, on raw and on z-scored (z-) features):\n\n" + downstream_table(workdirs) + "\n")
+           "over 3 probe seeds, on raw and on z-scored (z-) features):\n\n"
+           + downstream_table(workdirs) + "\n")
   print(text)
   with open(os.path.join(args.root, f"{args.suite}.md"), "w") as f:
     f.write(text)

@@ -132,6 +132,8 @@ class Evaluator:
     self.figure_dir = figure_dir or (os.path.dirname(os.path.abspath(cache_dir)) if cache_dir else "")
     self.augment_seed = int(augment_seed)
     self.head_prior = float(head_prior)
+    from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
+    seg.head_prior_bias(self.head_prior)     # a bad value fails here, before any data loads
     self.image_size = int(self.config.data.image_size)
     self.normalization = str(self.config.data.normalization)
     self.timing: dict = {}

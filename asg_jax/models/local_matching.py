@@ -152,17 +152,10 @@ def local_matching_features(patch_emb: jax.Array, word_emb: jax.Array, word_mask
     a = word_patch_attention(p, w, word_mask, temperature, word_softmax_first=True)
     c = jnp.einsum("ijkm,ime->ijke", a, p)
   else:
-    c = attended_context(w, p, temperature, _dtype_or_none(compute_dtype))
+    c = attended_context(w, p, temperature, compute_dtype)
   c_hat = l2_normalize(c)
   h = w[None] * c_hat
   return (h, c_hat) if return_context else h
-
-
-def _dtype_or_none(dtype):
-  """None for float32 / None (the float32 path, bit-identical to before), else the dtype."""
-  if dtype is None or jnp.dtype(dtype) == jnp.float32:
-    return None
-  return jnp.dtype(dtype)
 
 
 def local_matching_scores(patch_emb: jax.Array, word_emb: jax.Array, word_mask: jax.Array,

@@ -256,6 +256,14 @@ class Segmenter(nn.Module):
     return {"logits": logits, "mask": masks}
 
 
+def head_prior_bias(head_prior: float) -> float:
+  """The head bias of an initial foreground probability: log(p / (1 - p)); 0 -> 0 (smp).
+  Anything outside [0, 1) is a ValueError naming `head_prior`."""
+  if not 0.0 <= head_prior < 1.0:
+    raise ValueError(f"segmentation head_prior = {head_prior}; expected 0 (off) or in (0, 1)")
+  return math.log(head_prior / (1.0 - head_prior)) if head_prior > 0 else 0.0
+
+
 def init_decoder(shapes: dict, seed: int, head_prior: float = 0.0) -> dict:
   """Decoder variables `{"params", "batch_stats"}` of the shapes `shapes` (e.g. the
   "decoder" parts of `jax.eval_shape(model.init, ...)`), drawn with NumPy as
@@ -269,8 +277,7 @@ def init_decoder(shapes: dict, seed: int, head_prior: float = 0.0) -> dict:
   et al. 2017, section 4.1): the decoder starts from the empty prediction, which the
   empty-mask Dice rule scores 1 on every empty image, instead of marking half the pixels.
   0 = smp's bias 0 (the papers' recipe)."""
-  if not 0.0 <= head_prior < 1.0:
-    raise ValueError(f"segmentation head_prior = {head_prior}; expected 0 (off) or in (0, 1)")
+  bias = head_prior_bias(head_prior)
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   rng = np.random.RandomState(seed)
   flat = traverse_util.flatten_dict(dict(shapes["params"]))
@@ -285,8 +292,8 @@ def init_decoder(shapes: dict, seed: int, head_prior: float = 0.0) -> dict:
       value = rng.uniform(-bound, bound, shape)
     elif name == "scale":
       value = np.ones(shape)
-    elif path[0] == "head" and head_prior > 0:
-      value = np.full(shape, math.log(head_prior / (1.0 - head_prior)))
+    elif path[0] == "head":
+      value = np.full(shape, bias)
     else:                                   # bias
       value = np.zeros(shape)
     params[path] = np.asarray(value, np.float32)

@@ -377,10 +377,15 @@ def test_bfloat16_local_matching_multiplies_in_bf16_and_stays_close_to_float32()
   assert not np.allclose(s16, s32, atol=1e-7)
 
 
-def test_the_model_dtype_reaches_the_local_matching_head():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_model_dtype_reaches_the_local_matching_head(dtype):
+  """`config.model.dtype` of a RECLF model is its local head's matmul dtype (through
+  VisionLanguageModel.setup, bound without parameters)."""
   from asg_jax import config as config_lib
   from asg_jax.models import vlp
-  cfg = config_lib.base_config().model.local_head
-  cfg.mode = "reclf"
-  assert vlp.local_head_from_config(cfg, jnp.bfloat16).dtype == jnp.bfloat16
-  assert vlp.local_head_from_config(cfg).dtype == jnp.float32
+  import pathlib
+  demo = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
+  c = config_lib.load_recipe(f"{demo}:objective=reclf")
+  c.model.dtype = dtype
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(c)).bind({})
+  assert jnp.dtype(model.local_head.dtype) == jnp.dtype(dtype)
