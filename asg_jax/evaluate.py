@@ -63,7 +63,7 @@ def base_transfer_config() -> ml_collections.ConfigDict:
   c.random_seed = 0           # init=random
   c.data_dir = ""             # tfds folder of the downstream datasets ("" = tfds default)
   c.out = ""                  # "" = <workdir>/transfer
-  c.demo = ml_collections.ConfigDict({"prepare": False, "num_images": 600, "num_siim": 400,
+  c.demo = ml_collections.ConfigDict({"prepare": False, "num_images": 2400, "num_siim": 400,
                                       "seed": 0, "dir": ""})
   c.evals = ml_collections.ConfigDict()
   return c
@@ -222,6 +222,16 @@ def build(config: ml_collections.ConfigDict, fns: dict, out_dir: str) -> list[tu
   return out
 
 
+def demo_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the demo stand-ins are generated: `config.demo.dir`, else
+  `<workdir>/downstream_demo/<downstream_demo.folder_name(...)>` (one folder per generation);
+  their tfds builds go into its `tfds/` unless `config.data_dir` is set."""
+  from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
+  d = config.demo
+  return d.dir or os.path.join(workdir, "downstream_demo",
+                               downstream_demo.folder_name(d.num_images, d.num_siim, d.seed))
+
+
 def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Generate the demo stand-ins; build those an evaluator uses (the CheXpert-layout
   cxr_chexpert/demo and demo_5x200, the SIIM-layout cxr_siim/demo)."""
@@ -229,7 +239,7 @@ def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
   import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
   d = config.demo
-  raw = d.dir or os.path.join(workdir, "downstream_demo")
+  raw = demo_dir(config, workdir)
   downstream_demo.generate(raw, d.num_images, d.num_siim, d.seed)
   used = {str(e.get("downstream", "")) for e in config.evals.values()}
   for name, sub in (("cxr_chexpert/demo", "chexpert"), ("cxr_chexpert/demo_5x200", "chexpert"),
@@ -262,7 +272,7 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
   os.makedirs(out_dir, exist_ok=True)
   if config.demo.prepare:
     if not config.data_dir:
-      config.data_dir = os.path.join(workdir, "downstream_demo", "tfds")
+      config.data_dir = os.path.join(demo_dir(config, workdir), "tfds")
     prepare_demo(config, workdir)
   start = time.time()
   if pretrained is None:

@@ -52,7 +52,9 @@ HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding",
 TASKS = downstream.CHEXPERT_5
 U_ONES = ("Atelectasis", "Edema", "Pleural Effusion")
 SIIM_SIZE = 128
-DRAWING_VERSION = 2   # 2: drawn by asg_jax.data.demo_drawing (1: a separate, simpler drawing)
+# 3: the SIIM films from their own random stream (the same films whatever num_images is);
+# 2: drawn by asg_jax.data.demo_drawing; 1: a separate, simpler drawing
+DRAWING_VERSION = 3
 
 
 class FolderRefused(RuntimeError):
@@ -231,6 +233,12 @@ def _siim(root: str, rng, num_images: int) -> dict:
   return truth
 
 
+def folder_name(num_images: int, num_siim: int, seed: int) -> str:
+  """The default folder of one generation, e.g. "n2400_siim400_seed0_v3": a workdir keeps
+  each generation it was evaluated on (other parameters never meet a refused folder)."""
+  return f"n{int(num_images)}_siim{int(num_siim)}_seed{int(seed)}_v{DRAWING_VERSION}"
+
+
 def generate(out_dir: str, num_images: int = 160, num_siim: int = 80, seed: int = 0) -> dict:
   """Write the two stand-ins into `out_dir` (see the module docstring).
 
@@ -242,9 +250,10 @@ def generate(out_dir: str, num_images: int = 160, num_siim: int = 80, seed: int 
             "drawing": DRAWING_VERSION}
   if _claim(out_dir, params):
     return {"chexpert": {}, "siim": {}}
-  rng = np.random.default_rng(seed)
-  truth = {"chexpert": _chexpert(os.path.join(out_dir, "chexpert"), rng, num_images),
-           "siim": _siim(os.path.join(out_dir, "siim"), rng, num_siim)}
+  truth = {"chexpert": _chexpert(os.path.join(out_dir, "chexpert"), np.random.default_rng(seed),
+                                 num_images),
+           "siim": _siim(os.path.join(out_dir, "siim"), np.random.default_rng([seed, 1]),
+                         num_siim)}
   _write_marker(out_dir, params, complete=True)
   return truth
 

@@ -46,6 +46,25 @@ def progress(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
+CACHE_SOURCE = "source_build"   # the cached npz's entry naming the tfds build it came from
+
+
+def _build_dir(b) -> str:
+  return os.path.abspath(os.fspath(b.data_dir))
+
+
+def _cache_matches(cached: Mapping[str, Any], b, split: str, max_examples: int) -> bool:
+  """Whether cached features were extracted from this build of the dataset (its folder and
+  the split's image ids; with `max_examples`, its folder and the count)."""
+  from asg_jax.data.builders import downstream as ds_lib  # pylint: disable=import-outside-toplevel
+  if str(cached.get(CACHE_SOURCE, "")) != _build_dir(b):
+    return False
+  ids = ds_lib.read_index(b).get(split, {}).get("image_id", [])
+  if max_examples > 0:     # the first N read: compare the count only
+    return len(cached["image_id"]) == min(max_examples, len(ids))
+  return sorted(cached["image_id"]) == sorted(ids)
+
+
 def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
             keys: Sequence[str] = ("image_feature",), batch_size: int = 64,
             cache_dir: str = "", tag: str = "", max_examples: int = 0,
@@ -55,9 +74,12 @@ def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
   `keys` are outputs of `predict_fns["encode_images"]` (image_feature, image_emb, patch_emb)
   or "tag_logits" (`predict_fns["tag_logits"]`, the IRL decoder). Cached in `cache_dir`
   (when set) under `tag` (e.g. "pretrained_step500"): a second call with the same arguments
-  reads the npz and runs no model.
+  reads the npz and runs no model. The cache is used only if it was written from the same
+  built dataset: the same tfds folder and the same image ids as the split in the build's
+  index (a rebuilt or regenerated dataset is extracted afresh, and its npz replaced).
   """
   from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+  b = downstream_input.builder(dataset, data_dir)
   path = ""
   if cache_dir:
     name = "__".join(_safe(x) for x in (dataset, split, tag or "model", *sorted(keys)))
@@ -66,9 +88,12 @@ def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
       with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
       out["image_id"] = [str(i) for i in out["image_id"]]
-      return out
+      if _cache_matches(out, b, split, max_examples):
+        out.pop(CACHE_SOURCE, None)
+        return out
+      progress(f"  features {dataset}/{split}: the cache {os.path.basename(path)} was written "
+               "from another build of the dataset; extracting again")
   geo = geometry_of(predict_fns)
-  b = downstream_input.builder(dataset, data_dir)
   total = downstream_input.num_examples(b, split)
   if max_examples > 0:
     total = min(total, max_examples)
@@ -108,7 +133,8 @@ def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **{k: (np.asarray(v) if k != "image_id" else np.asarray(v, str))
-                     for k, v in out.items()}, **(extra or {}))
+                     for k, v in out.items()}, **(extra or {}),
+             **{CACHE_SOURCE: np.asarray(_build_dir(b))})
     os.replace(tmp, path)
   return out
 

@@ -97,3 +97,18 @@ def test_folder_policy(tmp_path):
   with pytest.raises(downstream_demo.FolderRefused, match="another"):
     downstream_demo.generate(str(out), 4, 2, 1)
   assert sorted(str(p) for p in out.rglob("*")) == files   # nothing deleted or added
+
+
+def test_siim_films_do_not_depend_on_the_chexpert_size(tmp_path):
+  """The SIIM stand-in has its own random stream: a larger CheXpert stand-in (the demo's
+  num_images) leaves the segmentation films and masks unchanged; folder names differ."""
+  a = downstream_demo.generate(str(tmp_path / "a"), num_images=8, num_siim=6, seed=0)["siim"]
+  b = downstream_demo.generate(str(tmp_path / "b"), num_images=30, num_siim=6, seed=0)["siim"]
+  assert list(a) == list(b) and len(a) == 6
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  with open(tmp_path / "a" / "siim" / "train-rle.csv") as fa, \
+       open(tmp_path / "b" / "siim" / "train-rle.csv") as fb:
+    assert fa.read() == fb.read()
+  names = {downstream_demo.folder_name(n, 6, 0) for n in (8, 30)}
+  assert len(names) == 2 and all(f"_v{downstream_demo.DRAWING_VERSION}" in n for n in names)

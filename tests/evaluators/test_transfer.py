@@ -178,8 +178,8 @@ def test_evaluate_runs_on_the_demo_fixture_and_writes_results(tmp_path, tiny_pre
   md = (tmp_path / "transfer" / evaluate.RESULTS_MD).read_text()
   assert "| cxr_chexpert/demo | linear_probe | auroc | 1 % |" in md
   # fractions: deterministic, nested, and what the probe used
-  b = downstream_input.builder("cxr_chexpert/demo", config.data_dir or str(
-      tmp_path / "downstream_demo" / "tfds"))
+  b = downstream_input.builder("cxr_chexpert/demo", config.data_dir or os.path.join(
+      evaluate.demo_dir(config, str(tmp_path)), "tfds"))
   f1, f10 = fraction_ids(b, "train", 0.01), fraction_ids(b, "train", 0.1)
   assert f1 == fraction_ids(b, "train", 0.01) and set(f1) <= set(f10)
   assert results["timing"]["pretrained/probe"]["examples_per_fraction"][:2] == [len(f1), len(f10)]
@@ -202,3 +202,41 @@ def test_published_numbers_are_results_md_values_for_the_real_datasets_only():
   assert tc.published(r("cxr_siim/demo", "segmentation", "dice", 1.0, "pretrained"), "vit") is None
   assert tc.published(r("cxr_siim", "segmentation", "dice_positive", 1.0, "pretrained"), "vit") is None
   assert tc.published(r("cxr_chexpert", "linear_probe", "auroc", 0.01, "random"), "cnn") == pytest.approx(0.561)
+
+
+def test_feature_cache_is_reused_only_for_the_same_build(tmp_path):
+  """A cached npz is read back for the build it came from (no model call), but a build with
+  other images under the same name (a regenerated stand-in) is extracted afresh."""
+  import ml_collections
+  from asg_jax.data import downstream_demo
+  config = ml_collections.ConfigDict({"data": {"resize": 40, "image_size": 32,
+                                               "normalization": "half"}})
+  calls = []
+
+  def encode_images(state, images):
+    calls.append(len(images))
+    return {"image_feature": np.asarray(images).reshape(len(images), -1)[:, :4]}
+
+  fns = {"config": config, "encode_images": encode_images}
+  cache = str(tmp_path / "features")
+
+  def extract(data_dir):
+    return tc.extract(fns, None, "cxr_chexpert/demo", "test", data_dir=data_dir,
+                      batch_size=8, cache_dir=cache, tag="pretrained_step1")
+
+  small, large = str(tmp_path / "a" / "tfds"), str(tmp_path / "b" / "tfds")
+  downstream_demo.prepare(small, str(tmp_path / "a" / "raw"), num_images=24, num_siim=2)
+  downstream_demo.prepare(large, str(tmp_path / "b" / "raw"), num_images=48, num_siim=2)
+  from asg_jax.data import downstream_input
+  from asg_jax.data.builders import downstream as ds_lib
+  ids = {d: ds_lib.read_index(downstream_input.builder("cxr_chexpert/demo", d))["test"]["image_id"]
+         for d in (small, large)}
+  assert len(ids[small]) < len(ids[large])
+  first = extract(small)
+  assert calls and sorted(first["image_id"]) == sorted(ids[small])
+  n_calls = len(calls)
+  again = extract(small)                           # the same build: read from the npz
+  assert len(calls) == n_calls and again["image_id"] == first["image_id"]
+  np.testing.assert_array_equal(again["image_feature"], first["image_feature"])
+  other = extract(large)                           # same name, other images: extracted again
+  assert len(calls) > n_calls and sorted(other["image_id"]) == sorted(ids[large])
