@@ -18,8 +18,8 @@ def get_config(arg=None):
   c.name = "demo" + ("_runlocal" if runlocal else "")
   c.demo.prepare = True
   # 2400 studies (base_transfer_config's default, shared with demo_seg.py): 1 % of the
-  # training split is then ~22 images with a positive of every finding (at 600 it was 5
-  # images, 3 of the 5 findings without a positive: docs/demo.md)
+  # training split is then 23 films with 1-4 positives of every finding (at 600 it was 5
+  # films, 3 of the 5 findings without a positive: docs/demo.md)
   if runlocal:
     c.demo.num_images = 120
     c.demo.num_siim = 8     # this recipe segments nothing (configs/transfer/demo_seg.py does)
