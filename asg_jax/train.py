@@ -182,6 +182,22 @@ def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict | 
 write_config = workdir_lib.write_config
 
 
+def _note_config_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints resumed under a changed config: say which keys changed and
+  keep the old config.json as config.until_step{N}.json (nothing is overwritten)."""
+  ckpt = os.path.join(workdir, "checkpoints")   # orbax's step folders: "<step>"
+  steps = [int(n) for n in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if n.isdigit()]
+  step = max(steps, default=0)
+  changes = workdir_lib.config_changes(config, workdir) if step else []
+  if not changes:
+    return
+  kept = workdir_lib.keep_previous_config(workdir, step)
+  shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+  print(f"The config differs from the one {workdir} was trained with up to step {step}: "
+        f"{shown}. Training resumes from step {step} under the new config (that one is kept "
+        f"as {os.path.basename(kept)}); pass another --workdir to start afresh.", flush=True)
+
+
 # ----------------------------------------------------------------------------- main loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=None,
                        reevaluate: bool = False) -> dict:
@@ -216,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
           f"Pass --reevaluate to evaluate the last checkpoint again.", flush=True)
     return finished
   if jax.process_index() == 0:
+    _note_config_changes(config, workdir)
     write_config(config, workdir)
   mesh = parallel.make_mesh(config.train.num_devices or None)
   if config.train.batch_size % mesh.size or config.eval.batch_size % mesh.size:

@@ -1,6 +1,8 @@
 """What a training workdir holds and how it is written (and read back by inference).
 
     <workdir>/config.json, config.txt   the resolved config
+    <workdir>/config.until_step{N}.json the config that trained steps <= N, kept when a rerun
+                                        resumed the workdir with a changed config
     <workdir>/tokenizer.json            the tokenizer of training
     <workdir>/constants.npz             constants of the step: the IRL `tag_queries` [40, Dt]
                                         and `tag_query_rng` (uint32 key data of the frozen
@@ -26,6 +28,42 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 CONSTANTS_FILE = "constants.npz"
 SUMMARY_FILE = "summary.json"
+
+
+def _flat(node, prefix: str = "") -> dict:
+  if not isinstance(node, dict):
+    return {prefix: node}
+  out = {}
+  for key, value in node.items():
+    out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+  return out
+
+
+def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """`["train.num_steps: 500 -> 1500", ...]`: the keys whose value differs between
+  `<workdir>/config.json` (the config the workdir was last run with) and `config`; keys only
+  one side has are listed too. [] when there is no config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json_best_effort(sort_keys=True)))
+  missing = object()
+  return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
+          for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+
+
+def keep_previous_config(workdir: str, step: int) -> str:
+  """Renames `<workdir>/config.json` to `config.until_step{step}.json` (and .txt) before a
+  changed config replaces it, so the record of what trained steps ≤ `step` is kept.
+  Returns the new path."""
+  path = os.path.join(workdir, f"config.until_step{step}.json")
+  os.replace(os.path.join(workdir, CONFIG_FILE), path)
+  txt = os.path.join(workdir, "config.txt")
+  if os.path.isfile(txt):
+    os.replace(txt, os.path.join(workdir, f"config.until_step{step}.txt"))
+  return path
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -231,3 +231,27 @@ def test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluat
   config.unlock()
   config.train.num_steps = 9
   assert train.finished_summary(config, str(tmp_path / "full")) is None
+
+
+def test_resuming_under_a_changed_config_names_the_changes_and_keeps_the_old_config(
+    tmp_path, capsys):
+  """A workdir with checkpoints, rerun with another config: the changed keys are printed and
+  the config that trained the earlier steps is kept as config.until_step{N}.json."""
+  from asg_jax import workdir as workdir_lib
+  old = demo_config(**{"train.num_steps": 6})
+  new = demo_config(**{"train.num_steps": 9, "train.lr": 1e-3})
+  train.write_config(old, str(tmp_path))
+  before = (tmp_path / "config.json").read_text()
+  assert workdir_lib.config_changes(old, str(tmp_path)) == []
+  assert workdir_lib.config_changes(new, str(tmp_path)) == [
+      f"train.lr: {old.train.lr} -> 0.001", "train.num_steps: 6 -> 9"]
+  train._note_config_changes(new, str(tmp_path))          # no checkpoint yet: nothing to say
+  assert capsys.readouterr().out == "" and not list(tmp_path.glob("config.until_*"))
+  for step in ("3", "6", "6.orbax-checkpoint-tmp-1"):      # orbax step folders (+ a partial)
+    (tmp_path / "checkpoints" / step).mkdir(parents=True)
+  train._note_config_changes(new, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "up to step 6" in out and "train.num_steps: 6 -> 9" in out and "train.lr" in out
+  assert "config.until_step6.json" in out
+  assert (tmp_path / "config.until_step6.json").read_text() == before
+  assert not (tmp_path / "config.json").exists()           # train_and_evaluate writes the new one
