@@ -31,6 +31,13 @@ def _model_item(state) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the finished checkpoints in `<workdir>/checkpoints` (orbax's listing;
+  partial saves are not counted), without creating a Manager ([] when there is none)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return list(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
 class Manager:
   """`<workdir>/checkpoints` (the latest `keep`) and `<workdir>/best` (see the module)."""
 

@@ -185,9 +185,7 @@ write_config = workdir_lib.write_config
 def _note_config_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir with checkpoints resumed under a changed config: say which keys changed and
   keep the old config.json as config.until_step{N}.json (nothing is overwritten)."""
-  ckpt = os.path.join(workdir, "checkpoints")   # orbax's step folders: "<step>"
-  steps = [int(n) for n in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if n.isdigit()]
-  step = max(steps, default=0)
+  step = max(checkpoints.saved_steps(workdir), default=0)
   changes = workdir_lib.config_changes(config, workdir) if step else []
   if not changes:
     return

@@ -48,20 +48,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "einsum",
     keep = key_mask.astype(jnp.float32)
     bias = ((1.0 - keep) * jnp.finfo(jnp.float32).min)[:, None, None, :]
 
+  # heads-major [B, H, L, Dh] operands: XLA:CPU runs these batched dots ≈ 3.6x faster in the
+  # forward than [B, L, H, Dh] einsums at ViT-B shapes (benchmarks/RESULTS.md "Attention
+  # layout"); the values are the same within float32 rounding
+  def heads_major(x):
+    return x.transpose(0, 2, 1, 3)
+
   def probabilities(queries):
-    scores = jnp.einsum("bqhd,bkhd->bhqk", queries, k).astype(jnp.float32) * scale
+    scores = jnp.einsum("bhqd,bhkd->bhqk", heads_major(queries), heads_major(k))
+    scores = scores.astype(jnp.float32) * scale
     return jax.nn.softmax(scores if bias is None else scores + bias, axis=-1)
 
   if impl == "einsum":
-    # heads-major [B, H, L, Dh] operands: XLA:CPU runs these batched dots ≈ 3.6x faster in
-    # the forward than [B, L, H, Dh] einsums at ViT-B shapes (benchmarks/RESULTS.md
-    # "Attention layout"); the values are the same within float32 rounding
-    qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-    scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh).astype(jnp.float32) * scale
-    probs = jax.nn.softmax(scores if bias is None else scores + bias, axis=-1)
+    probs = probabilities(q)
     weights = probs_dropout(probs) if probs_dropout is not None else probs
-    ctx = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), vh).transpose(0, 2, 1, 3)
-    return ctx, {"all": probs, "cls": probs[:, :, :1], "none": None}[want]
+    ctx = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), heads_major(v))
+    return heads_major(ctx), {"all": probs, "cls": probs[:, :, :1], "none": None}[want]
   if probs_dropout is not None:
     raise ValueError(f"attention impl {impl!r} has no dropout on the probabilities: set "
                      f"attention_dropout = 0 (or impl='einsum')")
