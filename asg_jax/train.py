@@ -63,21 +63,23 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
           {"params": params, "batch_stats": state.batch_stats}, batch, train=True,
           tag_queries=constants.get("tag_queries"), rngs={"dropout": rng},
           mutable=["batch_stats"], **(apply_kwargs or {}))
-      loss, measurements = objective(outputs, batch)
+      with jax.named_scope("objective"):   # names in the HLO: benchmarks/profile_summary.py
+        loss, measurements = objective(outputs, batch)
       return loss, (measurements, mutated["batch_stats"])
 
     (loss, (measurements, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    for value in measurements.values():
-      finite &= jnp.all(jnp.isfinite(value))
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                           opt_state=opt_state)
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-    new_state = jax.tree.map(keep, new_state, state)
+    with jax.named_scope("update"):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      grad_norm = optax.global_norm(grads)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      for value in measurements.values():
+        finite &= jnp.all(jnp.isfinite(value))
+      new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state)
+      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+      new_state = jax.tree.map(keep, new_state, state)
     measurements = dict(measurements, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
                         finite=finite)
     return new_state, measurements

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_step.py [--size tiny|base] [--batch 8] [--steps 10]
         [--dtype float32|bfloat16] [--ablation full|ira|...] [--loss asg|reclf]
         [--attention einsum|auto|xla|cudnn] [--remat none|block|dots_saveable]
-        [--scan] [--devices N] [--json]
+        [--scan] [--devices N] [--json] [--profile DIR [--profile-steps 3]]
 
 Builds the step exactly as pre-training does (`asg_jax.train.build_train_step`: the recipe's
 model, objective and AdamW, state replicated and donated, batch sharded over the `data`
@@ -17,7 +17,10 @@ tiny` is the recipe's `runlocal` architecture. Reports:
 - pairs/s; model FLOPs per pair counted from the architecture (`asg_jax.flops`) beside XLA's
   `cost_analysis()` of the compiled step (per pair);
 - MFU against the device's spec peak (a table below; CPU: none) and against a bf16 (GPU/TPU)
-  or float32 (CPU) matmul measured in the same run.
+  or float32 (CPU) matmul measured in the same run;
+- with `--profile DIR`: a `jax.profiler` trace of `--profile-steps` more steps in DIR, and
+  under "profile" where their device time went: by model part and pass, matmul vs other,
+  the top ops (benchmarks/profile_summary.py; printed as tables too).
 
 The last line printed is one JSON object with every figure (`--json`: only that line).
 Imports neither TensorFlow nor tfds (the GPU machine has neither).
@@ -52,7 +55,18 @@ def _parse(argv=None):
   p.add_argument("--scan", action="store_true")
   p.add_argument("--devices", type=int, default=1)
   p.add_argument("--json", action="store_true")
+  p.add_argument("--profile", default="", metavar="DIR",
+                 help="after timing, trace --profile-steps steps into DIR with jax.profiler "
+                 "and add where their time went (benchmarks/profile_summary.py) to the JSON")
+  p.add_argument("--profile-steps", type=int, default=3)
   return p.parse_args(argv)
+
+
+def _profile_summary():
+  """benchmarks/profile_summary.py, whether this file runs as a script or is imported."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import profile_summary  # pylint: disable=import-outside-toplevel
+  return profile_summary
 
 
 def make_config(*, size: str = "tiny", dtype: str = "float32", ablation: str = "full",
@@ -132,6 +146,24 @@ class Runner:
     self.state, measurements = self.compiled(self.state, self.batch, self.constants)
     return jax.block_until_ready(measurements)
 
+  def profile(self, trace_dir: str, steps: int) -> dict:
+    """Trace `steps` steps into `trace_dir`; their time by model part, pass and kind."""
+    import jax  # pylint: disable=import-outside-toplevel
+    profile_summary = _profile_summary()
+    self.step()
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    try:
+      for _ in range(steps):
+        self.step()
+    finally:
+      jax.profiler.stop_trace()
+    hlo_text = self.compiled.as_text()
+    with open(os.path.join(trace_dir, "hlo.txt"), "w") as f:   # for profile_summary.py DIR
+      f.write(hlo_text)
+    with open(os.path.join(trace_dir, "steps.txt"), "w") as f:
+      f.write(str(steps))
+    return profile_summary.summarize(trace_dir, hlo_text, "jit_train_step", steps)
+
   def time_steps(self, steps: int) -> list[float]:
     self.step()   # warm-up (first execution)
     out = []
@@ -180,7 +212,7 @@ def run(args) -> dict:
   measured_peak = matmul_flops_per_second(matmul_dtype) * args.devices
   peak = spec_peak(kind)
   achieved = runner.flops_per_pair * pairs_per_s
-  return {
+  result = {
       "size": args.size, "batch": args.batch, "dtype": args.dtype, "ablation": args.ablation,
       "loss": args.loss, "attention": args.attention, "remat": args.remat, "scan": args.scan,
       "devices": f"{args.devices} x {kind}", "jax": jax.__version__,
@@ -195,6 +227,12 @@ def run(args) -> dict:
       "mfu_vs_measured_matmul": round(achieved / measured_peak, 4),
       "mfu_vs_spec": None if peak is None else round(achieved / (peak * args.devices), 4),
   }
+  if args.profile:
+    try:
+      result["profile"] = runner.profile(args.profile, args.profile_steps)
+    except Exception as e:  # pylint: disable=broad-except  (the timings above still count)
+      result["profile"] = {"error": repr(e)[-400:]}
+  return result
 
 
 def main(argv=None):
@@ -202,7 +240,10 @@ def main(argv=None):
   result = run(args)
   if not args.json:
     for k, v in result.items():
-      print(f"{k:>24}: {v}")
+      if k != "profile":
+        print(f"{k:>24}: {v}")
+    if "by_part" in result.get("profile", {}):
+      print(_profile_summary().format_table(result["profile"]))
   print(json.dumps(result), flush=True)
 
 
