@@ -7,7 +7,9 @@
 #   versions      python, jax, jaxlib, devices, torch, nvidia-smi
 #   matmul        bf16 8192² matmul FLOP/s (the measured peak)
 #   asg_full      ASG ViT-B/16 + BERT-6 + tag decoder, bf16, batch 288, 20 steps
-#                 (compile seconds, memory_analysis, median/p90 step, pairs/s, MFU)
+#                 (compile seconds, memory_analysis, median/p90 step, pairs/s, MFU; then 3
+#                 traced steps: where the kernels' time goes, "profile" in its JSON line,
+#                 benchmarks/profile_summary.py; the trace itself stays in /tmp there)
 #   asg_fused     the same with attention_impl=cudnn (fused attention; BERT attention
 #                 dropout 0)
 #   asg_ira       the IRA ablation (no tag decoder, no local heads)
@@ -67,7 +69,8 @@ print(json.dumps({"bf16_tflops": b.matmul_flops_per_second("bfloat16") / 1e12,
 
 B=${BATCH:-288}
 S=${SIZE:-base}   # SIZE=tiny BATCH=8: a smoke run on a CPU
-stage asg_full 110 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --json
+stage asg_full 140 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --json \
+    --profile /tmp/asg_full_profile
 stage asg_fused 80 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --attention cudnn --json
 stage asg_ira 70 "$PY" benchmarks/train_step.py --size "$S" --batch "$B" --dtype bfloat16 --steps 20 --ablation ira --json
 stage torch 60 "$PY" benchmarks/compare_torch.py --size "$S" --batch "$B" --dtype bfloat16 --only torch_eager --steps 10 --rounds 1

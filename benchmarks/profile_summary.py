@@ -82,14 +82,15 @@ def block_role(op_name: str) -> str:
   lowered = text.lower()
   if "dropout" in lowered:
     return "dropout"
-  if "layernorm" in lowered or "layer_norm" in lowered or lowered.startswith("ln"):
+  if ("layernorm" in lowered or "layer_norm" in lowered or
+      inner[0].lower().startswith(("ln", "norm"))):
     return "LayerNorm"
   attention = bool(inner) and ("attention" in inner[0] or "attn" in inner[0])
   if attention and (any(c in _PROJECTION for c in inner[1:3]) or "dense" in inner[1:3]):
     return "attention projections"
   if attention:
     return "attention core"
-  if "dense" in inner[:2] or any(c.startswith(("mlp", "fc", "wi", "wo")) for c in inner[:1]):
+  if "dense" in inner[:2] or inner[0].startswith(("mlp", "fc", "wi", "wo", "linear")):
     return "MLP matmuls"
   if "erf" in lowered or "gelu" in lowered or "tanh" in lowered:
     return "GELU"

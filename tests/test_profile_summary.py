@@ -81,6 +81,9 @@ def test_parse_hlo_finds_matmuls_inside_fusions_and_reads_the_name_stack():
     ("a/image_encoder/encoder/layer_0/layernorm_before/mul", "LayerNorm"),
     ("a/image_encoder/encoder/layer_0/add_any", "rest"),
     ("a/image_global_head/dot_general", "-"),
+    ("a/tag_decoder/layer0/linear1/dot_general", "MLP matmuls"),     # the tag decoder's names
+    ("a/tag_decoder/layer0/norm2/reduce_sum", "LayerNorm"),
+    ("a/tag_decoder/layer0/cross_attn/query/dot_general", "attention projections"),
 ])
 def test_block_roles(op_name, role):
   assert ps.block_role(op_name) == role
