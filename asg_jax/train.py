@@ -72,7 +72,7 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
     with jax.named_scope("update"):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      grad_norm = optax.global_norm(grads)
+      grad_norm = optax.tree.norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       for value in measurements.values():
         finite &= jnp.all(jnp.isfinite(value))

@@ -19,8 +19,8 @@ body is counted once, in the body's ops) to
   dropout random bits);
 - a **pass**: forward (`jvp(...)`), backward (`transpose(jvp(...))`) or neither (the
   optimizer, the NaN guard, measurements);
-- a **kind**: matmul (a `dot`/`convolution`, or a fusion whose computation contains one)
-  or not (elementwise, reductions, copies, transposes, ...).
+- a **kind**: matmul (a `dot`/`convolution`, a cuBLAS / cuDNN custom call, or a fusion
+  whose computation contains one) or not (elementwise, reductions, copies, transposes, ...).
 
 Times are op time added up: on a CPU each thunk's time (an op's own multithreading is inside
 it; XLA:CPU also runs independent thunks at once, so the sum can exceed the step's wall
@@ -54,6 +54,10 @@ _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _MATMUL_OPCODES = {"dot", "convolution"}
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+# library calls that are matmuls: cuBLAS / cuBLASLt GEMMs, cuDNN convolutions and fused
+# attention, oneDNN matmuls
+_MATMUL_TARGETS = ("gemm", "matmul", "conv", "fmha")
 
 
 def part_of(op_name: str) -> str:
@@ -108,8 +112,8 @@ def pass_of(op_name: str) -> str:
 def parse_hlo(hlo_text: str) -> dict[str, dict]:
   """HLO instruction name -> {"op_name", "opcode", "matmul"} from `compiled.as_text()`.
 
-  `matmul` is True for a dot / convolution, and for a fusion (or call) whose called
-  computation contains one, at any depth."""
+  `matmul` is True for a dot / convolution, a library GEMM / convolution / fused-attention
+  custom call, and a fusion (or call) whose called computation contains one."""
   instructions, computations, current = {}, collections.defaultdict(list), None
   for line in hlo_text.splitlines():
     head = _COMPUTATION.match(line)
@@ -122,8 +126,10 @@ def parse_hlo(hlo_text: str) -> dict[str, dict]:
     name, opcode = m.group(1), m.group(2)
     op_name = _OP_NAME.search(line)
     calls = _CALLS.search(line)
+    target = _TARGET.search(line) if opcode == "custom-call" else None
     instructions[name] = {"op_name": op_name.group(1) if op_name else "", "opcode": opcode,
-                          "calls": calls.group(1) if calls else None}
+                          "calls": calls.group(1) if calls else None,
+                          "target": target.group(1).lower() if target else ""}
     if current is not None:
       computations[current].append(name)
 
@@ -137,7 +143,7 @@ def parse_hlo(hlo_text: str) -> dict[str, dict]:
 
   def is_matmul(name: str, depth: int = 0) -> bool:
     ins = instructions[name]
-    if ins["opcode"] in _MATMUL_OPCODES:
+    if ins["opcode"] in _MATMUL_OPCODES or any(t in ins["target"] for t in _MATMUL_TARGETS):
       return True
     return bool(ins["calls"]) and depth < 8 and computation_has_matmul(ins["calls"], depth)
 

@@ -37,6 +37,8 @@ ENTRY %main (a: f32[8,4], b: f32[4,4]) -> f32[8,4] {
   %fusion.1 = f32[8,4]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused_dot, metadata={op_name="jit(train_step)/transpose(jvp(VisionLanguageModel))/VisionLanguageModel.encode_image/image_encoder/encoder/layer_3/intermediate/dense/dot_general"}
   %while.2 = (s32[], f32[8,4]{1,0}) while(%a), condition=%cond, body=%body, metadata={op_name="jit(train_step)/jvp(VisionLanguageModel)/VisionLanguageModel.encode_text/text_encoder/while"}
   %multiply.4 = f32[8,4]{1,0} multiply(%a, %a), metadata={op_name="jit(train_step)/update/mul"}
+  %custom-call.6 = (bf16[8,4]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", metadata={op_name="jit(train_step)/jvp(VisionLanguageModel)/tag_decoder/layer0/linear1/dot_general"}
+  %custom-call.8 = f32[8,4]{1,0} custom-call(%a), custom_call_target="Sharding"
   ROOT %divide.5 = f32[8,4]{1,0} divide(%a, %a), metadata={op_name="jit(train_step)/jvp(objective)/div"}
 }
 """
@@ -59,6 +61,7 @@ def test_parse_hlo_finds_matmuls_inside_fusions_and_reads_the_name_stack():
   ins = ps.parse_hlo(HLO)
   assert ins["fusion.1"]["matmul"] and ins["dot.1"]["matmul"]
   assert not ins["fusion.7"]["matmul"] and not ins["multiply.4"]["matmul"]
+  assert ins["custom-call.6"]["matmul"] and not ins["custom-call.8"]["matmul"]   # GPU GEMM
   assert ins["fusion.1"]["op_name"].endswith("layer_3/intermediate/dense/dot_general")
   assert ps.part_of(ins["fusion.1"]["op_name"]) == "image tower"
   assert ps.pass_of(ins["fusion.1"]["op_name"]) == "backward"
