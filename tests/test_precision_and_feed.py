@@ -3,7 +3,8 @@
 - the uint8 feed: on-device normalisation is bit-identical to the host's, and the model
   gives the same outputs from uint8 pixels as from host-normalised floats;
 - `local=False` (the step under an objective without local terms) changes no loss term;
-- bfloat16 trains (executed, not traced): its losses stay close to float32's;
+- bfloat16 computes every statistic in float32, its outputs match float32's up to
+  rounding, and it trains (executed, not traced): its losses stay close to float32's;
 - `parallel.prefetch_to_mesh` keeps the order and runs `depth` batches ahead.
 """
 import sys
@@ -103,7 +104,7 @@ def test_without_local_terms_the_local_heads_do_not_run_and_no_loss_changes():
 LR = 1e-4
 
 
-def _train_losses(dtype: str, steps: int = 5) -> list[float]:
+def _train_losses(dtype: str, steps: int = 12) -> list[float]:
   config = bench.make_config(size="tiny", dtype=dtype, batch=8)
   with config.unlocked():
     config.train.lr, config.train.warmup_frac = LR, 0.0
@@ -118,17 +119,64 @@ def _train_losses(dtype: str, steps: int = 5) -> list[float]:
   return losses, runner
 
 
+def _reductions(jaxpr) -> list[tuple[str, str, str]]:
+  """(primitive, operand dtype, name stack) of every reduction in `jaxpr` and the jaxprs
+  nested in its equations (jit, remat, scan, cond, custom_vjp)."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name.startswith(("reduce_", "argmax", "argmin", "cum")):
+      out.append((eqn.primitive.name, str(eqn.invars[0].aval.dtype),
+                  str(eqn.source_info.name_stack)))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)           # ClosedJaxpr -> Jaxpr
+        if hasattr(sub, "eqns"):
+          out.extend(_reductions(sub))
+  return out
+
+
+def test_bfloat16_forward_matches_float32_outputs():
+  """The same parameters in both compute dtypes, train mode (batch statistics): bf16 moves
+  the embeddings by rounding only. (The loss itself is no good measure at init: the random
+  tower's features of noise images share ~95 % of their length, BatchNorm blows the rest
+  up, and the contrastive terms multiply similarity changes by 1/τ, so the loss at init
+  moved 4.6 % with embeddings this close.)"""
+  f32, bf16 = (bench.make_config(size="tiny", dtype=d, batch=8) for d in ("float32", "bfloat16"))
+  batch = random_batch.random_batch(f32, 8)
+  model, variables, constants = _model_and_variables(f32, batch)
+  model_bf16 = vlp.VisionLanguageModel(vlp.frozen_model_config(bf16))
+  forward = lambda m: (lambda b: m.apply(  # noqa: E731
+      variables, b, train=True, tag_queries=constants["tag_queries"],
+      rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_stats"])[0])
+  # every statistic (softmax, LayerNorm, BatchNorm, L2 norm, pooling) is reduced in float32
+  low = [r for r in _reductions(jax.make_jaxpr(forward(model_bf16))(batch).jaxpr)
+         if r[1] not in ("float32", "bool")]
+  assert not low, low
+  outs = [jax.jit(forward(m))(batch) for m in (model, model_bf16)]
+  for key in ("image_emb", "text_emb", "patch_emb", "word_emb"):
+    a, b = (np.asarray(o[key]) for o in outs)
+    assert b.dtype == np.float32, key                    # outputs stay float32
+    cos = (a * b).sum(-1)
+    if key == "word_emb":
+      cos = cos[np.asarray(outs[0]["word_mask"])]
+    assert cos.min() > 0.99, (key, cos.min())            # measured ≥ 0.9966
+  diff = np.abs(np.asarray(outs[0]["tag_logits"]) - np.asarray(outs[1]["tag_logits"]))
+  assert 0 < diff.max() < 0.01                           # measured 0.002 of ±0.4 logits
+
+
 def test_bfloat16_trains_close_to_float32():
   f32, _ = _train_losses("float32")
   bf16, runner = _train_losses("bfloat16")
   # the compiled bf16 program multiplies in bf16 (not a float32 program in disguise)
   hlo = runner.compiled.as_text()
   assert "bf16" in hlo
-  # the same batch every step, no dropout: both learn it (measured 16.4 → 10.1 in float32,
-  # 15.7 → 10.6 in bfloat16 after 4 updates)
-  assert f32[-1] < 0.75 * f32[0] and bf16[-1] < 0.75 * bf16[0]
-  assert bf16[0] == pytest.approx(f32[0], rel=0.05)    # the forward pass at init
-  assert bf16[-1] == pytest.approx(f32[-1], rel=0.10)  # after training
+  # the same batch every step, no dropout: both learn it. float32 settles at 10.1 from
+  # 16.4; bf16 comes down from 15.7 and fluctuates around it (10.2-11.5 over steps 6-12,
+  # jax 0.10.2 and 0.11.2), so the last 6 steps are compared on average (measured 4.8 %
+  # and 6 % above float32's)
+  late = lambda losses: float(np.mean(losses[-6:]))  # noqa: E731
+  assert late(f32) < 0.75 * f32[0] and late(bf16) < 0.75 * bf16[0]
+  assert late(bf16) == pytest.approx(late(f32), rel=0.10)
   params = jax.tree.leaves(runner.state.params)
   assert all(p.dtype == jnp.float32 for p in params)   # parameters stay float32
 
