@@ -12,6 +12,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import jaxprs_in_params
 import numpy as np
 import pytest
 
@@ -127,11 +128,8 @@ def _reductions(jaxpr) -> list[tuple[str, str, str]]:
     if eqn.primitive.name.startswith(("reduce_", "argmax", "argmin", "cum")):
       out.append((eqn.primitive.name, str(eqn.invars[0].aval.dtype),
                   str(eqn.source_info.name_stack)))
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        sub = getattr(sub, "jaxpr", sub)           # ClosedJaxpr -> Jaxpr
-        if hasattr(sub, "eqns"):
-          out.extend(_reductions(sub))
+    for sub in jaxprs_in_params(eqn.params):
+      out.extend(_reductions(sub))
   return out
 
 
@@ -149,8 +147,9 @@ def test_bfloat16_forward_matches_float32_outputs():
       variables, b, train=True, tag_queries=constants["tag_queries"],
       rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_stats"])[0])
   # every statistic (softmax, LayerNorm, BatchNorm, L2 norm, pooling) is reduced in float32
-  low = [r for r in _reductions(jax.make_jaxpr(forward(model_bf16))(batch).jaxpr)
-         if r[1] not in ("float32", "bool")]
+  reductions = _reductions(jax.make_jaxpr(forward(model_bf16))(batch).jaxpr)
+  assert {"reduce_max", "reduce_sum"} <= {r[0] for r in reductions}   # the walk sees them
+  low = [r for r in reductions if r[1] not in ("float32", "bool")]
   assert not low, low
   outs = [jax.jit(forward(m))(batch) for m in (model, model_bf16)]
   for key in ("image_emb", "text_emb", "patch_emb", "word_emb"):
@@ -176,6 +175,7 @@ def test_bfloat16_trains_close_to_float32():
   # (measured 4.8 % and 6 % above float32's)
   late = lambda losses: float(np.mean(losses[-6:]))  # noqa: E731
   assert late(f32) < 0.75 * f32[0] and late(bf16) < 0.75 * bf16[0]
+  assert bf16[0] == pytest.approx(f32[0], rel=0.05)    # the forward pass at init (4.6 %)
   assert late(bf16) == pytest.approx(late(f32), rel=0.10)
   params = jax.tree.leaves(runner.state.params)
   assert all(p.dtype == jnp.float32 for p in params)   # parameters stay float32
