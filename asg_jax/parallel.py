@@ -60,8 +60,27 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Place a pytree replicated on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Place a pytree replicated on every device of the mesh, wherever its leaves are now.
+
+  Leaves may be NumPy arrays, scalars or `jax.Array`s committed anywhere: on one device
+  (what `Pretrained.from_workdir` restores, what an un-meshed `jax.jit` returns), on
+  another mesh, or already replicated here (kept as they are). A jitted function whose
+  context mesh is `mesh` rejects arguments committed to other devices, so every restored
+  or freshly initialised tree goes through here before it meets the mesh. With several
+  processes every process must pass the same values (each places its own devices' copies).
+  """
+  target = replicated(mesh)
+
+  def place(x):
+    if isinstance(x, jax.Array):
+      if x.sharding.is_equivalent_to(target, x.ndim):
+        return x
+      if x.is_fully_addressable:   # this process holds all of it: one hop through the host
+        x = np.asarray(jax.device_get(x))
+      elif x.is_fully_replicated:  # another process-spanning mesh: the local copy
+        x = np.asarray(x.addressable_data(0))
+    return jax.device_put(x, target)
+  return jax.tree.map(place, tree)
 
 
 def prefetch_to_mesh(batches: Iterator[Mapping[str, np.ndarray]], mesh: jax.sharding.Mesh,

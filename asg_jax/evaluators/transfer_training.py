@@ -225,7 +225,10 @@ class Trainer:
                                     batch_stats=stats, opt_state=tx.init(params))
       # one compiled function builds the whole replicated state (no per-leaf eager ops)
       self._compiled[key] = jax.jit(make, out_shardings=parallel.replicated(mesh))
-    ts = self._compiled[key](encoder, enc_stats, head["params"], head_stats, np.int32(step0))
+    # the encoder comes from wherever its state was made (Pretrained: one device): placed
+    # on this mesh first, or the jit under the mesh rejects it (any many-device host)
+    inputs = parallel.replicate((encoder, enc_stats, head["params"], head_stats), mesh)
+    ts = self._compiled[key](*inputs, np.int32(step0))
     return ts, self.tx
 
   def train_step(self, ts, mesh):
