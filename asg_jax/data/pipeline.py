@@ -11,15 +11,19 @@
 How it reads (all deterministic, also with parallel map):
 
 * **Shards.** A split is a list of shards (tfrecord files with skip/take, from tfds's
-  `file_instructions`), each covering consecutive split positions. Process `p` of `P` reads
-  the contiguous positions `[p*M//P, (p+1)*M//P)` (`M` = split size, or `max_examples`).
-  `index` in the batch is the split position.
+  `file_instructions`), each covering consecutive split positions (`M` = split size, or
+  `max_examples`). `index` in the batch is the split position.
+* **Processes.** Every process reads the same global stream of raw records (the order
+  below depends on the seed only) and decodes its own part of each global batch: process `p`
+  of `P` keeps stream positions `[s*B + p*b, s*B + (p+1)*b)` of step `s` (`B` = global
+  batch, `b = B/P`). So the global batches, and a run's numbers, are the same on 1 × 8,
+  2 × 4 or 8 × 1 devices; the price is that every process reads (not decodes) every record.
 * **Epochs.** Training is an endless concatenation of epochs; epoch `e` reads this process's
   shards in a file order permuted by `(seed, e)` (interleaved), then shuffles the raw records
   with a buffer seeded by `(seed, e)`. Batches run across epoch boundaries
-  (`drop_remainder`), so step `s` holds stream positions `[s*b, (s+1)*b)` (`b` = per-process
-  batch). `start_step=s` opens the stream at epoch `s*b // n` (earlier epochs are never
-  read) and skips the remaining `s*b % n` RAW records — before decoding — so it yields
+  (`drop_remainder`), so step `s` holds stream positions `[s*B, (s+1)*B)`.
+  `start_step=s` opens the stream at epoch `s*B // M` (earlier epochs are never
+  read) and skips the remaining `s*B % M` RAW records — before decoding — so it yields
   exactly what an uninterrupted iterator yields from step `s` on.
 * **Examples.** After the skip, each record is decoded (image PNG decode happens here) and
   the geometry of `geometry.py` is applied to image and boxes (random crop seeded by
@@ -34,7 +38,9 @@ How it reads (all deterministic, also with parallel map):
   tf.data's AUTOTUNE prefetch.
 * **Eval** (`train=False`): one pass in split order, no shuffle, centre crop; the last
   partial batch is padded to full size (copies of its first row with `valid = False`,
-  `index = -1` and no regions), and every process yields the same number of batches.
+  `index = -1` and no regions), and every process yields the same number of batches,
+  `ceil(M / B)` (a process whose part of the last global batch is empty yields an
+  all-padding batch).
 
 The parts: `source` (ExampleSource, tfds splits), `stream` (tf.data decode + geometry +
 batching), `host` (tokenise, normalise, region words, eval padding, thread prefetcher);
@@ -95,17 +101,21 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
   total = source.num_examples
   if max_examples:
     total = min(total, int(max_examples))
-  if total < process_count:
-    raise ValueError(f"{source.name}: {total} examples cannot be shared by {process_count} "
-                     "processes")
   first = source.shards[0].start if source.shards else 0
-  lo = first + process_index * total // process_count
-  hi = first + (process_index + 1) * total // process_count
-  mine = source.select(lo, hi)
-  ds = make_dataset(mine, image_size=image_size, resize=resize, max_regions=max_regions,
+  source = source.select(first, first + total)
+  num_batches = math.ceil(total / batch_size) - int(start_step)   # eval, on every process
+  # eval: a process whose part of every global batch is past the end reads the first
+  # record only, as the template of its all-padding batches
+  empty = not train and process_index * local >= total
+  ds = make_dataset(source, image_size=image_size, resize=resize, max_regions=max_regions,
                     normalization=normalization, regions=regions, shuffle_buffer=shuffle_buffer,
-                    local_batch_size=local, train=train, seed=seed, start_step=start_step,
-                    min_box_visibility=min_box_visibility)
+                    local_batch_size=local, train=train, seed=seed,
+                    start_step=0 if empty else start_step,
+                    min_box_visibility=min_box_visibility,
+                    process_index=0 if empty else process_index,
+                    process_count=1 if empty else process_count)
+  if empty:
+    ds = ds.take(1)
 
   finalize = functools.partial(finalize_batch, tokenizer=tokenizer,
                                max_region_words=max_region_words,
@@ -116,7 +126,9 @@ def iterate_source(source: ExampleSource, *, tokenizer, image_size: int, resize:
   batches = _host_map(ds.as_numpy_iterator, finalize, workers, host_prefetch + workers)
   if train:
     return batches
-  num_batches = math.ceil(math.ceil(total / process_count) / local) - int(start_step)
+  if empty:
+    template = _invalidate(_pad_batch(next(iter(batches)), local))
+    return iter([template] * num_batches)
   return _eval_padding(batches, local, num_batches)
 
 

@@ -89,8 +89,13 @@ _PADDING = {"region_sentences": -1, "sentence_starts": -1}
 def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_regions: int,
                  normalization: str, regions: Sequence[str], shuffle_buffer: int,
                  local_batch_size: int, train: bool, seed: int, start_step: int = 0,
-                 min_box_visibility: float = 0.5) -> tf.data.Dataset:
+                 min_box_visibility: float = 0.5, process_index: int = 0,
+                 process_count: int = 1) -> tf.data.Dataset:
   """This process's tf.data batches before tokenisation (see the module docstring).
+
+  The record stream is the same on every process (it depends on `seed` only); process
+  `process_index` of `process_count` decodes its `local_batch_size` rows of each global
+  batch of `local_batch_size * process_count` stream positions (asg_jax.data.pipeline).
 
   Elements: `image` uint8 `[b, S, S, C]` (cropped, not yet normalised: `finalize_batch`
   does it), `tags` i32 `[b, 40]`, `chexpert` f32 `[b, 14]`,
@@ -106,16 +111,17 @@ def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_reg
     raise ValueError(f"config.data.regions: unknown region name(s) {unknown}; the names are "
                      f"those of vocab.json imagenome_regions_29")
   keep_ids = [vocabulary.REGION_INDEX[r] for r in regions]
-  n_local = source.num_examples
-  if n_local == 0:
-    raise ValueError(f"{source.name}: this process has no examples to read")
+  n = source.num_examples
+  if n == 0:
+    raise ValueError(f"{source.name}: there are no examples to read")
   geometry.normalization_constants(normalization)
   fn = _example_fn(decode=source.decode, name=source.name, image_size=image_size, resize=resize,
                    max_regions=max_regions, keep_ids=keep_ids,
                    train=train, seed=seed, min_box_visibility=min_box_visibility)
-  skip = int(start_step) * local_batch_size
+  global_batch = local_batch_size * process_count
+  skip = int(start_step) * global_batch
   if train:
-    first_epoch, skip = divmod(skip, n_local)
+    first_epoch, skip = divmod(skip, n)
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(
         lambda e: _records(source, train=True, seed=seed, shuffle_buffer=shuffle_buffer,
                            epoch=e))
@@ -124,6 +130,11 @@ def make_dataset(source: ExampleSource, *, image_size: int, resize: int, max_reg
                   epoch=tf.constant(0, tf.int64))
   if skip:
     ds = ds.skip(skip)   # raw records: nothing skipped is decoded
+  if process_count > 1:   # this process's rows of every global batch (raw: not decoded)
+    b = local_batch_size
+    ds = ds.enumerate().filter(
+        lambda pos, rec: (pos % global_batch) // b == process_index
+    ).map(lambda pos, rec: rec)
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   padding = {k: tf.constant("") if spec.dtype == tf.string else
              tf.constant(False) if spec.dtype == tf.bool else

@@ -238,24 +238,49 @@ def test_eval_padding_and_valid(examples, tokenizer):
   assert_batches_equal(batches, again)
 
 
-def test_two_processes_read_disjoint_shards(tokenizer):
+def _global_batches(src, tokenizer, processes, n, **over):
+  """The global batches the `processes` processes make together: each step's process
+  batches concatenated in process order (the row order of `parallel.shard_batch`)."""
+  its = [pipeline.iterate_source(src, process_index=p, process_count=processes,
+                                 **kwargs(tokenizer, **over)) for p in range(processes)]
+  per_proc = [take(it, n) if over.get("train", True) else list(it) for it in its]
+  assert len({len(b) for b in per_proc}) == 1          # every process: the same count
+  return [{k: np.concatenate([pb[s][k] for pb in per_proc]) for k in per_proc[0][s]}
+          for s in range(len(per_proc[0]))]
+
+
+def test_global_batches_are_the_same_for_any_number_of_processes(tokenizer):
   exs = make_examples(51, seed=2)
   src = source_of(exs, num_shards=4)
-  per_proc = []
-  for p in range(2):
-    it = pipeline.iterate_source(src, train=True, process_index=p, process_count=2,
-                                 **kwargs(tokenizer))
-    batches = take(it, 7)                            # 7 x 4 rows > one 25/26-example epoch
-    assert all(b["index"].shape == (4,) for b in batches)
-    per_proc.append(np.concatenate([b["index"] for b in batches]))
-  first_epoch = [set(per_proc[0][:25].tolist()), set(per_proc[1][:26].tolist())]
-  assert first_epoch[0] == set(range(25)) and first_epoch[1] == set(range(25, 51))
-  assert not first_epoch[0] & first_epoch[1]
-  evals = [list(pipeline.iterate_source(src, train=False, process_index=p, process_count=2,
-                                        **kwargs(tokenizer))) for p in range(2)]
-  assert len(evals[0]) == len(evals[1]) == 7          # ceil(26 / 4), equal on both
-  valid_idx = [np.concatenate([b["index"][b["valid"]] for b in e]) for e in evals]
-  np.testing.assert_array_equal(np.sort(np.concatenate(valid_idx)), np.arange(51))
+  # training: 7 global batches of 8 cross the 51-example epoch; every topology makes the
+  # same global batches, image for image (random crops are seeded per example)
+  one = _global_batches(src, tokenizer, 1, 7, train=True)
+  for processes in (2, 4, 8):
+    assert_batches_equal(one, _global_batches(src, tokenizer, processes, 7, train=True))
+  first = np.concatenate([b["index"] for b in one])
+  assert sorted(first[:51].tolist()) == list(range(51))   # an epoch is a permutation
+  # resuming at step 3 on 2 processes continues the 1-process stream
+  assert_batches_equal(one[3:], _global_batches(src, tokenizer, 2, 4, train=True,
+                                                start_step=3))
+  # eval: ceil(51 / 8) = 7 batches on every process, split order, padding at the end; with
+  # 8 processes of 1 row, processes 3-7 have nothing in the last batch (all padding)
+  ev1 = _global_batches(src, tokenizer, 1, 0, train=False)
+  for processes in (2, 8):
+    ev = _global_batches(src, tokenizer, processes, 0, train=False)
+    assert len(ev) == 7
+    for a, b in zip(ev1, ev):
+      np.testing.assert_array_equal(a["valid"], b["valid"])
+      np.testing.assert_array_equal(a["index"], b["index"])
+      np.testing.assert_array_equal(a["image"][a["valid"]], b["image"][b["valid"]])
+  index = np.concatenate([b["index"] for b in ev1])
+  np.testing.assert_array_equal(index[:51], np.arange(51))
+  assert np.all(index[51:] == -1)
+  # fewer examples than processes: the processes without any yield one all-padding batch
+  tiny = _global_batches(source_of(exs[:3], num_shards=1), tokenizer, 8, 0, train=False)
+  assert len(tiny) == 1
+  np.testing.assert_array_equal(tiny[0]["valid"], np.arange(8) < 3)
+  np.testing.assert_array_equal(tiny[0]["index"], [0, 1, 2] + [-1] * 5)
+  assert not tiny[0]["region_mask"][3:].any()
   with pytest.raises(ValueError, match="divisible"):
     pipeline.iterate_source(src, train=True, process_index=0, process_count=3,
                             **kwargs(tokenizer))
