@@ -26,6 +26,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
+import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ "
@@ -93,24 +94,42 @@ def main(argv):
 
 def write_figures(workdir: str) -> dict[str, str]:
   """The figures of the finished run (asg_jax.visualize) unless they are newer than its
-  summary.json; a figure that fails is reported, never fatal (the run is done)."""
+  summary.json; a figure that fails is reported, never fatal (the run is done).
+
+  With several processes every process loads the model and computes the figures (the
+  checkpoint restore is collective) and process 0 alone writes them; the others draw into
+  a scratch folder that is then removed."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+
   import jax  # pylint: disable=import-outside-toplevel
   from asg_jax import visualize  # pylint: disable=import-outside-toplevel
-  if jax.process_index() != 0:
-    return {}
+  first = jax.process_index() == 0
   out = os.path.join(workdir, visualize.FIGURES_DIR)
   paths = {n: os.path.join(out, f"{n}.png") for n in visualize.FIGURE_NAMES}
   summary = os.path.join(workdir, "summary.json")
-  if all(os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(summary)
-         for p in paths.values()):
-    return paths
-  print("Drawing the figures (grounding, retrieval, t-SNE, curves) ...", flush=True)
+  fresh = all(os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(summary)
+              for p in paths.values())
+  if jax.process_count() > 1:   # process 0 decides for all (they must all draw, or none)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    fresh = bool(multihost_utils.broadcast_one_to_all(np.int32(fresh)))
+  if fresh:
+    return paths if first else {}
+  if first:
+    print("Drawing the figures (grounding, retrieval, t-SNE, curves) ...", flush=True)
+  scratch = None if first else tempfile.mkdtemp(prefix="asg_jax_figures_")
   try:
-    return visualize.write_figures(workdir, out)
+    written = visualize.write_figures(workdir, out if first else scratch,
+                                      log=print if first else (lambda *_: None))
+    return written if first else {}
   except Exception as e:  # pylint: disable=broad-except
-    print(f"WARNING: the figures were not written ({type(e).__name__}: {e}); "
-          f"`python -m asg_jax.visualize --workdir {workdir}` draws them", flush=True)
+    if first:
+      print(f"WARNING: the figures were not written ({type(e).__name__}: {e}); "
+            f"`python -m asg_jax.visualize --workdir {workdir}` draws them", flush=True)
     return {}
+  finally:
+    if scratch:
+      shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_where(workdir: str, figures: dict[str, str], transfer: bool) -> None:
