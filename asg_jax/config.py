@@ -25,6 +25,25 @@ ASG_REGIONS_23 = (
 )
 
 
+# Keys that say what a rerun does, not what is trained: left out of the fingerprint that ties
+# summary.json to its config and of the config changes a resumed run reports.
+RERUN_POLICY_KEYS = ("data.on_change",)
+
+
+def without_rerun_policy(tree: dict) -> dict:
+  """A copy of `tree` (a config as JSON: nested dicts) without `RERUN_POLICY_KEYS`."""
+  def drop(node: dict, parts: list[str]) -> dict:
+    head, rest = parts[0], parts[1:]
+    if not rest:
+      return {k: v for k, v in node.items() if k != head}
+    if not isinstance(node.get(head), dict):
+      return node
+    return {**node, head: drop(node[head], rest)}
+  for dotted in RERUN_POLICY_KEYS:
+    tree = drop(tree, dotted.split("."))
+  return tree
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every key a recipe may set, with the published ASG ViT-B/16 values as defaults."""
   c = ml_collections.ConfigDict()
@@ -129,6 +148,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""             # tfds data_dir ("" = <workdir>/data)
   c.data.manual_dir = ""           # where the manual download / your pairs.csv lives (read only)
   c.data.rebuild = "auto"          # "auto": rebuild when the label files changed | "never" | "always"
+  # a rerun whose data changed under a trained workdir (asg_jax/lineage.py): "refuse" (exit 2,
+  # saying what changed) | "continue" (old vocabulary, the new data) | "retrain" (start over,
+  # the old run kept in <workdir>/previous_<time>/)
+  c.data.on_change = "refuse"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.tokenizer = "emilyalsentzer/Bio_ClinicalBERT"  # vocab.txt, local dir or cached hub name
@@ -313,6 +336,7 @@ def _check(c: ml_collections.ConfigDict) -> None:
       "model.image.attention_impl": ("einsum", "auto", "xla", "cudnn"),
       "model.text.attention_impl": ("einsum", "auto", "xla", "cudnn"),
       "data.rebuild": ("auto", "never", "always"),
+      "data.on_change": ("refuse", "continue", "retrain"),
       "train.dropout_prng": ("threefry", "rbg"),
       "model.image.remat": remat.REMAT_OPTIONS,
       "model.text.remat": remat.REMAT_OPTIONS,

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from asg_jax import checkpoints, objectives, parallel, predict
+from asg_jax import checkpoints, lineage, objectives, parallel, predict
 from asg_jax import console, preemption
 from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
@@ -162,9 +162,11 @@ SMALL_EVAL_SPLIT = 100   # below this many validation examples the figures are n
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> str:
-  """SHA-256 of the resolved config (what a finished run's summary.json is tied to)."""
-  text = config.to_json_best_effort(sort_keys=True)
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+  """SHA-256 of the resolved config (what a finished run's summary.json is tied to), less
+  the keys that only say what a rerun does (`config.RERUN_POLICY_KEYS`)."""
+  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  tree = config_lib.without_rerun_policy(json.loads(config.to_json_best_effort(sort_keys=True)))
+  return hashlib.sha256(json.dumps(tree, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -225,8 +227,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   """
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
+  # the data (and vocabulary) the checkpoints were trained on, before the data is touched:
+  # refuses, continues or moves the old run aside when it changed (config.data.on_change)
+  binding = lineage.check(config, workdir) if data is None else None
   finished = finished_summary(config, workdir)
-  if finished is not None and not reevaluate:
+  if finished is not None and not reevaluate and not (binding and binding.changed):
     print(f"Already finished: {workdir} holds the completed run of this config (step "
           f"{finished['steps']}, {finished.get('stopped')}); summary.json is kept as it was. "
           f"Pass --reevaluate to evaluate the last checkpoint again.", flush=True)
@@ -253,8 +258,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
 
   with jax.set_mesh(mesh):
     host_constants = objectives.make_constants(config, data.tokenizer, query_rng)
-    if jax.process_index() == 0:
-      workdir_lib.save_inference_files(workdir, data.tokenizer, host_constants)
+    if jax.process_index() == 0:   # tokenizer.json is never rewritten under a checkpoint
+      workdir_lib.save_inference_files(
+          workdir, None if lineage.bound_tokenizer(workdir) else data.tokenizer, host_constants)
+      if binding is not None:
+        lineage.record(workdir, binding, {config.data.train_split: data.num_train_examples,
+                                          config.data.eval_split: data.num_eval_examples})
     constants = parallel.replicate(host_constants, mesh)
     with console.step("Initialising the model"):
       state = state_lib.init_state(config, model, tx, init_rng, data.example_batch(), constants,

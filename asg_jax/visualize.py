@@ -18,7 +18,8 @@ The four figures (docs/figures.md shows them on the demo):
   and one map per phrase. Every map is drawn on the ORIGINAL image: the patch grid lives on
   the centre crop of the resized, zero-padded image (asg_jax/data/geometry.py), and
   `heatmap_to_original` maps it back through exactly that geometry (the dashed square is the
-  crop the model saw).
+  crop the model saw). Only examples with boxes of their own are shown (not the atlas);
+  without any, the figure is skipped with a one-line reason.
 - `retrieval.png` — RECLF figure 5: for query reports, the top-5 images of the split, and for
   query images the top-5 reports; green = the query's own pair, orange = same class (the same
   set of positive CheXpert findings), red = another class.
@@ -167,7 +168,8 @@ def load_examples(workdir: str, config=None, split: str | None = None,
   """The first `max_examples` stored examples (interfaces.md §1) of `split` (default
   `config.data.eval_split`) of the workdir's dataset, in split order: `image` uint8
   `[H, W, 1]`, `sentences` list[str], `caption`, `region_boxes` `[R, 4]` (stored pixels),
-  `region_ids` `[R]`, `region_sentence_index` `[R, S]`, `chexpert` `[14]`, `tags` `[40]`.
+  `region_ids` `[R]`, `region_sentence_index` `[R, S]`, `chexpert` `[14]`, `tags` `[40]`,
+  `region_source` ("imagenome" / "annotation": the image's own boxes; "atlas" / "none").
 
   Raises:
     FileNotFoundError / ValueError: naming the dataset folder or split (not built yet).
@@ -193,8 +195,13 @@ def load_examples(workdir: str, config=None, split: str | None = None,
                   "region_ids": np.asarray(ex["region_ids"], np.int32).reshape(-1),
                   "region_sentence_index": np.asarray(ex["region_sentence_index"], np.int32),
                   "chexpert": np.asarray(ex["chexpert"], np.float32),
-                  "tags": np.asarray(ex["tags"], np.int32)})
+                  "tags": np.asarray(ex["tags"], np.int32),
+                  "region_source": _text(ex.get("region_source", b""))})
   return out
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _chunks(n: int, size: int):
@@ -325,16 +332,32 @@ def _present_findings(sentence: str) -> set[str]:
           if t.existence == PRESENT and t.finding not in _DEVICES}
 
 
+def has_own_boxes(example: Mapping) -> bool:
+  """Whether `example` has region boxes of its own (Chest ImaGenome, a `boxes` column): not
+  none, not the atlas (a prior drawn on every image alike). An example that does not say
+  where its boxes come from counts as having its own."""
+  from asg_jax.data.stream import PRIOR_REGION_SOURCES  # pylint: disable=import-outside-toplevel
+  return (len(example["region_ids"]) > 0
+          and example.get("region_source", "") not in PRIOR_REGION_SOURCES)
+
+
+def _region_sentences(example: Mapping) -> np.ndarray:
+  """`region_sentence_index` as `[R, S]` (also for R = 0)."""
+  rsi = np.asarray(example["region_sentence_index"])
+  return rsi.reshape(len(example["region_ids"]), rsi.shape[-1] if rsi.ndim == 2 else -1)
+
+
 def pick_grounding(examples: Sequence[Mapping], count: int = 4) -> list[tuple[int, int]]:
   """(example, region) pairs to show, in split order, distinct classes first: examples with
-  a positive finding, each with the smallest of its regions whose sentence states a present
-  finding (the report parser; devices are not findings)."""
+  boxes of their own (`has_own_boxes`) and a positive finding, each with the smallest of its
+  regions whose sentence states a present finding (the report parser; devices are not
+  findings)."""
   candidates = []
   for i, ex in enumerate(examples):
     cls = class_of(ex["chexpert"])
-    if cls == "No Finding":
+    if cls == "No Finding" or not has_own_boxes(ex):
       continue
-    rsi = np.asarray(ex["region_sentence_index"]).reshape(len(ex["region_ids"]), -1)
+    rsi = _region_sentences(ex)
     boxes = np.asarray(ex["region_boxes"]).reshape(-1, 4)
     good = [r for r in range(len(ex["region_ids"]))
             if any(_present_findings(ex["sentences"][k]) for k in rsi[r]
@@ -365,7 +388,16 @@ def grounding_figure(model, examples: Sequence[Mapping], encoded: Mapping,
   grid = patch_grid(config)
   pairs = list(pairs if pairs is not None else pick_grounding(examples))
   if not pairs:
-    raise ValueError("no example of the split has a finding sentence tied to a region box")
+    own = sum(has_own_boxes(ex) for ex in examples)
+    if not own:
+      sources = sorted({ex.get("region_source") or "none" for ex in examples})
+      raise ValueError(f"skipped: none of the {len(examples)} examples has region boxes of "
+                       f"its own (region_source {', '.join(sources)}; the atlas is a prior, "
+                       f"not the image's anatomy); give the data boxes (a boxes column in "
+                       f"pairs.csv, Chest ImaGenome for MIMIC-CXR) or pass --images for "
+                       f"phrase maps")
+    raise ValueError(f"skipped: none of the {own} examples with boxes of their own has a "
+                     f"finding sentence tied to a region box")
   asg = config.loss.name == "asg" and config.loss.use_arsa
   cols = 3
   fig = _figure(4.2 * cols, 3.6 * len(pairs))
@@ -375,7 +407,7 @@ def grounding_figure(model, examples: Sequence[Mapping], encoded: Mapping,
     image = ex["image"]
     h, w = image.shape[:2]
     geo = crop_geometry(h, w, config.data.resize, config.data.image_size)
-    rsi = np.asarray(ex["region_sentence_index"]).reshape(len(ex["region_ids"]), -1)
+    rsi = _region_sentences(ex)
     sentence = " ".join(ex["sentences"][s] for s in rsi[r] if 0 <= s < len(ex["sentences"]))
     region = REGIONS[int(ex["region_ids"][r])]
     ax = axes[row, 0]

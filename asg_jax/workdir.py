@@ -3,7 +3,11 @@
     <workdir>/config.json, config.txt   the resolved config
     <workdir>/config.until_step{N}.json the config that trained steps <= N, kept when a rerun
                                         resumed the workdir with a changed config
-    <workdir>/tokenizer.json            the tokenizer of training
+    <workdir>/tokenizer.json            the tokenizer of training (never rewritten once a
+                                        checkpoint exists: asg_jax/lineage.py)
+    <workdir>/data_lineage.json         the data and vocabulary the checkpoints were trained
+                                        on (asg_jax/lineage.py)
+    <workdir>/previous_<time>/          an earlier run kept by config.data.on_change=retrain
     <workdir>/constants.npz             constants of the step: the IRL `tag_queries` [40, Dt]
                                         and `tag_query_rng` (uint32 key data of the frozen
                                         query tower's random init), with which config.json
@@ -43,12 +47,14 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]
   """`["train.num_steps: 500 -> 1500", ...]`: the keys whose value differs between
   `<workdir>/config.json` (the config the workdir was last run with) and `config`; keys only
   one side has are listed too. [] when there is no config.json."""
+  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     return []
-  with open(path) as f:
-    old = _flat(json.load(f))
-  new = _flat(json.loads(config.to_json_best_effort(sort_keys=True)))
+  with open(path) as f:   # the rerun policy (config.RERUN_POLICY_KEYS) is no change of the run
+    old = _flat(config_lib.without_rerun_policy(json.load(f)))
+  new = _flat(config_lib.without_rerun_policy(json.loads(config.to_json_best_effort(
+      sort_keys=True))))
   missing = object()
   return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
           for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]

@@ -6,7 +6,10 @@
 `pairs.csv` columns (docs/data.md, "Train on your own image–report pairs"): image_path and
 report (required); split, subject_id / patient_id, view_position, boxes and the 14 CheXpert
 columns (optional). The folder is only read: the dataset is built into
-`<workdir>/data` (or `config.data.data_dir`), and rebuilt when pairs.csv changes.
+`<workdir>/data` (or `config.data.data_dir`), and rebuilt when pairs.csv changes — but a
+workdir with a checkpoint refuses changed data (one line saying what changed) unless
+`--config.data.on_change=continue` (old vocabulary, new rows) or `=retrain` (start over, the
+old run kept in `<workdir>/previous_<time>/`).
 
 Arguments (after the colon, comma-separated):
   image=vit|resnet50   the image tower (default vit: DeiT-B/16 weights + Bio_ClinicalBERT,

@@ -167,3 +167,36 @@ def test_phrases_on_given_images(workdir, tmp_path):
   assert rgb.shape[0] > rgb.shape[1] * 0.6               # two rows of three panels
   with pytest.raises(FileNotFoundError, match="missing.png"):
     visualize.read_image(str(tmp_path / "missing.png"))
+
+
+def test_grounding_is_skipped_with_a_reason_without_boxes_of_their_own(workdir, tmp_path):
+  """Atlas-only or region-less examples (own data without a boxes column): no numpy reshape
+  error, the grounding figure is skipped with one line; the others are still drawn."""
+  from asg_jax import inference
+  model = inference.Pretrained.from_workdir(str(workdir))
+  examples = visualize.load_examples(str(workdir), split="train", max_examples=12)
+  assert {e["region_source"] for e in examples} == {"imagenome"}    # the demo's own boxes
+  assert visualize.pick_grounding(examples)
+  atlas = [dict(e, region_source="atlas") for e in examples]
+  no_regions = [dict(e, region_ids=np.zeros((0,), np.int32),
+                     region_boxes=np.zeros((0, 4), np.float32),
+                     region_sentence_index=np.zeros((0, 1), np.int32),
+                     region_source="none") for e in examples]
+  reason = ("skipped: none of the 12 examples has region boxes of its own (region_source "
+            "{}; the atlas is a prior, not the image's anatomy); give the data boxes (a boxes "
+            "column in pairs.csv, Chest ImaGenome for MIMIC-CXR) or pass --images for phrase maps")
+  notes = []
+  written = visualize.write_figures(str(workdir), str(tmp_path), model=model, examples=atlas,
+                                    log=notes.append)
+  assert "grounding" not in written and {"retrieval", "tsne"} <= set(written)
+  assert [n for n in notes if n.startswith("grounding")] == [
+      "grounding: " + reason.format("atlas")]
+  assert visualize.pick_grounding(atlas) == visualize.pick_grounding(no_regions) == []
+  with pytest.raises(ValueError) as e:
+    visualize.grounding_figure(model, no_regions, encoded={})
+  assert str(e.value) == reason.format("none")
+  # one example with boxes of its own among atlas ones is enough
+  i, r = visualize.pick_grounding(examples)[0]
+  mixed = atlas[:]
+  mixed[i] = examples[i]
+  assert visualize.pick_grounding(mixed) == [(i, r)]

@@ -100,6 +100,32 @@ def fingerprint(builder, manual_dir: str) -> dict:
                     for rel in label_files(manual_dir)}}
 
 
+def expected_fingerprint(name: str, builder_config: str | None, data_dir: str,
+                         manual_dir: str | None, rebuild: str = "auto") -> dict | None:
+  """The fingerprint of the data `prepare(...)` with these arguments would leave in
+  `data_dir`, computed without building anything (asg_jax/lineage.py compares it with what
+  a workdir was trained on before the data is touched): that of `manual_dir` when it would
+  be (re)built from it; else the existing build's recorded one, or — for a build that
+  records none — the builder, config, version and split sizes tfds knows. None when it
+  cannot be told (no manual_dir folder and nothing built: `prepare` raises)."""
+  tfds = _tfds()
+  builder = tfds.builder(name, config=builder_config or None, data_dir=data_dir)
+  prepared = builder.is_prepared()
+  usable = bool(manual_dir) and os.path.isdir(manual_dir)
+  if usable and not (prepared and rebuild == "never"):
+    return fingerprint(builder, manual_dir)
+  if not prepared:
+    return None
+  fp_path = os.path.join(builder.data_dir, FINGERPRINT_FILE)
+  if os.path.isfile(fp_path):
+    with open(fp_path) as f:
+      return json.load(f)
+  config = builder.builder_config
+  return {"builder": builder.name, "config": config.name if config else "",
+          "version": str(builder.version), "image_size": getattr(config, "image_size", None),
+          "splits": {k: int(v.num_examples) for k, v in sorted(builder.info.splits.items())}}
+
+
 def _changes(old: dict | None, new: dict) -> str:
   """A short human description of what differs ('' when equal)."""
   if old is None:

@@ -19,6 +19,8 @@ from asg_jax.data.builders import common
 from asg_jax.data.reports import CHEXPERT, REGIONS, parse_report
 
 N = 14
+NOTE = ("Day 4: bilateral consolidations intubated. History: 73 year old male with fever and "
+        "coughing. PCR positive. Follow-up: extubated after 9 days of mechanical ventilation.")
 
 
 def _manual(out):
@@ -265,6 +267,7 @@ def pairs(realdata_dir, tmp_path_factory):
     reports = [e["report"] for e in json.load(f)["train"][:12]]
   root = tmp_path_factory.mktemp("pairs")
   shutil.copy(images / "00000001_000.png", root / "a.png")   # a relative path
+  shutil.copy(images / "00000001_000.png", root / "note.png")
   fake_m2 = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
   rows = [
       {"image_path": "a.png", "report": reports[0], "split": "train",
@@ -283,6 +286,7 @@ def pairs(realdata_dir, tmp_path_factory):
        "view_position": "LATERAL"},
       {"image_path": str(images / "16747_3_1.jpg"), "report": reports[9], "split": "validation",
        "view_position": "AP SUPINE"},
+      {"image_path": "note.png", "report": NOTE, "split": "train"},   # History:, no FINDINGS
   ]
   fields = ["image_path", "report", "split", "boxes", "view_position"]
   with open(root / "pairs.csv", "w", newline="") as f:
@@ -300,10 +304,12 @@ def test_image_text_csv_real_images(pairs):
   images, rows, builder, got, fake_m2 = pairs
   summary = common.read_summary(builder.data_dir_root, "image_text_csv", "default",
                                 str(builder.version))
-  # "  " and the two-word "Normal chest." are too short; the LATERAL row is filtered, the
-  # "AP SUPINE" one kept
-  assert summary["skipped_total"] == {"missing_image": 1, "too_short_report": 2,
-                                      "box_outside_image": 1, "missing_column": 1}
+  # the "  " report cell is empty (missing_column, like the short row); the two-word "Normal
+  # chest." is too short; the LATERAL row is filtered, the "AP SUPINE" one kept
+  assert summary["skipped_total"] == {"missing_image": 1, "too_short_report": 1,
+                                      "box_outside_image": 1, "missing_column": 2}
+  empty = [s for s in summary["skipped_files"] if s["file"].endswith("line 9")]
+  assert [s["reason"] for s in empty] == ["missing_column"] and "report" in empty[0]["detail"]
   assert summary["splits"]["train"]["filtered"] == {"view_LATERAL": 1}
   assert [e["view_position"].decode() for e in got["validation"]].count("AP SUPINE") == 1
   by_id = {e["dicom_id"].decode(): e for s in got.values() for e in s}
@@ -337,6 +343,9 @@ def test_image_text_csv_real_images(pairs):
   assert [REGIONS[i] for i in ann["region_ids"]] == list(parsed.regions)
   for box in ann["region_boxes"]:
     np.testing.assert_allclose(box, [50, 60, 150, 200])
+  # a clinical note whose only title is History: keeps its whole text (not empty_report)
+  assert [s.decode() for s in by_id["note"]["sentences"]] == parse_report(
+      NOTE, sections=False).sentences
   for e in by_id.values():
     if e["dicom_id"].decode() != "a":
       assert e["region_source"].decode() == "atlas"

@@ -80,6 +80,48 @@ def test_report_text_fallbacks():
   assert report_text("   ") is None
 
 
+NOTE = ("Day 4: bilateral consolidations intubated. History: 73 year old male with fever and "
+        "coughing. PCR positive. Follow-up: extubated after 9 days of mechanical ventilation.")
+
+
+def test_whole_text_fallback_keeps_clinical_notes_with_labels():
+  # `History:` is a known section title, so the note counts as headed and, without FINDINGS /
+  # IMPRESSION, gives no text (MIMIC-CXR's rule) ...
+  assert extract_sections(NOTE)["history"].startswith("73 year old male")
+  assert report_text(NOTE) is None
+  # ... while "whole_text" (the image_text_csv builder) keeps all of it, labels included
+  assert report_text(NOTE, fallback="whole_text") == NOTE
+  assert report_text("History:  cough\n\nFollow-up:\nbetter", fallback="whole_text") == \
+      "History: cough Follow-up: better"
+  # FINDINGS / IMPRESSION still win; a header-less text is unchanged; garbage fails loudly
+  headed = "History: cough.\nFINDINGS: The lungs are clear.\nIMPRESSION: Normal chest."
+  assert report_text(headed, fallback="whole_text") == "Normal chest. The lungs are clear."
+  assert report_text("Lungs clear.", fallback="whole_text") == "Lungs clear."
+  with pytest.raises(ValueError, match="whole_text"):
+    report_text(NOTE, fallback="everything")
+  from asg_jax.data.builders import common
+  assert common._parse(NOTE).sentences == []                  # MIMIC: the study is dropped
+  assert common._parse(NOTE, "whole_text").sentences == [
+      "day 4 bilateral consolidations intubated",
+      "history 73 year old male with fever and coughing", "pcr positive",
+      "follow up extubated after 9 days of mechanical ventilation"]
+
+
+def test_whole_text_fallback_on_the_real_covid_notes(realdata_dir):
+  """Every non-empty clinical note of covid-chestxray with >= 3 words gives sentences under
+  the image_text_csv rule; the ones with `History:` were dropped by the MIMIC rule."""
+  from asg_jax.data.builders import common
+  with open(realdata_dir / "covid-chestxray" / "metadata.csv", newline="") as f:
+    notes = [r["clinical_notes"] for r in csv.DictReader(f) if r["clinical_notes"].strip()]
+  dropped_before = [n for n in notes if not common._parse(n).sentences]
+  lost_now = [n for n in notes if not common._parse(n, "whole_text").sentences]
+  headed = [n for n in dropped_before if "History:" in n]
+  assert len(headed) == 5 and all(common._parse(n, "whole_text").sentences for n in headed)
+  # what is still lost is too short to be a caption ("pleural effusion"), nothing else
+  assert lost_now and all(len(n.split()) < 3 for n in lost_now)
+  assert len(dropped_before) == len(lost_now) + len(headed)
+
+
 def test_section_titles_resource_has_the_438_negbio_titles():
   from asg_jax.data.reports import vocabulary
   lines = (vocabulary.RESOURCES / "section_titles.txt").read_text().splitlines()

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from asg_jax.data.reports import CHEXPERT, REGIONS, TAGS, parse_report
+from asg_jax.data.reports import CHEXPERT, REGIONS, TAGS, parse_report, report_text
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def assemble_example(*, file: str, report: str, image_path: str, image_size: int
                      ids: Mapping[str, str], view_position: str = "",
                      boxes: Mapping[str, Sequence[float]] | None = None,
                      region_source: str = "none", anatomy: bool = True,
-                     chexpert: np.ndarray | None = None) -> dict:
+                     chexpert: np.ndarray | None = None, report_fallback: str = "none") -> dict:
   """Build one stored example (interfaces.md §1); raise Skip when it cannot be built.
 
   Args:
@@ -252,9 +252,12 @@ def assemble_example(*, file: str, report: str, image_path: str, image_size: int
     region_source: stored as is ("imagenome" / "annotation"); "atlas" when boxes is None.
     anatomy: False stores no regions (R = 0).
     chexpert: float32[14] labels from the dataset's CSV, or None for the parser's.
+    report_fallback: the text of a report with section headers but neither FINDINGS nor
+      IMPRESSION (`reports.report_text`): "none" drops it (MIMIC-CXR, as MGCA/ASG do),
+      "whole_text" keeps the whole text (image_text_csv: notes with `History:`, `Day 4:`).
   Returns the feature dict, with the image as a PIL image (PNG-encoded by tfds).
   """
-  parsed = _parse(report)
+  parsed = _parse(report, report_fallback)
   if not parsed.sentences:
     from asg_jax.data.reports import cleaning  # pylint: disable=import-outside-toplevel
     tokens = len(cleaning.ascii_tokens(report or ""))
@@ -313,9 +316,13 @@ def assemble_example(*, file: str, report: str, image_path: str, image_size: int
 
 
 @functools.lru_cache(maxsize=256)
-def _parse(report: str):
-  """parse_report, cached (a study's report is shared by its images; never mutated)."""
-  return parse_report(report)
+def _parse(report: str, fallback: str = "none"):
+  """parse_report, cached (a study's report is shared by its images; never mutated).
+  `fallback`: what `report_text` uses when the report has section headers but neither
+  FINDINGS nor IMPRESSION ("none": nothing, the study is dropped)."""
+  if fallback == "none":
+    return parse_report(report)
+  return parse_report(report_text(report, fallback=fallback) or "", sections=False)
 
 
 # --------------------------------------------------------------------------------- CSVs

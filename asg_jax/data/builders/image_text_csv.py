@@ -5,7 +5,8 @@ manual_dir holds `pairs.csv` (UTF-8, header row) with the columns
   image_path  required: relative to manual_dir or absolute; JPEG, PNG (8/16-bit) or DICOM
               (MONOCHROME1 inverted; VOI window when present, else min-max to 8 bit)
   report      required: the report text (sections are used when it has FINDINGS: /
-              IMPRESSION: headers, else the whole text)
+              IMPRESSION: headers, else the whole text, other labels such as History: or
+              Day 4: included); an empty cell is skipped as missing_column
   split       optional: train | validation (also valid / validate / val / test ->
               validation); empty or no column: a deterministic 90/10 split by the SHA-1 of
               the row's patient (`subject_id` or `patient_id`, so all images of a patient
@@ -83,13 +84,51 @@ def parse_boxes(cell: str, file: str) -> dict[str, list[float]] | None:
   return boxes
 
 
+def row_split(row: dict, header: set, where: str) -> str:
+  """The split ("train" / "validation") a pairs.csv row goes to; Skip(MISSING_COLUMN) for a
+  row without an image_path or report value (short row or empty cell), Skip(BAD_VALUE) for
+  an invalid split."""
+  missing = [c for c in ("image_path", "report") if row.get(c) is None]
+  if not missing and "split" in header and row.get("split") is None:
+    missing = ["split"]
+  if not missing:   # an empty cell is a missing value too
+    missing = [c for c in ("image_path", "report") if not row[c].strip()]
+  if missing:
+    raise common.Skip(common.MISSING_COLUMN, where, f"no value for column(s) {missing}")
+  value = (row.get("split") or "").strip().lower()
+  if value and value not in SPLIT_MAP:
+    raise common.Skip(common.BAD_VALUE, where, f"split {value!r} is not one of {sorted(SPLIT_MAP)}")
+  patient = first_value(row, PATIENT_COLUMNS)
+  return SPLIT_MAP[value] if value else hash_split(patient or row["image_path"].strip())
+
+
+def rows_per_split(manual_dir: str) -> dict[str, int]:
+  """How many rows of `<manual_dir>/pairs.csv` go to each split ("none": rows skipped for a
+  missing value or a bad split), read from the CSV alone (no image or report is parsed):
+  what a rerun names when pairs.csv changed under a trained workdir (asg_jax/lineage.py)."""
+  path = os.path.join(manual_dir, PAIRS_CSV)
+  rows = common.read_csv(path, ("image_path", "report"))
+  header = set(rows[0]) if rows else set()
+  counts = {"train": 0, "validation": 0}
+  for number, row in enumerate(rows, start=2):
+    try:
+      split = row_split(row, header, f"{path} line {number}")
+    except common.Skip:
+      split = "none"
+    counts[split] = counts.get(split, 0) + 1
+  return counts
+
+
 class ImageTextCsv(common.ChestBuilder):
   """Your own image–report pairs listed in pairs.csv (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
                    "1.1.0": "Split by patient; non-frontal views filtered (all_views keeps "
-                            "them); too_short_report skip reason."}
+                            "them); too_short_report skip reason.",
+                   "1.2.0": "A report with section titles (History:, ...) but neither "
+                            "FINDINGS nor IMPRESSION keeps its whole text (was skipped as "
+                            "empty_report); an empty report cell is missing_column."}
   BUILDER_CONFIGS = [
       common.ChestConfig(name="default", image_size=256, anatomy=True,
                          description="longest side 256, regions (annotation or atlas)"),
@@ -122,18 +161,7 @@ docs/data.md, "Train on your own image-report pairs".
     for number, row in enumerate(rows, start=2):   # line 1 is the header
       where = f"{path} line {number}"
       try:
-        missing = [c for c in ("image_path", "report") if row.get(c) is None]
-        if not missing and "split" in header and row.get("split") is None:
-          missing = ["split"]
-        if missing or not row["image_path"].strip():
-          raise common.Skip(common.MISSING_COLUMN, where,
-                            f"no value for column(s) {missing or ['image_path']}")
-        value = (row.get("split") or "").strip().lower()
-        if value and value not in SPLIT_MAP:
-          raise common.Skip(common.BAD_VALUE, where,
-                            f"split {value!r} is not one of {sorted(SPLIT_MAP)}")
-        patient = first_value(row, PATIENT_COLUMNS)
-        split = SPLIT_MAP[value] if value else hash_split(patient or row["image_path"].strip())
+        split = row_split(row, header, where)
       except common.Skip as skip:
         self.skips.skip("none", skip)
         continue
@@ -168,5 +196,6 @@ docs/data.md, "Train on your own image-report pairs".
             file=where, report=row["report"], image_path=image_path,
             image_size=config.image_size, ids=ids,
             view_position=first_value(row, VIEW_COLUMNS), boxes=boxes,
-            region_source="annotation", anatomy=config.anatomy, chexpert=chexpert)
+            region_source="annotation", anatomy=config.anatomy, chexpert=chexpert,
+            report_fallback="whole_text")
       yield from self.guarded(split, f"{number:09d}", make)

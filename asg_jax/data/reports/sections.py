@@ -124,22 +124,30 @@ def _flat(text: str | None) -> str | None:
   return text or None
 
 
+FALLBACKS = ("none", "last_paragraph", "whole_text")
+
+
 def report_text(raw: str, *, fallback: str = "none") -> str | None:
   """The text the cleaning step uses: IMPRESSION + " " + FINDINGS (data.md), newlines as spaces.
 
   A report with only one of the two gives that one. A report without any section header
   (IU X-ray, free text) gives its whole text. A report with headers but neither section
-  gives None (MGCA/ASG drop such studies) unless `fallback="last_paragraph"`, which uses the
-  last non-empty paragraph (blank-line separated) as MIMIC-CXR's own section parser does.
+  gives None (MGCA/ASG drop such studies) unless `fallback` says otherwise:
+  "last_paragraph" uses the last non-empty paragraph (blank-line separated) as MIMIC-CXR's
+  own section parser does; "whole_text" uses the whole text, labels included (free-text
+  notes such as "Day 4: ... History: ... Follow-up: ...", where `History:` is a known title
+  but FINDINGS / IMPRESSION are absent: the `image_text_csv` builder, data.md).
   """
-  if fallback not in ("none", "last_paragraph"):
-    raise ValueError(f"report_text: fallback must be 'none' or 'last_paragraph', got {fallback!r}")
+  if fallback not in FALLBACKS:
+    raise ValueError(f"report_text: fallback must be one of {FALLBACKS}, got {fallback!r}")
   secs = extract_sections(raw)
   parts = [p for p in (_flat(secs["impression"]), _flat(secs["findings"])) if p]
   if parts:
     return " ".join(parts)
   if not secs["has_headers"]:
     return _flat(secs["preamble"])
+  if fallback == "whole_text":
+    return _flat(raw)
   if fallback == "last_paragraph":
     paragraphs = [p for p in re.split(r"\n\s*\n", raw.replace("\r\n", "\n")) if p.strip()]
     if paragraphs:
