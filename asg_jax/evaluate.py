@@ -273,7 +273,10 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
   if config.demo.prepare:
     if not config.data_dir:
       config.data_dir = os.path.join(demo_dir(config, workdir), "tfds")
-    prepare_demo(config, workdir)
+    from asg_jax import distributed  # pylint: disable=import-outside-toplevel
+    with distributed.first_process_only("prepare the demo stand-ins") as mine:
+      if mine:
+        prepare_demo(config, workdir)
   start = time.time()
   if pretrained is None:
     from asg_jax.inference import Pretrained  # pylint: disable=import-outside-toplevel
@@ -295,7 +298,8 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
   results = {"workdir": os.path.abspath(workdir) if workdir else "", "step": step,
              "config": config.name, "tower": tower, "rows": rows, "timing": timing,
              "seconds": time.time() - start}
-  write_results(out_dir, results)
+  if jax.process_index() == 0:   # several processes compute the same table; one writes it
+    write_results(out_dir, results)
   return results
 
 

@@ -154,8 +154,10 @@ def run_transfer(spec: str, workdir: str) -> None:
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
   print(f"Downstream evaluation ({spec}):", flush=True)
   results = evaluate.run_transfer(workdir, evaluate.load_config(path + (f":{arg}" if arg else "")))
-  print(evaluate.format_table(results["rows"]), flush=True)
-  print(f"Downstream results written to {os.path.join(workdir, 'transfer')}", flush=True)
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:   # every process computed the table; process 0 wrote it
+    print(evaluate.format_table(results["rows"]), flush=True)
+    print(f"Downstream results written to {os.path.join(workdir, 'transfer')}", flush=True)
 
 
 def check_command_line(argv: list[str]) -> None:

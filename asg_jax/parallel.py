@@ -59,6 +59,34 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
   return out
 
 
+def shard_global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+                       ) -> dict[str, jax.Array]:
+  """A host batch that every process holds whole (`[B, ...]`, the same on each: the
+  transfer protocols' in-memory splits) -> global `jax.Array`s sharded over `data`; each
+  process places its own devices' rows. One process: the same as `shard_batch`."""
+  sharding = batch_sharding(mesh)
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.shape[0] % mesh.size:
+      raise ValueError(f"batch['{key}'] has {value.shape[0]} rows, not divisible by the "
+                       f"{mesh.size} devices of the mesh")
+    out[key] = jax.make_array_from_callback(value.shape, sharding,
+                                            lambda index, v=value: v[index])
+  return out
+
+
+def to_host(tree: Any) -> Any:
+  """`jax.device_get` that also fetches arrays spread over several processes (every
+  process gets the whole value; all processes must call it together)."""
+  leaves = jax.tree.leaves(tree)
+  if all(not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated
+         for x in leaves):
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """Place a pytree replicated on every device of the mesh, wherever its leaves are now.
 

@@ -11,7 +11,7 @@ from tests.test_train import demo_config, run_steps
 
 # ASG only: RECLF's sharded local matching (the shard_map over image rows) is checked
 # against one device, values and gradients, in tests/losses/test_reclf_sharded.py; the
-# train loop across 2 processes x 4 devices in tests/test_multihost.py.
+# whole main job across 2 processes x 4 devices in tests/test_main_job_devices.py.
 @pytest.mark.parametrize("objective,image", [("asg", "vit")])
 def test_step_compiles_once_and_one_device_equals_eight(objective, image):
   config = demo_config(f"runlocal,objective={objective},image={image}")

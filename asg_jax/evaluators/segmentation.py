@@ -289,8 +289,9 @@ class Evaluator:
                             chance=0.0, init=init))
     if self.figures > 0 and self.figure_dir:
       path = os.path.join(self.figure_dir, f"segmentation_{tc._safe(self.downstream)}_{init}.png")  # pylint: disable=protected-access
-      write_figure(path, test, last[1], self.figures,
-                   title=f"{self.downstream} ({init}, {100 * self.fractions[-1]:g} % labels)")
+      if jax.process_index() == 0:   # several processes: one writes
+        write_figure(path, test, last[1], self.figures,
+                     title=f"{self.downstream} ({init}, {100 * self.fractions[-1]:g} % labels)")
       self.figure_paths.append(path)
     self.history = runs
     self.timing.update(

@@ -131,7 +131,7 @@ def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
   out["seconds"] = np.float64(time.time() - start)
   if path:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.tmp{os.getpid()}.npz"   # several processes may write the same cache
     np.savez(tmp, **{k: (np.asarray(v) if k != "image_id" else np.asarray(v, str))
                      for k, v in out.items()}, **(extra or {}),
              **{CACHE_SOURCE: np.asarray(_build_dir(b))})

@@ -13,6 +13,11 @@ validation loss.
 - `Trainer`: builds the replicated TrainState (encoder copied from `state`, head from
   `init_head`), compiles the train step once per mesh, and `fit`s one run (epochs of
   random batches, early stopping, the best validation-loss epoch's variables kept).
+
+Several processes (a pod, `asg_jax.main` multi-host): every process loads the whole split
+and makes the same host batches (seeded orders); `parallel.shard_global_batch` places each
+process's rows on its devices and `parallel.to_host` gathers the outputs back, so every
+process computes the same table.
 """
 from __future__ import annotations
 
@@ -148,7 +153,7 @@ def predict(fn, variables, data: dict, batch_size: int, to_batch, mesh) -> dict:
   got: dict[str, list] = {}
   loss_sum, count = 0.0, 0
   for _, valid, batch in host_batches(data, batch_size, to_batch):
-    out = jax.device_get(fn(variables, parallel.shard_batch(batch, mesh)))
+    out = parallel.to_host(fn(variables, parallel.shard_global_batch(batch, mesh)))
     for k, v in out.items():
       if k != "loss":
         got.setdefault(k, []).append(np.asarray(v)[valid])
@@ -280,7 +285,8 @@ class Trainer:
       measurements = []
       t = time.time()
       for s in range(steps):
-        ts, m = step_fn(ts, parallel.shard_batch(train_batch(order[s * b:(s + 1) * b]), mesh), {})
+        ts, m = step_fn(ts, parallel.shard_global_batch(train_batch(order[s * b:(s + 1) * b]),
+                                                        mesh), {})
         measurements.append(m)
         if first:                              # compiles (once per trainer): not timed
           jax.block_until_ready(m)
@@ -309,7 +315,7 @@ class Trainer:
     seconds = time.time() - t_start
     variables = {"params": dict(ts.params, **best["params"]),
                  "batch_stats": dict(ts.batch_stats, **best["batch_stats"])}
-    variables = jax.device_put(variables, parallel.replicated(mesh))
+    variables = parallel.replicate(variables, mesh)
     info = {"epochs": len(history), "best_epoch": best_epoch, "steps_per_epoch": steps,
             "first_step": first_step,
             "train_examples": int(len(rows)), "seconds": seconds,

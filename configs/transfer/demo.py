@@ -8,11 +8,17 @@ generates + builds `cxr_chexpert/demo` and `cxr_chexpert/demo_5x200` into
 linear probe at 1 / 10 / 100 % (3 seeds), full fine-tuning at 100 % (1 seed, 3 epochs),
 zero-shot AUROC / F1 / ACC (prompts and tag decoder; thresholds on validation), zero-shot
 top-1 on demo_5x200 and image↔prompt retrieval P@K / R@K on demo_5x200. `runlocal`: fewer images and seeds (tests).
+`tiny`: every protocol of the project once, at its smallest — linear probe, fine-tuning,
+zero-shot, retrieval and segmentation (the SIIM-layout stand-in) on 60 + 8 images, one seed,
+the pre-trained encoder only:
+the main job end to end on 1 / 8 devices and 2 processes (tests/test_main_job_devices.py).
 """
 from asg_jax import evaluate
 
 
 def get_config(arg=None):
+  if arg == "tiny":
+    return _tiny()
   runlocal = arg == "runlocal"
   c = evaluate.base_transfer_config()
   c.name = "demo" + ("_runlocal" if runlocal else "")
@@ -38,4 +44,24 @@ def get_config(arg=None):
                downstream="cxr_chexpert/demo_5x200", prompts="chexpert")
   evaluate.add(c, "retrieval_5x200", type="transfer_retrieval",
                downstream="cxr_chexpert/demo_5x200", prompts="chexpert", max_prompts_per_class=10)
+  return c
+
+
+def _tiny():
+  from asg_jax.evaluators import segmentation  # pylint: disable=import-outside-toplevel
+  c = evaluate.base_transfer_config()
+  c.name = "demo_tiny"
+  c.inits = ("pretrained",)
+  c.demo.prepare = True
+  c.demo.num_images, c.demo.num_siim = 60, 8
+  evaluate.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
+               fractions=(0.1, 1.0), seeds=(0,), max_epochs=3)
+  evaluate.add(c, "fine_tune", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
+               downstream="cxr_chexpert/demo", fractions=(1.0,), seeds=(0,), max_epochs=1)
+  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_chexpert/demo",
+               val_split="validation", prompts="chexpert")
+  evaluate.add(c, "retrieval_5x200", type="transfer_retrieval",
+               downstream="cxr_chexpert/demo_5x200", prompts="chexpert", max_prompts_per_class=4)
+  kw = dict(segmentation.protocol(batch_size=8, runlocal=True), fractions=(1.0,))
+  evaluate.add(c, "seg", type="segmentation", downstream="cxr_siim/demo", balance=True, **kw)
   return c
