@@ -9,7 +9,11 @@ Multi-host: the same command on every host, plus `--jax_coordinator_address=host
 asg_jax/distributed.py); process 0 generates and builds the data while the others wait.
 SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, checkpoint it and exit with
 status 75 (asg_jax/preemption.py); the same command then continues from that step. Exit
-status 2: a bad config or folder; 3: a non-finite loss.
+status 2: a bad config or folder, a full disk, or a workdir another live run holds (one
+`ERROR:` line, asg_jax/os_errors.py, asg_jax/locking.py; `--verbosity` shows the traceback of
+a file-system error); 3: a non-finite loss. Nothing is written before the workdir and the
+manual_dir are found usable; a run killed at any moment resumes from its last complete
+checkpoint (asg_jax/checkpoints.py).
 
 The console shows the project's lines only (data generation / build, "Initialising the
 model", "Compiling the train step", the progress line, evaluation lines, the final metrics and
@@ -57,18 +61,28 @@ def main(argv):
   # the project's lines only, unless the user asked for library logs with --verbosity
   verbose = flags.FLAGS["verbosity"].present
   console.configure(verbose=verbose)
+  from asg_jax import os_errors  # pylint: disable=import-outside-toplevel
+  if not verbose:
+    os_errors.hold_back_library_reports()
+  problem = os_errors.check_folders(_CONFIG.value, _WORKDIR.value)   # before anything is written
+  if problem:
+    print(f"ERROR: {problem}", file=sys.stderr)
+    sys.exit(2)
   with console.quiet_native_stderr(not verbose):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
   # The train loop pins TF to the CPU; it must never grab the accelerator JAX uses.
   tf.config.set_visible_devices([], "GPU")
-  from asg_jax import config as config_lib, preemption, train  # pylint: disable=import-outside-toplevel
+  from asg_jax import config as config_lib, locking, preemption, train  # pylint: disable=import-outside-toplevel
   from asg_jax.data import owned_dir  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   try:
     config_lib.check_overrides_applied(config)
+    # one run per workdir, held until this process exits (figures and transfer included)
+    locking.acquire_workdir(_WORKDIR.value, jax.process_index())
     logging.info("config:\n%s", config)   # shown with --verbosity; always in config.json
     summary = train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)
-  except (config_lib.ConfigError, owned_dir.NotOwnedError) as e:
+  except (config_lib.ConfigError, owned_dir.NotOwnedError, locking.WorkdirBusyError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(2)
   except train.NonFiniteLossError as e:
@@ -78,6 +92,11 @@ def main(argv):
   except preemption.Preempted as e:
     print(f"Preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_CODE)
+  except Exception as e:  # pylint: disable=broad-except
+    line = None if verbose else os_errors.describe(e, _WORKDIR.value)
+    if line is None:   # not a file-system problem of the user's (or --verbosity): traceback
+      raise
+    os_errors.exit_with(line)
   if summary:
     metrics = summary["metrics"]
     print("Final validation metrics (chance in brackets):")

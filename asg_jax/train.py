@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from asg_jax import checkpoints, lineage, objectives, parallel, predict
-from asg_jax import console, preemption
+from asg_jax import console, locking, preemption
 from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
 from asg_jax.evaluators import common as eval_common
@@ -175,9 +175,8 @@ def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict | 
   path = os.path.join(workdir, "summary.json")
   if not os.path.isfile(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
-  with open(path) as f:
-    summary = json.load(f)
-  if summary.get("config_fingerprint") != config_fingerprint(config):
+  summary = checkpoints.read_json(path)   # None when half-written: the run ends again
+  if summary is None or summary.get("config_fingerprint") != config_fingerprint(config):
     return None
   step = checkpoints.Manager(workdir, config.train.keep_checkpoints).latest_step()
   return summary if step is not None and step == summary.get("steps") else None
@@ -190,7 +189,10 @@ def _note_config_changes(config: ml_collections.ConfigDict, workdir: str) -> Non
   """A workdir with checkpoints resumed under a changed config: say which keys changed and
   keep the old config.json as config.until_step{N}.json (nothing is overwritten)."""
   step = max(checkpoints.saved_steps(workdir), default=0)
-  changes = workdir_lib.config_changes(config, workdir) if step else []
+  try:
+    changes = workdir_lib.config_changes(config, workdir) if step else []
+  except ValueError:   # a config.json half-written by a killed run: replaced below
+    changes = []
   if not changes:
     return
   kept = workdir_lib.keep_previous_config(workdir, step)
@@ -201,6 +203,17 @@ def _note_config_changes(config: ml_collections.ConfigDict, workdir: str) -> Non
 
 
 # ----------------------------------------------------------------------------- main loop
+def _holding_workdir(fn: Callable) -> Callable:
+  """`fn(config, workdir, ...)` run holding the workdir's lock (asg_jax/locking.py): one run
+  per workdir; a second is refused at once with a line naming this one's pid and host."""
+  @functools.wraps(fn)
+  def wrapper(config, workdir, *args, **kwargs):
+    with locking.hold_workdir(workdir, jax.process_index()):
+      return fn(config, workdir, *args, **kwargs)
+  return wrapper
+
+
+@_holding_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=None,
                        reevaluate: bool = False) -> dict:
   """Pre-trains and evaluates; resumes from `<workdir>/checkpoints` if present.
@@ -224,6 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     preemption.Preempted: on SIGTERM / SIGINT, after checkpointing the step in progress
       (asg_jax/preemption.py; rerunning continues from it).
     NonFiniteLossError: a non-finite loss (the last good checkpoint is kept).
+    locking.WorkdirBusyError: another live run holds `workdir` (nothing is written).
   """
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
@@ -268,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     with console.step("Initialising the model"):
       state = state_lib.init_state(config, model, tx, init_rng, data.example_batch(), constants,
                                    mesh)
-    manager = checkpoints.Manager(workdir, config.train.keep_checkpoints)
+    manager = checkpoints.Manager(workdir, config.train.keep_checkpoints, repair=True)
     state, start_step = manager.restore_latest(state)
     loop_state = manager.restore_loop(start_step) if start_step else {}
     if start_step:

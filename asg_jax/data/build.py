@@ -20,6 +20,7 @@ nothing in the manual_dir is ever written.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -142,6 +143,23 @@ def _changes(old: dict | None, new: dict) -> str:
   return "; ".join(parts)
 
 
+def _one_build_at_a_time(prepare_fn):
+  """Two processes preparing one dataset in one data_dir (two workdirs sharing
+  `config.data.data_dir`) take turns (asg_jax/locking.py): the second waits, naming the
+  first, then finds the build done (or still out of date, and builds it)."""
+  @functools.wraps(prepare_fn)
+  def wrapper(name, builder_config, data_dir, manual_dir, rebuild="auto"):
+    if not manual_dir:   # nothing to build from: only reads
+      return prepare_fn(name, builder_config, data_dir, manual_dir, rebuild)
+    from asg_jax import locking  # pylint: disable=import-outside-toplevel
+    config = builder_config or "default"
+    path = os.path.join(data_dir, f".{name}.{config}.build.lock")
+    with locking.take_turns(path, f"preparing {name}/{config} in {data_dir}"):
+      return prepare_fn(name, builder_config, data_dir, manual_dir, rebuild)
+  return wrapper
+
+
+@_one_build_at_a_time
 def prepare(name: str, builder_config: str | None, data_dir: str, manual_dir: str | None,
             rebuild: str = "auto") -> dict:
   """Build `name/builder_config` into `data_dir` from `manual_dir` unless an up-to-date build
