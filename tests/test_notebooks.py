@@ -1,9 +1,9 @@
 """The Colab notebooks (colab/*.ipynb) run top to bottom on CPU in their tiny setting.
 
 Executed by nbclient (kernel "python3" = this interpreter, the venv; one kernel, its namespace
-reset before each notebook) with `ASG_JAX_NOTEBOOK_TINY=1` (2 training steps on 40 studies:
-tests/test_visualize.py's run, so the suite's persistent XLA cache, inherited through the
-environment, holds its train step), `ASG_JAX_NOTEBOOK_INSTALL=0` (no Colab install) and
+reset before each notebook) with `ASG_JAX_NOTEBOOK_TINY=1` (2 training steps on 40 studies,
+on the suite's 8 simulated devices: a many-device host as a Colab TPU gives, pre-training and
+transfer), `ASG_JAX_NOTEBOOK_INSTALL=0` (no Colab install) and
 `ASG_JAX_WORKDIR`: pretrain.ipynb trains into the workdir that explore.ipynb and
 transfer.ipynb then read. Checked: every code cell ran in order without error; the numbers,
 tables and figures they show are the workdir's own. The committed notebooks carry the outputs
@@ -118,6 +118,7 @@ def test_pretrain_notebook_trains_into_the_workdir_and_shows_its_metrics(execute
   assert "step 2/2" in printed and "cloning" not in printed.lower()
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["steps"] == 2
+  assert summary["devices"].startswith("8 x")       # every device of the (simulated) host
   (shown,) = markdown_outputs(nb)
   rows = {r[0]: r[1:] for r in table(shown)}
   assert set(rows) == set(summary["metrics"])

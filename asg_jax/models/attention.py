@@ -5,8 +5,10 @@
       and softmax); returns the full probabilities `[B, H, L, L]` (what the parity tests with
       Hugging Face compare) and supports dropout on them (BERT's attention dropout).
   "auto" | "xla" | "cudnn": `jax.nn.dot_product_attention(implementation=None | "xla" |
-      "cudnn")`: a fused kernel where the backend has one (cuDNN flash attention on GPU), no
-      `[B, H, L, L]` tensor kept for the backward pass. No dropout on the probabilities (the
+      "cudnn")`. Only "cudnn" is a fused kernel (cuDNN flash attention, NVIDIA only, no
+      `[B, H, L, L]` tensor kept for the backward pass); "auto" lets JAX choose and JAX
+      (0.10 and 0.11) always chooses its XLA path, the same program as "xla" — a fused
+      default needs "cudnn" named, on a GPU. No dropout on the probabilities (the
       config check requires `attention_dropout = 0`). Only the [CLS] query row of the
       probabilities is computed, separately (`want="cls"`, what RECLF's importance reads).
 Equal to "einsum" within float32 rounding (tests/models/test_attention.py).
