@@ -161,7 +161,7 @@ class Manager:
   `repair=True` (training): `repair_workdir` first, on process 0 while the others wait.
   """
 
-  def __init__(self, workdir: str, keep: int, repair: bool = False):
+  def __init__(self, workdir: str, keep: int, repair: bool = False, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.best_directory = os.path.join(os.path.abspath(workdir), "best")
     self._best_json = os.path.join(os.path.abspath(workdir), "best.json")
@@ -170,11 +170,14 @@ class Manager:
       with distributed.first_process_only("repair_checkpoints") as mine:
         if mine:
           repair_workdir(workdir, keep)
+    # read_only (inference, evaluation): nothing is created or deleted in the workdir
     self._latest = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only))
     # every best is kept until no committed checkpoint names it (`_flush_best`)
     self._best = ocp.CheckpointManager(
-        self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
+        self.best_directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=None, create=not read_only, read_only=read_only))
     self._saved_best = None      # the best step the latest save's `loop` names
     self._pending_record = None  # best.json to write once its `best/<step>` is committed
 

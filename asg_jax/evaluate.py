@@ -23,6 +23,7 @@ level). `<out>` = `config.out`, default `<workdir>/transfer`; cached features in
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -269,6 +270,9 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
   if not workdir and pretrained is None:
     raise ValueError("no pre-trained model: pass --workdir or --config.init")
   out_dir = out_dir or config.out or os.path.join(workdir, "transfer")
+  if pretrained is None:   # first: a workdir without a model fails before anything is written
+    from asg_jax.inference import Pretrained  # pylint: disable=import-outside-toplevel
+    pretrained = Pretrained.from_workdir(workdir, checkpoint=config.checkpoint, tokenizer=tokenizer)
   os.makedirs(out_dir, exist_ok=True)
   if config.demo.prepare:
     if not config.data_dir:
@@ -278,9 +282,6 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
       if mine:
         prepare_demo(config, workdir)
   start = time.time()
-  if pretrained is None:
-    from asg_jax.inference import Pretrained  # pylint: disable=import-outside-toplevel
-    pretrained = Pretrained.from_workdir(workdir, checkpoint=config.checkpoint, tokenizer=tokenizer)
   step = _step_of(workdir, config.checkpoint)
   fns = make_fns(pretrained)
   evaluators = build(config, fns, out_dir)
@@ -384,11 +385,20 @@ def main(argv=None) -> int:
   if config_flag.value is None:
     print("ERROR: --config configs/transfer/<x>.py is required", file=sys.stderr)
     return 2
-  from asg_jax import console  # pylint: disable=import-outside-toplevel
+  from asg_jax import console, locking  # pylint: disable=import-outside-toplevel
   console.configure(verbose=verbose_flag.value)
-  results = run_transfer(workdir_flag.value, config_flag.value, out_dir=out_flag.value)
-  out = out_flag.value or config_flag.value.out or os.path.join(
-      config_flag.value.init or workdir_flag.value, "transfer")
+  workdir = config_flag.value.init or workdir_flag.value
+  out = out_flag.value or config_flag.value.out or os.path.join(workdir, "transfer")
+  # writing into the workdir (the default out) takes its lock, as training does; reading
+  # it with --out elsewhere takes none (a live training run may be evaluated that way)
+  inside = bool(workdir) and os.path.commonpath(
+      [os.path.abspath(out), os.path.abspath(workdir)]) == os.path.abspath(workdir)
+  try:
+    with locking.hold_workdir(workdir) if inside else contextlib.nullcontext():
+      results = run_transfer(workdir_flag.value, config_flag.value, out_dir=out_flag.value)
+  except locking.WorkdirBusyError as e:
+    print(f"ERROR: {e} (or write the results elsewhere with --out)", file=sys.stderr)
+    return 2
   print(format_table(results["rows"]))
   print(f"wrote {os.path.join(out, RESULTS_JSON)} and {RESULTS_MD}")
   return 0

@@ -156,7 +156,7 @@ class Pretrained:
       raise ValueError(f"checkpoint={checkpoint!r}; expected 'best' or 'latest'")
     model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
     abstract = state_lib.abstract_variables(model, dummy_batch(config), constants)
-    manager = checkpoints.Manager(workdir, keep=1_000_000)
+    manager = checkpoints.Manager(workdir, keep=1_000_000, read_only=True)
     if checkpoint == "best" and not manager.has_best():
       print(f"No best checkpoint in {manager.best_directory} (no validation metric was "
             f"recorded): loading the latest checkpoint instead.", flush=True)

@@ -106,7 +106,13 @@ def main(argv):
       print(f"  {name:24s} {metrics[name]:.4f}{suffix}")
   figures = write_figures(_WORKDIR.value) if summary and _FIGURES.value else {}
   if summary and config.transfer:
-    run_transfer(config.transfer, _WORKDIR.value)
+    try:
+      run_transfer(config.transfer, _WORKDIR.value)
+    except Exception as e:  # pylint: disable=broad-except
+      line = None if verbose else os_errors.describe(e, _WORKDIR.value)
+      if line is None:   # as above: a file-system problem is one line, the rest a traceback
+        raise
+      os_errors.exit_with(f"downstream evaluation: {line}")
   if summary:
     print_where(_WORKDIR.value, figures, bool(config.transfer))
 

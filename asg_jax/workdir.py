@@ -34,6 +34,26 @@ CONSTANTS_FILE = "constants.npz"
 SUMMARY_FILE = "summary.json"
 
 
+def _atomic(path: str, write) -> str:
+  """Calls `write(tmp)` then renames `tmp` to `path`: a kill or a full disk mid-write leaves
+  the old file (or none), never half of the new one. Returns `path`."""
+  tmp = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}"
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _write_text(path: str, text: str) -> str:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.write(text)
+  return _atomic(path, write)
+
+
 def _flat(node, prefix: str = "") -> dict:
   if not isinstance(node, dict):
     return {prefix: node}
@@ -74,10 +94,9 @@ def keep_previous_config(workdir: str, step: int) -> str:
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the resolved config as `<workdir>/config.json` (and .txt)."""
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  with open(os.path.join(workdir, "config.txt"), "w") as f:
-    f.write(str(config))
+  _write_text(os.path.join(workdir, CONFIG_FILE),
+              config.to_json_best_effort(indent=2, sort_keys=True))
+  _write_text(os.path.join(workdir, "config.txt"), str(config))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -116,9 +135,9 @@ def save_inference_files(workdir: str, tokenizer, constants: Mapping[str, np.nda
   """Writes what `Pretrained.from_workdir` needs besides config and checkpoints."""
   backend = getattr(tokenizer, "backend", None)
   if backend is not None:
-    backend.save(os.path.join(workdir, TOKENIZER_FILE))
+    _atomic(os.path.join(workdir, TOKENIZER_FILE), backend.save)
   host = {k: np.asarray(jax.device_get(v)) for k, v in constants.items()}
-  np.savez(os.path.join(workdir, CONSTANTS_FILE), **host)
+  _atomic(os.path.join(workdir, CONSTANTS_FILE), lambda tmp: np.savez(tmp, **host))
 
 
 def read_constants(workdir: str) -> dict[str, np.ndarray]:
@@ -131,10 +150,8 @@ def read_constants(workdir: str) -> dict[str, np.ndarray]:
 
 
 def write_summary(workdir: str, summary: dict) -> str:
-  path = os.path.join(workdir, SUMMARY_FILE)
-  with open(path, "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
-  return path
+  return _write_text(os.path.join(workdir, SUMMARY_FILE),
+                     json.dumps(summary, indent=2, sort_keys=True))
 
 
 def read_summary(workdir: str) -> dict | None:

@@ -67,7 +67,9 @@ def tiny_pretrained():
 # The README runs the suite on two worker processes, a test FILE per worker at a time
 # (`-n 2 --dist loadfile`: module fixtures are built once). Files are handed out in
 # collection order, so the longest ones go first and the two workers finish together.
-LONGEST_FIRST = ("tests/test_main_job_devices.py", "tests/test_train.py", "tests/test_train_devices.py",
+LONGEST_FIRST = ("tests/test_main_job_devices.py", "tests/test_crash_consistency.py",
+                 "tests/test_data_lineage.py", "tests/test_cli_errors.py",
+                 "tests/test_workdir_lock.py", "tests/test_train.py", "tests/test_train_devices.py",
                  "tests/test_notebooks.py", "tests/test_own_data.py",
                  "tests/data/test_downstream_builders.py", "tests/test_precision_and_feed.py",
                  "tests/test_inference.py", "tests/test_visualize.py",

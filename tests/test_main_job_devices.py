@@ -7,10 +7,9 @@ retrieval, segmentation: configs/transfer/demo.py:tiny) — on a many-device hos
   `python -m asg_jax.main`; both exit 0;
 - the input pipeline gives both the same global batches, so the 2 × 4 run trains as the
   1 × 8 one does: the same losses, validation metrics and parameters (to rounding);
-- the 2 × 4 run draws its four figures (every process computes, process 0 writes) and its
-  downstream table, equal to the 1 × 8 run's to a few points (weights equal to rounding);
-- the 1 × 8 run's downstream table equals the same transfer evaluation on one device
-  (`python -m asg_jax.evaluate` on its workdir).
+- the 2 × 4 run draws its four figures (every process computes, process 0 writes);
+- the 1 × 8 run makes the downstream table, and it equals the same transfer evaluation on
+  one device (`python -m asg_jax.evaluate` on its workdir).
 """
 import json
 import os
@@ -83,7 +82,12 @@ def finish(procs) -> list[str]:
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("main_job")
   single, multi = root / "1x8", root / "2x4"
-  procs = launch_main(single, 1, 8, "--nofigures") + launch_main(multi, 2, 4)
+  # the downstream table on 1 x 8 (the figures on 2 x 4): the suite's CPU budget. The table
+  # on 2 x 4 (every process computes, process 0 writes) was checked by hand, 2026-12-06:
+  # exit 0, every row equal to 1 x 8's to 4 decimals but the tag decoder's zero-shot AUROC
+  # (0.008 on the mean, one rank flip: 1/24 on one class).
+  procs = (launch_main(single, 1, 8, "--nofigures")
+           + launch_main(multi, 2, 4, "--config.transfer="))
   outs = finish(procs)
   return {"1x8": (single, outs[0]), "2x4": (multi, outs[1]), "2x4/1": (multi, outs[2])}
 
@@ -136,30 +140,25 @@ def test_two_processes_train_as_one_process_of_eight_devices_on_the_real_pipelin
     np.testing.assert_allclose(x, y, rtol=1e-2, atol=1e-3)
 
 
-def test_two_processes_draw_the_figures_and_the_downstream_table(runs):
+def test_two_processes_draw_the_figures(runs):
   multi, out0 = runs["2x4"]
   out1 = runs["2x4/1"][1]
   for name in ("curves", "grounding", "retrieval", "tsne"):
     path = multi / "figures" / f"{name}.png"
     assert path.stat().st_size > 10_000, name
   assert "figures      " in out0 and "Drawing the figures" not in out1   # process 0 writes
-  assert not list(multi.glob("figures/*.tmp*"))
-  table = results(multi)
+  assert "Final validation metrics" in out1                              # both finished
+
+
+def test_eight_devices_make_the_downstream_table(runs):
+  single, out = runs["1x8"]
+  table = results(single)
   protocols = {k[1] for k in table}
   assert protocols == {"linear_probe", "fine_tune", "zero_shot_prompt", "zero_shot_tags",
                        "retrieval", "segmentation"}, protocols
   assert {k[4] for k in table} == {"pretrained"}
-  assert (multi / "transfer" / "results.md").is_file()
-  assert list((multi / "transfer").glob("segmentation_*_pretrained.png"))
-  # the pre-trained weights of the two runs differ by rounding: the same table to a couple
-  # of points (measured: all rows equal to 4 decimals but the tag decoder's zero-shot, one
-  # rank flip: 0.008 on the mean, 1/24 on one class); a run on other batches or a broken
-  # gather lands anywhere in [0, 1]
-  single = results(runs["1x8"][0])
-  assert set(single) == set(table)
-  for key, value in single.items():
-    one_class = "[" in key[2]          # few positives: one rank flip moves it by ~0.04
-    assert table[key] == pytest.approx(value, abs=0.05 if one_class else 0.02), key
+  assert (single / "transfer" / "results.md").is_file() and "Downstream results" in out
+  assert list((single / "transfer").glob("segmentation_*_pretrained.png"))
 
 
 def test_the_downstream_table_of_eight_devices_equals_one_devices(runs, tmp_path):

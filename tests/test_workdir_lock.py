@@ -136,3 +136,23 @@ def test_builds_in_one_data_dir_take_turns(tmp_path, capsys):
   out = capsys.readouterr().out
   assert out.startswith(f"Waiting for pid {holder.pid} on host {socket.gethostname()}")
   assert f" to finish preparing mimic_cxr/demo in {data_dir} ..." in out
+
+
+def test_evaluating_into_a_held_workdir_is_refused_and_elsewhere_is_not(tmp_path, capsys):
+  """`python -m asg_jax.evaluate` writing into the workdir (the default `--out`) takes its
+  lock; with `--out` elsewhere it only reads and takes none."""
+  from asg_jax import evaluate  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "run"
+  holder = _holder(f"locking.acquire_workdir({str(workdir)!r})")
+  try:
+    argv = ["evaluate", "--workdir", str(workdir), "--config", "configs/transfer/demo.py:tiny"]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"pid {holder.pid}" in err and "--out" in err
+    # elsewhere: no lock taken, so it goes on (and fails later: the workdir has no model)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+      evaluate.main(argv + ["--out", str(tmp_path / "elsewhere")])
+  finally:
+    holder.stdin.close()
+    holder.wait(timeout=30)
+  assert not (workdir / "transfer").exists()
