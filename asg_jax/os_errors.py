@@ -172,13 +172,34 @@ class _UserProblemReports(logging.Filter):
 _REPORTS = _UserProblemReports()
 
 
+class _ForeignThreadQuiet:
+  """`sys.stderr` that drops what threads started outside Python write through it: the
+  tracebacks TensorStore's write threads print (`RuntimeError: Event loop is closed`, once
+  per pending write, hundreds) after a checkpoint write has failed. Python's own threads and
+  native code writing to the file descriptor are untouched."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text):
+    if isinstance(threading.current_thread(), getattr(threading, "_DummyThread", ())):
+      return len(text)
+    return self._stream.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
 def hold_back_library_reports() -> None:
-  """Install the filter of the module docstring on the loggers libraries report through."""
+  """Install the filter of the module docstring on the loggers libraries report through,
+  and quiet the tracebacks native library threads print through `sys.stderr`."""
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   for target in (logging.getLogger("absl"), absl_logging.get_absl_handler(),
                  logging.getLogger()):
     if _REPORTS not in target.filters:
       target.addFilter(_REPORTS)
+  if not isinstance(sys.stderr, _ForeignThreadQuiet):
+    sys.stderr = _ForeignThreadQuiet(sys.stderr)
 
 
 def exit_with(line: str, status: int = 2) -> None:
