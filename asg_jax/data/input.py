@@ -53,14 +53,20 @@ class DataSource:
             f"config.data.builder_config=default).")
       manual_dir = dc.manual_dir or os.path.join(self.data_dir, "demo_manual")
     # multi-host: process 0 generates, builds and trains the vocabulary; the others wait,
-    # then open what it wrote
+    # then open what it wrote. Two runs sharing one data_dir take turns for all three (the
+    # build alone also takes its own turn: build.prepare).
+    from asg_jax import locking  # pylint: disable=import-outside-toplevel
     with distributed.first_process_only("data") as mine:
       if mine:
-        if dc.demo_num_studies > 0:
-          synthetic.ensure_demo(manual_dir, num_studies=dc.demo_num_studies, seed=dc.demo_seed)
-        self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
-                                   rebuild=dc.rebuild)
-        self.tokenizer = self._tokenizer(tokenization)
+        turn = os.path.join(self.data_dir, f".{dc.name}.{dc.builder_config or 'default'}"
+                            f".data.lock")
+        with locking.take_turns(turn, f"preparing the data of {dc.name} in {self.data_dir}"):
+          if dc.demo_num_studies > 0:
+            synthetic.ensure_demo(manual_dir, num_studies=dc.demo_num_studies,
+                                  seed=dc.demo_seed)
+          self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
+                                     rebuild=dc.rebuild)
+          self.tokenizer = self._tokenizer(tokenization)
     if not mine:
       self.build = build.prepare(dc.name, dc.builder_config, self.data_dir, manual_dir,
                                  rebuild="never")
