@@ -68,18 +68,24 @@ def main(argv):
   if problem:
     print(f"ERROR: {problem}", file=sys.stderr)
     sys.exit(2)
+  import jax  # pylint: disable=import-outside-toplevel
+  from asg_jax import config as config_lib, locking  # pylint: disable=import-outside-toplevel
+  config = _CONFIG.value
+  try:
+    config_lib.check_overrides_applied(config)
+    # one run per workdir, held until this process exits (figures and transfer included);
+    # taken before the slow imports, so a second run is refused at once
+    locking.acquire_workdir(_WORKDIR.value, jax.process_index())
+  except (config_lib.ConfigError, locking.WorkdirBusyError) as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
   with console.quiet_native_stderr(not verbose):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
   # The train loop pins TF to the CPU; it must never grab the accelerator JAX uses.
   tf.config.set_visible_devices([], "GPU")
-  from asg_jax import config as config_lib, locking, preemption, train  # pylint: disable=import-outside-toplevel
+  from asg_jax import preemption, train  # pylint: disable=import-outside-toplevel
   from asg_jax.data import owned_dir  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  config = _CONFIG.value
   try:
-    config_lib.check_overrides_applied(config)
-    # one run per workdir, held until this process exits (figures and transfer included)
-    locking.acquire_workdir(_WORKDIR.value, jax.process_index())
     logging.info("config:\n%s", config)   # shown with --verbosity; always in config.json
     summary = train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)
   except (config_lib.ConfigError, owned_dir.NotOwnedError, locking.WorkdirBusyError) as e:
