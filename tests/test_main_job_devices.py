@@ -56,24 +56,27 @@ def launch_main(workdir, processes: int, devices: int, *extra: str) -> list[subp
   for i in range(processes):
     multi = ([f"--jax_coordinator_address=localhost:{port}", f"--jax_num_processes={processes}",
               f"--jax_process_id={i}"] if processes > 1 else [])
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "asg_jax.main", "--config", "configs/demo.py:runlocal",
-         "--workdir", str(workdir), *OVERRIDES, *extra, *multi],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env=env_with_devices(devices)))
+    log = pathlib.Path(f"{workdir}.process{i}.log")
+    # into files, not pipes: a process blocked on a full pipe would stall its peers
+    with open(log, "w") as out:
+      proc = subprocess.Popen(
+          [sys.executable, "-m", "asg_jax.main", "--config", "configs/demo.py:runlocal",
+           "--workdir", str(workdir), *OVERRIDES, *extra, *multi],
+          stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env_with_devices(devices))
+    proc.log = log
+    procs.append(proc)
   return procs
 
 
 def finish(procs) -> list[str]:
-  outs = []
   try:
     for p in procs:
-      out, _ = p.communicate(timeout=TIMEOUT_S)
-      outs.append(out)
+      p.wait(timeout=TIMEOUT_S)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+  outs = [p.log.read_text() for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]
   return outs
