@@ -261,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
 
   if data is None:
     from asg_jax.data import input as data_input  # pylint: disable=import-outside-toplevel
-    data = data_input.DataSource(config, workdir)
+    data = data_input.DataSource(config, workdir,
+                                 bound_tokenizer=lineage.bound_tokenizer(workdir))
   num_steps = num_train_steps(config, data.num_train_examples)
   _warn_small_eval_split(getattr(data, "num_eval_examples", None), config)
 

@@ -29,15 +29,18 @@ class DataSource:
   `config.data.demo_num_studies > 0` the demo is generated into `config.data.manual_dir`, or
   `<data_dir>/demo_manual` when empty — only ever into a folder the generator created
   (`owned_dir`). The dataset is (re)built from the manual_dir when not built yet or when its
-  label files changed (`build.prepare`, `config.data.rebuild`). Once `workdir` has a
-  checkpoint the tokenizer is its `tokenizer.json` (asg_jax/lineage.py), never learnt again.
+  label files changed (`build.prepare`, `config.data.rebuild`). `bound_tokenizer`: the
+  vocabulary a trained workdir's checkpoints are bound to (`lineage.bound_tokenizer`, what
+  `train.train_and_evaluate` passes), loaded instead of any configured or learnt one.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               bound_tokenizer: str | None = None):
     from asg_jax import distributed  # pylint: disable=import-outside-toplevel
     from asg_jax.data import build, pipeline, tokenization  # pylint: disable=import-outside-toplevel
     self.config = config
     self.workdir = workdir
+    self.bound_tokenizer = bound_tokenizer
     dc = config.data
     build.check_builder(dc.name, dc.builder_config)     # before anything is generated or built
     self.data_dir = os.path.abspath(dc.data_dir or os.path.join(workdir, "data"))
@@ -89,11 +92,9 @@ class DataSource:
                 shuffle_buffer=dc.shuffle_buffer)
 
   def _tokenizer(self, tokenization):
-    from asg_jax import lineage  # pylint: disable=import-outside-toplevel
     dc = self.config.data
-    bound = lineage.bound_tokenizer(self.workdir)
-    if bound:   # the workdir has checkpoints: the vocabulary they were trained with
-      return tokenization.load_tokenizer(bound, max_length=dc.max_length,
+    if self.bound_tokenizer:   # the workdir has checkpoints: the vocabulary they trained with
+      return tokenization.load_tokenizer(self.bound_tokenizer, max_length=dc.max_length,
                                          lower_case=dc.lower_case)
     if dc.tokenizer:
       return tokenization.load_tokenizer(dc.tokenizer, max_length=dc.max_length,
