@@ -99,10 +99,8 @@ def main(argv):
     print(f"Preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_CODE)
   except Exception as e:  # pylint: disable=broad-except
-    line = None if verbose else os_errors.describe(e, _WORKDIR.value)
-    if line is None:   # not a file-system problem of the user's (or --verbosity): traceback
-      raise
-    os_errors.exit_with(line)
+    _exit_if_users_os_error(e, verbose)
+    raise
   if summary:
     metrics = summary["metrics"]
     print("Final validation metrics (chance in brackets):")
@@ -115,12 +113,20 @@ def main(argv):
     try:
       run_transfer(config.transfer, _WORKDIR.value)
     except Exception as e:  # pylint: disable=broad-except
-      line = None if verbose else os_errors.describe(e, _WORKDIR.value)
-      if line is None:   # as above: a file-system problem is one line, the rest a traceback
-        raise
-      os_errors.exit_with(f"downstream evaluation: {line}")
+      _exit_if_users_os_error(e, verbose, "downstream evaluation: ")
+      raise
   if summary:
     print_where(_WORKDIR.value, figures, bool(config.transfer))
+
+
+def _exit_if_users_os_error(error: Exception, verbose: bool, what: str = "") -> None:
+  """A file-system problem of the user's (full disk, read-only folder, ...) inside `error`:
+  one `ERROR:` line and exit status 2 (asg_jax/os_errors.py). Otherwise, or with
+  `--verbosity`, returns and the caller re-raises (the traceback)."""
+  from asg_jax import os_errors  # pylint: disable=import-outside-toplevel
+  line = None if verbose else os_errors.describe(error, _WORKDIR.value)
+  if line is not None:
+    os_errors.exit_with(what + line)
 
 
 def write_figures(workdir: str) -> dict[str, str]:

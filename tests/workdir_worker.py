@@ -116,7 +116,7 @@ def main():
       @property
       def num_eval_examples(self):
         return self.num_eval
-    data_input.DataSource = lambda config, workdir: Source(config)
+    data_input.DataSource = lambda config, workdir, **_: Source(config)
     argv = ["asg_jax.main", "--config", __file__, "--workdir", workdir, "--nofigures"]
     if args.verbosity:
       argv.append(f"--verbosity={args.verbosity}")
