@@ -1,6 +1,7 @@
-"""ASG's image geometry, applied jointly to an image and its region boxes (TF ops).
+"""ASG's image geometry, applied jointly to an image and its region boxes (TF ops), and the
+same evaluation crop as a NumPy coordinate mapping (`crop_geometry`, for the figures).
 
-Every function here is made of TensorFlow ops so it runs inside `tf.data` `map`. The
+The pipeline's functions are made of TensorFlow ops so they run inside `tf.data` `map`. The
 transform of one example (asg.md "Pre-training recipe", MGCA's `resize_img`):
 
 1. **Resize** so the longest side is `resize` (aspect kept; the short side is
@@ -28,6 +29,8 @@ drops them together with their sentence sets.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -35,14 +38,36 @@ from asg_jax.data.normalization import (  # noqa: E402,F401  (re-exported)
     IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, normalization_constants, normalize_numpy)
 
 
-def resized_shape(height: tf.Tensor, width: tf.Tensor, resize: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """Shape `(new_h, new_w)` with longest side `resize`, short side rounded, at least 1."""
-  h = tf.cast(height, tf.float64)
-  w = tf.cast(width, tf.float64)
-  scale = tf.cast(resize, tf.float64) / tf.maximum(h, w)
-  new_h = tf.maximum(tf.cast(tf.floor(h * scale + 0.5), tf.int32), 1)
-  new_w = tf.maximum(tf.cast(tf.floor(w * scale + 0.5), tf.int32), 1)
-  return new_h, new_w
+def placement(height, width, resize: int, xp=tf):
+  """Steps 1-2's arithmetic, the one definition of where an image lands in the padded
+  `resize x resize` square (the TF `crop` and the NumPy `crop_geometry` both call it).
+
+  Args:
+    height, width: the input image's shape (tensors inside tf.data, ints for NumPy).
+    xp: `tf` or `np`, the library the arithmetic runs in.
+  Returns:
+    `(new_h, new_w, top, left)`: the resized shape (longest side `resize`, short side
+    rounded, at least 1) and the centred zero padding above / left of it; int32 tensors
+    (`tf`) or ints (`np`).
+  """
+  if xp is tf:
+    to_float, to_int = (lambda v: tf.cast(v, tf.float64)), (lambda v: tf.cast(v, tf.int32))
+  elif xp is np:
+    to_float, to_int = np.float64, int
+  else:
+    raise ValueError(f"xp must be tf or np, got {xp!r}")
+  h, w = to_float(height), to_float(width)
+  scale = to_float(resize) / xp.maximum(h, w)
+  new_h = xp.maximum(to_int(xp.floor(h * scale + 0.5)), 1)
+  new_w = xp.maximum(to_int(xp.floor(w * scale + 0.5)), 1)
+  if xp is np:
+    new_h, new_w = int(new_h), int(new_w)
+  return new_h, new_w, (resize - new_h) // 2, (resize - new_w) // 2
+
+
+def centre_offset(resize: int, image_size: int) -> int:
+  """The evaluation crop's offset (both axes) in the padded `resize x resize` square."""
+  return (resize - image_size) // 2
 
 
 def crop_offset(resize: int, image_size: int, train: bool,
@@ -54,7 +79,8 @@ def crop_offset(resize: int, image_size: int, train: bool,
   """
   span = resize - image_size
   if not train or span == 0:
-    return tf.constant([span // 2, span // 2], tf.int32)
+    centre = centre_offset(resize, image_size)
+    return tf.constant([centre, centre], tf.int32)
   if seed is None:
     raise ValueError("crop_offset(train=True) needs a per-example seed")
   return tf.random.stateless_uniform([2], seed=tf.cast(seed, tf.int64), minval=0,
@@ -90,7 +116,7 @@ def crop(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, tr
   boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
-  new_h, new_w = resized_shape(height, width, resize)
+  new_h, new_w, top, left = placement(height, width, resize)
   needs_resize = tf.logical_or(tf.not_equal(new_h, height), tf.not_equal(new_w, width))
 
   def resample():
@@ -101,8 +127,6 @@ def crop(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: int, tr
   image = tf.cond(needs_resize, resample, lambda: image)
   sx = tf.cast(new_w, tf.float32) / tf.cast(width, tf.float32)
   sy = tf.cast(new_h, tf.float32) / tf.cast(height, tf.float32)
-  top = (resize - new_h) // 2
-  left = (resize - new_w) // 2
   image = tf.pad(image, [[top, resize - new_h - top], [left, resize - new_w - left], [0, 0]])
   offset = crop_offset(resize, image_size, train, seed)
   image = tf.slice(image, tf.stack([offset[0], offset[1], 0]), [image_size, image_size, channels])
@@ -144,3 +168,51 @@ def transform(image: tf.Tensor, boxes: tf.Tensor, *, resize: int, image_size: in
   image, boxes, keep = crop(image, boxes, resize=resize, image_size=image_size, train=train,
                             seed=seed, min_box_visibility=min_box_visibility)
   return normalize(image, normalization), boxes, keep
+
+
+# ----------------------------------------------------------------------------- NumPy
+@dataclasses.dataclass(frozen=True)
+class CropGeometry:
+  """Where the evaluation crop (`crop(train=False)`) lies in an original `height x width`
+  image, in NumPy (the figures draw on the original image). Built by `crop_geometry` from
+  `placement` and `centre_offset`, the pipeline's own arithmetic. A point `x` of the original
+  (continuous pixel coordinates, pixel centres at `i + 0.5`) lies at
+  `x * scale_x + left - offset_x` in the crop (likewise for y), as `crop` moves boxes.
+  """
+  height: int
+  width: int
+  resize: int
+  image_size: int
+  scale_x: float
+  scale_y: float
+  left: int
+  top: int
+  offset_x: int
+  offset_y: int
+
+  def to_crop(self, x, y):
+    """Original coordinates -> crop coordinates."""
+    return (np.asarray(x, np.float64) * self.scale_x + self.left - self.offset_x,
+            np.asarray(y, np.float64) * self.scale_y + self.top - self.offset_y)
+
+  def to_original(self, u, v):
+    """Crop coordinates -> original coordinates."""
+    return ((np.asarray(u, np.float64) - self.left + self.offset_x) / self.scale_x,
+            (np.asarray(v, np.float64) - self.top + self.offset_y) / self.scale_y)
+
+  def crop_box(self) -> tuple[float, float, float, float]:
+    """The crop square `(x1, y1, x2, y2)` in original coordinates (may exceed the image)."""
+    x1, y1 = self.to_original(0.0, 0.0)
+    x2, y2 = self.to_original(float(self.image_size), float(self.image_size))
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def crop_geometry(height: int, width: int, resize: int, image_size: int) -> CropGeometry:
+  """The evaluation crop of an original `height x width` image (see `CropGeometry`)."""
+  if image_size > resize:
+    raise ValueError(f"image_size={image_size} is larger than resize={resize}")
+  new_h, new_w, top, left = placement(height, width, resize, xp=np)
+  offset = centre_offset(resize, image_size)
+  return CropGeometry(height=int(height), width=int(width), resize=int(resize),
+                      image_size=int(image_size), scale_x=new_w / width, scale_y=new_h / height,
+                      left=left, top=top, offset_x=offset, offset_y=offset)

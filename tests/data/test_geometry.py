@@ -180,3 +180,57 @@ def test_crop_returns_uint8_that_normalises_to_transform():
   np.testing.assert_allclose(geometry.normalize_numpy(small.numpy()), full.numpy(), atol=1e-6)
   np.testing.assert_array_equal(b1.numpy(), b2.numpy())
   np.testing.assert_array_equal(k1.numpy(), k2.numpy())
+
+
+# ----------------------------------------------------------------------------- NumPy == TF
+SHAPES = [(300, 200), (200, 300), (128, 100), (90, 128), (90, 160), (64, 64), (40, 30),
+          (17, 300), (128, 128)]        # portrait, landscape, stored size, smaller than resize
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_numpy_crop_geometry_equals_the_tf_crop(shape):
+  """`crop_geometry` (NumPy, the figures) maps boxes and pixels where `crop(train=False)`
+  (TF, the pipeline) puts them: the same `placement` / `centre_offset` arithmetic."""
+  h, w = shape
+  resize, size = 128, 112
+  geo = geometry.crop_geometry(h, w, resize, size)
+  new_h, new_w, top, left = (int(t) for t in geometry.placement(tf.constant(h), tf.constant(w),
+                                                                 resize))
+  assert (geo.scale_x, geo.scale_y) == (new_w / w, new_h / h)
+  assert (geo.top, geo.left) == (top, left)
+  assert geo.offset_x == geo.offset_y == int(geometry.crop_offset(resize, size, False)[0])
+  # boxes: random boxes on the original, the TF crop's arithmetic (clipped to the crop) vs
+  # the NumPy mapping of their corners
+  rng = np.random.default_rng(h * 1000 + w)
+  xy = rng.uniform(-0.1, 1.1, (64, 2, 2)) * [w, h]
+  boxes = np.concatenate([xy.min(1), xy.max(1)], -1).astype(np.float32)      # [R, 4]
+  _, moved, keep = geometry.crop(tf.zeros((h, w, 1), tf.uint8), boxes, resize=resize,
+                                 image_size=size, train=False, min_box_visibility=0.0)
+  assert keep.numpy().all()
+  u1, v1 = geo.to_crop(boxes[:, 0], boxes[:, 1])
+  u2, v2 = geo.to_crop(boxes[:, 2], boxes[:, 3])
+  np.testing.assert_allclose(moved.numpy(), np.clip(np.stack([u1, v1, u2, v2], -1), 0, size),
+                             atol=2e-4)
+  x, y = geo.to_original(u1, v1)                                             # round trip
+  np.testing.assert_allclose(np.stack([x, y], -1), boxes[:, :2], atol=1e-9, rtol=1e-9)
+  # pixels: a crop pixel shows the image iff its centre maps inside the original...
+  pixels = geometry.crop(tf.fill([h, w, 1], tf.constant(255, tf.uint8)), tf.zeros((0, 4)),
+                         resize=resize, image_size=size, train=False)[0].numpy()[..., 0]
+  x, y = geo.to_original(np.arange(size) + 0.5, np.arange(size) + 0.5)
+  inside = ((y >= 0) & (y < h))[:, None] & ((x >= 0) & (x < w))[None, :]
+  np.testing.assert_array_equal(pixels == 255, inside)
+  assert np.isin(pixels, [0, 255]).all()
+  # ... and the value of the original at that place: a linear ramp, resampled or not
+  ramp = lambda x, y: 40 + 80 * x / w + 120 * y / h                         # noqa: E731
+  jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+  image = np.round(ramp(jj, ii)).astype(np.uint8)[..., None]
+  cropped = geometry.crop(tf.constant(image), tf.zeros((0, 4)), resize=resize, image_size=size,
+                          train=False)[0].numpy()[..., 0].astype(np.float64)
+  margin = 2 * max(w / new_w, h / new_h, 1.0)      # the resampling filter's reach at the edge
+  xx, yy = np.meshgrid(x, y)
+  interior = ((xx > margin) & (xx < w - margin) & (yy > margin) & (yy < h - margin))
+  if (new_h, new_w) == (h, w):                     # no resampling: the very pixel
+    np.testing.assert_array_equal(
+        cropped[inside], image[np.floor(yy).astype(int)[inside], np.floor(xx).astype(int)[inside], 0])
+  if interior.any():
+    np.testing.assert_allclose(cropped[interior], ramp(xx, yy)[interior], atol=1.5)
