@@ -145,7 +145,7 @@ class Pretrained:
     from asg_jax import checkpoints, state as state_lib  # pylint: disable=import-outside-toplevel
     config = workdir_lib.read_config(workdir)
     if tokenizer is None:
-      from asg_jax.data import tokenization  # pylint: disable=import-outside-toplevel
+      from asg_jax.data.reports import tokenization  # pylint: disable=import-outside-toplevel
       path = os.path.join(workdir, TOKENIZER_FILE)
       if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (written by training); pass tokenizer=")

@@ -2,7 +2,7 @@
 when the data changed (`config.data.on_change`).
 
     binding = lineage.check(config, workdir)   # before the data is generated, built or read
-    ...                                        # DataSource: tokenizer = bound_tokenizer(workdir)
+    data = asg_jax.data.prepare(config, workdir, bound_tokenizer=bound_tokenizer(workdir))
     lineage.record(workdir, binding, examples={"train": n, "validation": m})
 
 `<workdir>/data_lineage.json` holds the fingerprint of the data (`build.fingerprint`: the
@@ -126,11 +126,11 @@ def tokenizer_settings(config: ml_collections.ConfigDict) -> dict:
 def data_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """The fingerprint of the data a run of `config` in `workdir` uses, before anything is
   generated or built (`build.expected_fingerprint`; the demo: its generator parameters)."""
-  from asg_jax.data import build  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.builders import build  # pylint: disable=import-outside-toplevel
   dc = config.data
   data_dir = os.path.abspath(dc.data_dir or os.path.join(workdir, "data"))
   if dc.demo_num_studies > 0:
-    from asg_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+    from asg_jax.data.demo import synthetic  # pylint: disable=import-outside-toplevel
     cls = build._tfds().builder_cls(dc.name)  # pylint: disable=protected-access
     return {"builder": dc.name, "config": dc.builder_config, "version": str(cls.VERSION),
             "demo": {"num_studies": int(dc.demo_num_studies), "seed": int(dc.demo_seed),

@@ -84,7 +84,7 @@ def main(argv):
   # The train loop pins TF to the CPU; it must never grab the accelerator JAX uses.
   tf.config.set_visible_devices([], "GPU")
   from asg_jax import preemption, train  # pylint: disable=import-outside-toplevel
-  from asg_jax.data import owned_dir  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.demo import owned_dir  # pylint: disable=import-outside-toplevel
   try:
     logging.info("config:\n%s", config)   # shown with --verbosity; always in config.json
     summary = train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from asg_jax import checkpoints, lineage, objectives, parallel, predict
+from asg_jax import data as data_lib
 from asg_jax import console, locking, preemption
 from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
@@ -228,8 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     config: a config from configs/ (see asg_jax/config.py for every key).
     workdir: output folder: checkpoints/, best/, TensorBoard events, config.json,
       summary.json.
-    data: a data source (see `asg_jax.data.input.DataSource`); built from `config.data`
-      when None.
+    data: a data source (`asg_jax.data.pipeline.data_source.DataSource`, or one with its
+      interface); `asg_jax.data.prepare(config, workdir)` prepares it when None.
     reevaluate: evaluate a finished run again (see above).
   Returns:
     the summary dict also written to `<workdir>/summary.json`.
@@ -259,10 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
                      f"config.eval.batch_size={config.eval.batch_size} must be divisible by "
                      f"the {mesh.size} devices")
 
-  if data is None:
-    from asg_jax.data import input as data_input  # pylint: disable=import-outside-toplevel
-    data = data_input.DataSource(config, workdir,
-                                 bound_tokenizer=lineage.bound_tokenizer(workdir))
+  if data is None:   # generate, build, learn the vocabulary (process 0); then only read
+    data = data_lib.prepare(config, workdir, bound_tokenizer=lineage.bound_tokenizer(workdir))
   num_steps = num_train_steps(config, data.num_train_examples)
   _warn_small_eval_split(getattr(data, "num_eval_examples", None), config)
 

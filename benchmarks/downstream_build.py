@@ -28,7 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tensorflow_datasets as tfds  # noqa: E402
 
 import asg_jax.data.builders  # noqa: E402,F401
-from asg_jax.data import downstream_demo  # noqa: E402
+from asg_jax.data.demo import downstream as downstream_demo  # noqa: E402
 from asg_jax.data.builders import downstream  # noqa: E402
 
 REAL = pathlib.Path(__file__).resolve().parents[2] / "shared" / "realdata" / "images"

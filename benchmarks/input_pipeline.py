@@ -28,7 +28,10 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from asg_jax.config import ASG_REGIONS_23  # noqa: E402
-from asg_jax.data import pipeline, tokenization  # noqa: E402
+from asg_jax.data.pipeline import batches, host, stream  # noqa: E402
+from asg_jax.data.pipeline.source import ExampleSource  # noqa: E402
+from asg_jax.data.pipeline.spec import InputSpec  # noqa: E402
+from asg_jax.data.reports import tokenization  # noqa: E402
 from asg_jax.data.builders.common import features  # noqa: E402  (the builders' stored format)
 
 WORDS = ("the heart size is normal lungs are clear there is no pleural effusion or "
@@ -65,7 +68,7 @@ def synthetic_example(rng: np.random.Generator, side: int) -> dict:
 
 
 def write_tfrecords(directory: str, n: int, side: int, num_files: int = 4
-                    ) -> pipeline.ExampleSource:
+                    ) -> ExampleSource:
   feats = features()
   rng = np.random.default_rng(0)
   files, size = [], 0
@@ -79,7 +82,7 @@ def write_tfrecords(directory: str, n: int, side: int, num_files: int = 4
         writer.write(record)
     files.append((path, count))
   print(f"  wrote {n} examples ({size / n / 1024:.1f} KiB each) in {num_files} files")
-  return pipeline.ExampleSource.from_tfrecords(files, feats, name=f"synthetic-{side}")
+  return ExampleSource.from_tfrecords(files, feats, name=f"synthetic-{side}")
 
 
 def rate(iterator, batch: int, seconds: float, warmup: int = 2) -> float:
@@ -93,21 +96,20 @@ def rate(iterator, batch: int, seconds: float, warmup: int = 2) -> float:
 
 
 def bench(source, tok, *, resize, size, length, words, batch, seconds) -> dict:
-  common = dict(image_size=size, resize=resize, max_regions=23, normalization="imagenet",
-                regions=ASG_REGIONS_23, shuffle_buffer=1024, train=True, seed=0)
-  ds = pipeline.make_dataset(source, local_batch_size=batch, **common)
+  spec = InputSpec(image_size=size, resize=resize, max_regions=23, max_region_words=words,
+                   max_length=length, normalization="imagenet", regions=ASG_REGIONS_23,
+                   shuffle_buffer=1024, seed=0)
+  ds = stream.make_dataset(source, spec, local_batch_size=batch, train=True)
   tfdata = rate(ds.as_numpy_iterator(), batch, seconds)
   raws = list(ds.take(4).as_numpy_iterator())
   counter = iter(range(1 << 30))
-  host_only = rate(iter(lambda: pipeline.finalize_batch(raws[next(counter) % 4], tok, words),
+  host_only = rate(iter(lambda: host.finalize_batch(raws[next(counter) % 4], tok, words),
                         None), batch, seconds / 2)
-  full = rate(pipeline.iterate_source(source, tokenizer=tok, max_region_words=words,
-                                      max_length=length, batch_size=batch, **{
-                                          k: v for k, v in common.items()}), batch, seconds)
+  full = rate(batches.iterate_source(source, spec, tokenizer=tok, batch_size=batch, train=True),
+              batch, seconds)
   # the pre-training feed (DataSource): uint8 grey pixels, normalised on device
-  feed = rate(pipeline.iterate_source(source, tokenizer=tok, max_region_words=words,
-                                      max_length=length, batch_size=batch,
-                                      device_normalize=True, **common), batch, seconds)
+  feed = rate(batches.iterate_source(source, spec, tokenizer=tok, batch_size=batch, train=True,
+                                     device_normalize=True), batch, seconds)
   return {"tf.data": tfdata, "host tokenise+words": host_only,
           "full host batches (float32 RGB)": full, "full host batches (uint8 feed)": feed}
 
@@ -125,7 +127,7 @@ def main() -> None:
       print(f"geometry {resize} -> {size}, L={length}, K={words}, batch {args.batch}")
       source = write_tfrecords(tmp, args.examples, resize)
       vocab = os.path.join(tmp, "vocab.txt")
-      tokenization.build_wordpiece_vocab(pipeline.captions_of(source), 400, vocab)
+      tokenization.build_wordpiece_vocab(stream.captions_of(source), 400, vocab)
       tok = tokenization.load_tokenizer(vocab, max_length=length, lower_case=True)
       result = bench(source, tok, resize=resize, size=size, length=length, words=words,
                      batch=args.batch, seconds=args.seconds)

@@ -175,10 +175,10 @@ def _sds(x, sharding):
 
 def abstract_batch(config, batch_size: int, mesh) -> dict:
   """The interfaces.md §2 batch at global size `batch_size`, as shape structs sharded over
-  `data` (shapes and dtypes from `asg_jax.data.random_batch`, as the feed makes them)."""
+  `data` (shapes and dtypes from `asg_jax.data.pipeline.random_batch`, as the feed makes them)."""
   import jax  # pylint: disable=import-outside-toplevel
   from asg_jax import parallel  # pylint: disable=import-outside-toplevel
-  from asg_jax.data import random_batch  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import random_batch  # pylint: disable=import-outside-toplevel
   sharding = parallel.batch_sharding(mesh)
   return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:],
                                   jax.dtypes.canonicalize_dtype(v.dtype), sharding=sharding)
@@ -190,7 +190,7 @@ def host_constants(config) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from asg_jax import objectives  # pylint: disable=import-outside-toplevel
-  from asg_jax.data import random_batch  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import random_batch  # pylint: disable=import-outside-toplevel
   if not config.model.tag_decoder.enabled:
     return {}
   return {"tag_queries": np.zeros((random_batch.NUM_TAGS, config.model.text.hidden_size),
@@ -205,7 +205,7 @@ def abstract_state(config, program, mesh):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from asg_jax import parallel  # pylint: disable=import-outside-toplevel
   from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
-  from asg_jax.data import random_batch  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import random_batch  # pylint: disable=import-outside-toplevel
   variables = state_lib.abstract_variables(program.model, random_batch.random_batch(config, 2),
                                            host_constants(config))
   state = state_lib.TrainState(

@@ -70,7 +70,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from asg_jax.data import normalization, random_batch
+from asg_jax.data import normalization
+from asg_jax.data.pipeline import random_batch
 
 _NEG = -1e30        # masked logit (asg_jax/losses/asg.py)
 _BN_EPS = 1e-5
@@ -556,7 +557,7 @@ def make_torch_step(config, batch_size: int, compile: bool = False, **kwargs: An
                     ) -> tuple[Callable[[], float], int]:
   """`(step_fn, num_params)`: `step_fn()` runs one full training step (forward, loss,
   backward, AdamW) on a fixed random batch of `batch_size` in the layout of
-  `asg_jax.data.random_batch` and returns the loss. `compile=True`: model + loss under
+  `asg_jax.data.pipeline.random_batch` and returns the loss. `compile=True`: model + loss under
   `torch.compile` (compiled lazily, on the first call). The `TorchTrainStep` is
   `step_fn.runner`. Keyword arguments go to `TorchTrainStep`."""
   runner = TorchTrainStep(config, batch_size, compile=compile, **kwargs)

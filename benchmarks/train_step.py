@@ -9,7 +9,7 @@ Builds the step exactly as pre-training does (`asg_jax.train.build_train_step`: 
 model, objective and AdamW, state replicated and donated, batch sharded over the `data`
 mesh) from `configs/asg_vit_b16.py` (`--loss reclf`: `configs/reclf_vit_b16.py`) with
 random initialisation (no checkpoint is read) on a random batch in the interfaces.md §2
-layout (`asg_jax.data.random_batch`: full-length captions, every region valid). `--size
+layout (`asg_jax.data.pipeline.random_batch`: full-length captions, every region valid). `--size
 tiny` is the recipe's `runlocal` architecture. Reports:
 
 - compile seconds (lower + compile), peak memory (`memory_analysis`: arguments + outputs +
@@ -109,7 +109,7 @@ class Runner:
     import numpy as np  # pylint: disable=import-outside-toplevel
     from asg_jax import flops, parallel, train  # pylint: disable=import-outside-toplevel
     from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
-    from asg_jax.data import random_batch  # pylint: disable=import-outside-toplevel
+    from asg_jax.data.pipeline import random_batch  # pylint: disable=import-outside-toplevel
     self.config, self.batch_size = config, batch
     self.mesh = parallel.make_mesh(num_devices)
     rng = jax.random.PRNGKey(seed)

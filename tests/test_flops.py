@@ -13,7 +13,7 @@ import pytest
 
 from asg_jax import flops, parallel, train
 from asg_jax import state as state_lib
-from asg_jax.data import random_batch
+from asg_jax.data.pipeline import random_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -63,7 +63,7 @@ def test_ira_counts_no_local_heads_and_base_is_the_issue_figure():
 
 def test_benchmark_path_imports_neither_tensorflow_nor_tfds():
   code = ("import sys, json; sys.path.insert(0, '.'); from benchmarks import train_step as b; "
-          "import asg_jax.train, asg_jax.state, asg_jax.flops, asg_jax.data.random_batch; "
+          "import asg_jax.train, asg_jax.state, asg_jax.flops, asg_jax.data.pipeline.random_batch; "
           "b.make_config(size='tiny'); b.make_config(size='base', loss='reclf'); "
           "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
           "('tensorflow', 'tensorflow_datasets', 'tensorboard'))))")

@@ -173,7 +173,7 @@ def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_
   tests/data/test_mimic_5x200.py): Cardiomegaly queried as "enlarged heart" (not a tag) makes
   every class go through the new-name path, in class order."""
   from asg_jax import evaluate
-  from asg_jax.data import downstream_input
+  from asg_jax.data.pipeline import downstream_input
   from asg_jax.evaluators import transfer_common as tc
   from asg_jax.evaluators import transfer_zeroshot
   from tests.data import test_mimic_5x200 as fixture

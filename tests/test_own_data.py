@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from asg_jax import train
-from asg_jax.data import synthetic
+from asg_jax.data.demo import synthetic
 from asg_jax.data.builders import common
 from tests.data.test_own_data_safety import own_config, snapshot
 

@@ -18,7 +18,8 @@ import pytest
 
 from asg_jax import objectives, parallel, train
 from asg_jax import state as state_lib
-from asg_jax.data import normalization, random_batch
+from asg_jax.data import normalization
+from asg_jax.data.pipeline import random_batch
 from asg_jax.models import vlp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

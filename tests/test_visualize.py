@@ -1,5 +1,6 @@
-"""asg_jax.visualize: heat maps land on the right original pixels (the pipeline's own TF crop
-is the oracle); the CLI writes the four figures of a trained workdir as PNGs with content."""
+"""asg_jax.visualize and asg_jax.figures: heat maps land on the right original pixels (the
+pipeline's own TF crop is the oracle); the CLI writes the four figures of a trained workdir as
+PNGs with content."""
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 from asg_jax import train, visualize
 from asg_jax.data import geometry
+from asg_jax.figures import curves, drawing, examples as examples_lib, grounding
 from tests.test_train import demo_config
 
 RESIZE, SIZE, GRID = 128, 112, (7, 7)
@@ -33,28 +35,28 @@ def cell_mask(i: int, j: int, margin: float) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(300, 200), (90, 160), (128, 100), (64, 64)])
 def test_a_hot_patch_lands_on_the_original_pixels_the_pipeline_crops_into_it(shape):
   h, w = shape
-  geo = visualize.crop_geometry(h, w, RESIZE, SIZE)
+  geo = geometry.crop_geometry(h, w, RESIZE, SIZE)
   image_area = push_through_crop(np.ones(shape)) > 127          # the image inside the crop
   for i, j in [(0, 0), (3, 5), (6, 2), (5, 6)]:
     heat = np.zeros(GRID)
     heat[i, j] = 1.0
-    on_original = visualize.heatmap_to_original(heat, geo)
+    on_original = grounding.heatmap_to_original(heat, geo)
     assert on_original.shape == shape
     hot = push_through_crop(on_original == 1.0) > 127
     inner = cell_mask(i, j, 0.15) & image_area                  # 0.15 cell = 2.4 crop px
     assert hot[inner].all(), (shape, i, j)
     assert not hot[~cell_mask(i, j, -0.15)].any(), (shape, i, j)
   # pixels outside the crop are NaN, and only those: cropped away by the pipeline
-  nan = np.isnan(visualize.heatmap_to_original(np.ones(GRID), geo))
+  nan = np.isnan(grounding.heatmap_to_original(np.ones(GRID), geo))
   assert push_through_crop(nan)[2:-2, 2:-2].max() < 128
   assert (push_through_crop(~nan) > 127)[image_area].mean() > 0.97
 
 
 def test_cell_centres_and_the_crop_square_map_like_the_pipelines_boxes():
   h, w = 300, 200
-  geo = visualize.crop_geometry(h, w, RESIZE, SIZE)
+  geo = geometry.crop_geometry(h, w, RESIZE, SIZE)
   for index in (0, 17, 48):
-    x, y = visualize.cell_center_in_original(index, GRID, geo)
+    x, y = grounding.cell_center_in_original(index, GRID, geo)
     box = tf.constant([[x - 1, y - 1, x + 1, y + 1]], tf.float32)
     _, moved, keep = geometry.crop(tf.zeros((h, w, 1), tf.uint8), box, resize=RESIZE,
                                    image_size=SIZE, train=False)
@@ -70,9 +72,9 @@ def test_cell_centres_and_the_crop_square_map_like_the_pipelines_boxes():
 
 
 def test_smooth_maps_interpolate_between_cell_centres():
-  geo = visualize.crop_geometry(150, 150, RESIZE, SIZE)
+  geo = geometry.crop_geometry(150, 150, RESIZE, SIZE)
   ramp = np.tile(np.arange(GRID[1], dtype=float), (GRID[0], 1))   # value = column index
-  smooth = visualize.heatmap_to_original(ramp, geo, smooth=True)
+  smooth = grounding.heatmap_to_original(ramp, geo, smooth=True)
   u, _ = geo.to_crop(np.arange(150) + 0.5, np.zeros(150))
   expected = np.clip(u * GRID[1] / SIZE - 0.5, 0, GRID[1] - 1)
   row = smooth[75]
@@ -83,11 +85,11 @@ def test_smooth_maps_interpolate_between_cell_centres():
 def test_classes_of_chexpert_rows():
   from asg_jax.data.reports import CHEXPERT
   row = lambda *names: np.array([1.0 if n in names else np.nan for n in CHEXPERT])  # noqa: E731
-  assert visualize.class_of(row()) == "No Finding"
-  assert visualize.class_of(row("Edema", "Support Devices")) == "Edema"
-  assert visualize.class_of(row("Edema", "Pleural Effusion")) == "Multiple"
-  assert visualize.same_findings(row("Edema", "Support Devices"), row("Edema"))
-  assert not visualize.same_findings(row("Edema"), row("Edema", "Pleural Effusion"))
+  assert examples_lib.class_of(row()) == "No Finding"
+  assert examples_lib.class_of(row("Edema", "Support Devices")) == "Edema"
+  assert examples_lib.class_of(row("Edema", "Pleural Effusion")) == "Multiple"
+  assert examples_lib.same_findings(row("Edema", "Support Devices"), row("Edema"))
+  assert not examples_lib.same_findings(row("Edema"), row("Edema", "Pleural Effusion"))
 
 
 # ----------------------------------------------------------------------------- a trained workdir
@@ -136,16 +138,16 @@ def test_cli_writes_the_four_figures(workdir, tmp_path, capsys):
   assert saturated_fraction(grounding, 128) > 0.05       # the coloured heat maps
   retrieval = assert_png_with_content(out / "retrieval.png")
   frames = sum(colour_fraction(retrieval, c) for c in
-               (visualize.CORRECT, visualize.SAME_CLASS, visualize.WRONG))
+               (drawing.CORRECT, drawing.SAME_CLASS, drawing.WRONG))
   assert frames > 0.01                                   # correct / same class / wrong frames
   tsne = assert_png_with_content(out / "tsne.png", min_size=(600, 300))
   assert saturated_fraction(tsne) > 0.0005               # coloured points
-  curves = assert_png_with_content(out / "curves.png")
-  assert saturated_fraction(curves) > 0.0002             # coloured lines
+  curves_png = assert_png_with_content(out / "curves.png")
+  assert saturated_fraction(curves_png) > 0.0002             # coloured lines
 
 
 def test_curves_read_back_what_training_wrote(workdir):
-  scalars = visualize.read_scalars(str(workdir))
+  scalars = curves.read_scalars(str(workdir))
   steps, loss = scalars["train/loss"]
   assert steps[-1] == 2 and np.all(np.isfinite(loss))
   summary = json.loads((workdir / "summary.json").read_text())
@@ -156,17 +158,17 @@ def test_curves_read_back_what_training_wrote(workdir):
 
 def test_phrases_on_given_images(workdir, tmp_path):
   from asg_jax import inference
-  from asg_jax.data import demo_drawing
+  from asg_jax.data.demo import drawing as demo_drawing
   model = inference.Pretrained.from_workdir(str(workdir))
   pixels, _ = demo_drawing._draw_frontal(np.random.default_rng(0), 180, 150, [])  # pylint: disable=protected-access
   Image.fromarray(pixels).save(tmp_path / "film.png")
-  image = visualize.read_image(str(tmp_path / "film.png"))
+  image = examples_lib.read_image(str(tmp_path / "film.png"))
   np.testing.assert_array_equal(image, pixels)
-  fig = visualize.phrase_figure(model, [image, image[:, :100]], ["pleural effusion", "heart"])
-  rgb = assert_png_with_content(visualize.save(fig, str(tmp_path / "g.png")))
+  fig = grounding.phrase_figure(model, [image, image[:, :100]], ["pleural effusion", "heart"])
+  rgb = assert_png_with_content(drawing.save(fig, str(tmp_path / "g.png")))
   assert rgb.shape[0] > rgb.shape[1] * 0.6               # two rows of three panels
   with pytest.raises(FileNotFoundError, match="missing.png"):
-    visualize.read_image(str(tmp_path / "missing.png"))
+    examples_lib.read_image(str(tmp_path / "missing.png"))
 
 
 def test_grounding_is_skipped_with_a_reason_without_boxes_of_their_own(workdir, tmp_path):
@@ -174,9 +176,9 @@ def test_grounding_is_skipped_with_a_reason_without_boxes_of_their_own(workdir, 
   error, the grounding figure is skipped with one line; the others are still drawn."""
   from asg_jax import inference
   model = inference.Pretrained.from_workdir(str(workdir))
-  examples = visualize.load_examples(str(workdir), split="train", max_examples=12)
+  examples = examples_lib.load_examples(str(workdir), split="train", max_examples=12)
   assert {e["region_source"] for e in examples} == {"imagenome"}    # the demo's own boxes
-  assert visualize.pick_grounding(examples)
+  assert grounding.pick_grounding(examples)
   atlas = [dict(e, region_source="atlas") for e in examples]
   no_regions = [dict(e, region_ids=np.zeros((0,), np.int32),
                      region_boxes=np.zeros((0, 4), np.float32),
@@ -191,12 +193,12 @@ def test_grounding_is_skipped_with_a_reason_without_boxes_of_their_own(workdir, 
   assert "grounding" not in written and {"retrieval", "tsne"} <= set(written)
   assert [n for n in notes if n.startswith("grounding")] == [
       "grounding: " + reason.format("atlas")]
-  assert visualize.pick_grounding(atlas) == visualize.pick_grounding(no_regions) == []
+  assert grounding.pick_grounding(atlas) == grounding.pick_grounding(no_regions) == []
   with pytest.raises(ValueError) as e:
-    visualize.grounding_figure(model, no_regions, encoded={})
+    grounding.grounding_figure(model, no_regions, encoded={})
   assert str(e.value) == reason.format("none")
   # one example with boxes of its own among atlas ones is enough
-  i, r = visualize.pick_grounding(examples)[0]
+  i, r = grounding.pick_grounding(examples)[0]
   mixed = atlas[:]
   mixed[i] = examples[i]
-  assert visualize.pick_grounding(mixed) == [(i, r)]
+  assert grounding.pick_grounding(mixed) == [(i, r)]

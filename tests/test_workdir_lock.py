@@ -110,7 +110,7 @@ def test_a_lock_dies_with_its_holder_and_is_reentrant_within_a_process(tmp_path)
 def test_builds_in_one_data_dir_take_turns(tmp_path, capsys):
   """Another process (a run of another workdir sharing config.data.data_dir) is preparing
   mimic_cxr/demo there: `build.prepare` waits for it, naming it, then goes on."""
-  from asg_jax.data import build  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.builders import build  # pylint: disable=import-outside-toplevel
   data_dir, manual_dir = tmp_path / "data", tmp_path / "empty_manual"
   manual_dir.mkdir()
   path = str(data_dir / ".mimic_cxr.demo.build.lock")

@@ -111,12 +111,12 @@ def main():
   if args.main:
     from absl import app  # pylint: disable=import-outside-toplevel
     from asg_jax import main as main_lib  # pylint: disable=import-outside-toplevel
-    from asg_jax.data import input as data_input  # pylint: disable=import-outside-toplevel
+    from asg_jax import data as data_lib  # pylint: disable=import-outside-toplevel
     class Source(FakeData):   # what the command line's DataSource also tells
       @property
       def num_eval_examples(self):
         return self.num_eval
-    data_input.DataSource = lambda config, workdir, **_: Source(config)
+    data_lib.prepare = lambda config, workdir, **_: Source(config)
     argv = ["asg_jax.main", "--config", __file__, "--workdir", workdir, "--nofigures"]
     if args.verbosity:
       argv.append(f"--verbosity={args.verbosity}")

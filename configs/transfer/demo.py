@@ -1,5 +1,5 @@
 """Transfer evaluation of a demo workdir on the CheXpert-layout demo stand-in
-(asg_jax.data.downstream_demo; docs/transfer.md):
+(asg_jax.data.demo.downstream; docs/transfer.md):
 
     python -m asg_jax.evaluate --workdir workdir/demo --config configs/transfer/demo.py
 

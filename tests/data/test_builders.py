@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import asg_jax.data.builders  # noqa: F401  (registers the builders)
-from asg_jax.data import synthetic
+from asg_jax.data.demo import synthetic
 from asg_jax.data.builders import common
 from asg_jax.data.reports import CHEXPERT, REGIONS, parse_report
 

@@ -563,7 +563,7 @@ def test_every_transfer_recipe_runs_on_its_builder_fixture(chexpert, nih, rsna, 
   `python -m asg_jax.evaluate` runs) on each builder's fixture build, pre-trained and random
   init: every declared evaluator yields its rows, results.json / results.md are written."""
   from asg_jax import evaluate
-  from asg_jax.data import downstream_input
+  from asg_jax.data.pipeline import downstream_input
   fixtures = {"cxr_chexpert": chexpert[1], "cxr_chexpert/5x200": chexpert[3],
               "cxr_nih14": nih[1], "cxr_rsna": rsna[0], "cxr_covidx": covidx[0]}
   monkeypatch.setattr(downstream_input, "builder", lambda dataset, data_dir: fixtures[dataset])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from asg_jax.data import downstream_demo
+from asg_jax.data.demo import downstream as downstream_demo
 from asg_jax.data.builders import cxr_chexpert, downstream
 
 

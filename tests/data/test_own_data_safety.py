@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from asg_jax import config as config_lib
-from asg_jax.data import build, owned_dir, synthetic
+from asg_jax import data as data_lib
+from asg_jax.data.builders import build
+from asg_jax.data.demo import owned_dir, synthetic
 from tests.test_train import demo_config, recipe
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -52,13 +54,12 @@ def own_config(manual_dir, data_dir, **overrides):
 
 
 def test_demo_refuses_a_users_folder_and_writes_nothing(tmp_path, realdata_dir):
-  from asg_jax.data import input as data_input
   folder = user_folder(tmp_path, realdata_dir)
   before = snapshot(folder)
   config = demo_config("runlocal", **{"data.manual_dir": str(folder), "data.demo_num_studies": 4})
   with pytest.raises(owned_dir.NotOwnedError, match=r"refusing to write into .*my_pairs.*"
                      r"own_data\.py"):
-    data_input.DataSource(config, str(tmp_path / "wd"))
+    data_lib.prepare(config, str(tmp_path / "wd"))
   with pytest.raises(owned_dir.NotOwnedError):
     synthetic.generate(str(folder), 3, seed=0)
   assert snapshot(folder) == before
@@ -81,14 +82,13 @@ def test_demo_regenerates_only_its_own_files(tmp_path):
 
 
 def test_own_data_build_reads_only_and_rebuilds_when_pairs_csv_changes(tmp_path, realdata_dir):
-  from asg_jax.data import input as data_input
   folder = user_folder(tmp_path, realdata_dir)
   before = snapshot(folder)
   data_dir = tmp_path / "tfds"
   config = own_config(folder, data_dir)
-  source = data_input.DataSource(config, str(tmp_path / "wd"))
+  source = data_lib.prepare(config, str(tmp_path / "wd"))
   assert source.build["built"] and (source.num_train_examples, source.num_eval_examples) == (9, 3)
-  again = data_input.DataSource(config, str(tmp_path / "wd"))
+  again = data_lib.prepare(config, str(tmp_path / "wd"))
   assert not again.build["built"] and again.build["reason"] == "up to date"
   # the user edits pairs.csv: every row becomes train except two
   rows = list(csv.reader(open(folder / "pairs.csv")))
@@ -97,39 +97,37 @@ def test_own_data_build_reads_only_and_rebuilds_when_pairs_csv_changes(tmp_path,
   with open(folder / "pairs.csv", "w", newline="") as f:
     csv.writer(f).writerows(rows)
   edited = snapshot(folder)
-  changed = data_input.DataSource(config, str(tmp_path / "wd"))
+  changed = data_lib.prepare(config, str(tmp_path / "wd"))
   assert changed.build["built"] and "changed: pairs.csv" in changed.build["reason"]
   assert (changed.num_train_examples, changed.num_eval_examples) == (10, 2)
   never = own_config(folder, data_dir, **{"data.rebuild": "never"})
   rows[1][2] = "train"
   with open(folder / "pairs.csv", "w", newline="") as f:
     csv.writer(f).writerows(rows)
-  reused = data_input.DataSource(never, str(tmp_path / "wd"))
+  reused = data_lib.prepare(never, str(tmp_path / "wd"))
   assert not reused.build["built"] and reused.num_eval_examples == 2
   assert set(snapshot(folder)) == set(before) and snapshot(folder)["my_notes.docx"] == \
       edited["my_notes.docx"] == before["my_notes.docx"]
 
 
 def test_data_dir_defaults_into_the_workdir(tmp_path, realdata_dir):
-  from asg_jax.data import input as data_input
   folder = user_folder(tmp_path, realdata_dir)
   config = own_config(folder, "")
-  source = data_input.DataSource(config, str(tmp_path / "wd"))
+  source = data_lib.prepare(config, str(tmp_path / "wd"))
   assert source.data_dir == str(tmp_path / "wd" / "data")
   assert source.build["data_dir"].startswith(str(tmp_path / "wd" / "data"))
   assert os.path.isfile(os.path.join(source.build["data_dir"], build.FINGERPRINT_FILE))
 
 
 def test_wrong_builder_and_values_fail_before_any_data_work(tmp_path):
-  from asg_jax.data import input as data_input
   config = demo_config("runlocal", **{"data.name": "image_text_csv"})
   with pytest.raises(config_lib.ConfigError, match=r"'demo' is not a config of tfds builder "
                      r"'image_text_csv'; expected one of \['default', 'no_anatomy', 'all_views'\]"):
-    data_input.DataSource(config, str(tmp_path / "wd"))
+    data_lib.prepare(config, str(tmp_path / "wd"))
   config = demo_config("runlocal", **{"data.name": "image_text_csv",
                                       "data.builder_config": "default"})
   with pytest.raises(config_lib.ConfigError, match="own_data.py"):
-    data_input.DataSource(config, str(tmp_path / "wd"))
+    data_lib.prepare(config, str(tmp_path / "wd"))
   with pytest.raises(config_lib.ConfigError, match="did you mean"):
     build.check_builder("mimic_cxrr", None)
   config = demo_config("runlocal")

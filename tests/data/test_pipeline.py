@@ -1,5 +1,6 @@
 """The tf.data pipeline: schema (interfaces.md §2), regions, words, determinism, resume,
 eval padding, process shards, and the tfds path (a tiny real tfds builder)."""
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -7,9 +8,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from asg_jax import data as data_lib
 from asg_jax.config import ASG_REGIONS_23
-from asg_jax.data import pipeline, tokenization
-from asg_jax.data.reports import vocabulary
+from asg_jax.data.pipeline import batches, host, source, stream
+from asg_jax.data.pipeline.spec import InputSpec
+from asg_jax.data.reports import tokenization, vocabulary
 
 RESIZE, SIZE, R, L, K = 40, 32, 6, 24, 23
 WORDS = ("heart size normal lungs clear no effusion pneumothorax opacity left right base mild "
@@ -58,8 +61,8 @@ def make_examples(n, seed=0, side=RESIZE):
 
 def source_of(examples, num_shards=3, decode=None):
   ds = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=SIGNATURE)
-  return pipeline.ExampleSource.from_dataset(ds, len(examples), num_shards=num_shards,
-                                             decode=decode)
+  return source.ExampleSource.from_dataset(ds, len(examples), num_shards=num_shards,
+                                           decode=decode)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +78,18 @@ def tokenizer(examples, tmp_path_factory):
   return tokenization.load_tokenizer(str(path), max_length=L, lower_case=True)
 
 
+SPEC = InputSpec(image_size=SIZE, resize=RESIZE, max_regions=R, max_region_words=K,
+                 max_length=L, normalization="imagenet", regions=ASG_REGIONS_23,
+                 shuffle_buffer=16, seed=3)
+SPEC_FIELDS = {f.name for f in dataclasses.fields(InputSpec)}
+
+
 def kwargs(tokenizer, **over):
-  kw = dict(tokenizer=tokenizer, image_size=SIZE, resize=RESIZE, max_regions=R,
-            max_region_words=K, max_length=L, normalization="imagenet",
-            regions=ASG_REGIONS_23, shuffle_buffer=16, batch_size=8, seed=3,
-            host_prefetch=2)
-  kw.update(over)
+  """`iterate_source`'s arguments: `SPEC` with the `InputSpec` fields of `over`, and the
+  pass's own arguments (the rest of `over`)."""
+  spec = dataclasses.replace(SPEC, **{k: v for k, v in over.items() if k in SPEC_FIELDS})
+  kw = dict(spec=spec, tokenizer=tokenizer, batch_size=8, host_prefetch=2)
+  kw.update({k: v for k, v in over.items() if k not in SPEC_FIELDS})
   return kw
 
 
@@ -112,12 +121,12 @@ def ref_boxes_eval(ex):
 
 def test_batch_schema_train_and_eval(examples, tokenizer):
   src = source_of(examples)
-  batch = next(pipeline.iterate_source(src, train=True, **kwargs(tokenizer)))
+  batch = next(batches.iterate_source(src, train=True, **kwargs(tokenizer)))
   assert set(batch) == set(SCHEMA)
   for key, (dtype, shape) in SCHEMA.items():
     assert batch[key].dtype == dtype, key
     assert batch[key].shape == (8,) + shape, key
-  ev = next(pipeline.iterate_source(src, train=False, **kwargs(tokenizer)))
+  ev = next(batches.iterate_source(src, train=False, **kwargs(tokenizer)))
   assert set(ev) == set(SCHEMA) | {"valid"} and ev["valid"].dtype == np.bool_
   for b in (batch, ev):
     assert np.all(b["input_ids"][:, 0] == tokenizer.cls_id)
@@ -132,9 +141,9 @@ def test_batch_schema_train_and_eval(examples, tokenizer):
 
 def test_regions_filter_boxes_and_words_vs_reference(examples, tokenizer):
   """Eval batches (centre crop): every region and its words against a NumPy reference."""
-  batches = list(pipeline.iterate_source(source_of(examples), train=False, **kwargs(tokenizer)))
+  evals = list(batches.iterate_source(source_of(examples), train=False, **kwargs(tokenizer)))
   dropped = {"name": 0, "box": 0, "words": 0, "truncated": 0}
-  for b in batches:
+  for b in evals:
     for row in np.nonzero(b["valid"])[0]:
       ex = examples[b["index"][row]]
       sentences = [str(s) for s in ex["sentences"]]
@@ -177,19 +186,19 @@ def test_regions_filter_boxes_and_words_vs_reference(examples, tokenizer):
 
 def test_determinism_and_resume_across_epochs(examples, tokenizer):
   src = source_of(examples)
-  run1 = take(pipeline.iterate_source(src, train=True, start_step=0, **kwargs(tokenizer)), 9)
-  run2 = take(pipeline.iterate_source(src, train=True, start_step=0,
-                                      **kwargs(tokenizer, host_prefetch=0)), 9)
+  run1 = take(batches.iterate_source(src, train=True, start_step=0, **kwargs(tokenizer)), 9)
+  run2 = take(batches.iterate_source(src, train=True, start_step=0,
+                                     **kwargs(tokenizer, host_prefetch=0)), 9)
   assert_batches_equal(run1, run2)
   # 50 examples, 8 per step: step 6 crosses into epoch 1; epoch 1 is a different order
   idx = np.concatenate([b["index"] for b in run1])
   assert sorted(idx[:50]) == list(range(50))
   assert not np.array_equal(idx[:22], idx[50:72])
   for start in (2, 5, 7):   # inside epoch 0, across the boundary, inside epoch 1
-    resumed = take(pipeline.iterate_source(src, train=True, start_step=start,
-                                           **kwargs(tokenizer)), 9 - start)
+    resumed = take(batches.iterate_source(src, train=True, start_step=start,
+                                          **kwargs(tokenizer)), 9 - start)
     assert_batches_equal(resumed, run1[start:])
-  other_seed = take(pipeline.iterate_source(src, train=True, **kwargs(tokenizer, seed=4)), 2)
+  other_seed = take(batches.iterate_source(src, train=True, **kwargs(tokenizer, seed=4)), 2)
   assert not np.array_equal(other_seed[0]["index"], run1[0]["index"])
 
 
@@ -207,10 +216,10 @@ def test_resume_does_not_decode_skipped_examples(tokenizer):
       return dict(ex, image=tf.identity(ex["image"]))
 
   kw = kwargs(tokenizer, batch_size=4, host_prefetch=0)
-  full = take(pipeline.iterate_source(source_of(exs, num_shards=1), train=True, **kw), 10)
+  full = take(batches.iterate_source(source_of(exs, num_shards=1), train=True, **kw), 10)
   skipped = set(np.concatenate([b["index"] for b in full[:8]]).tolist())
-  it = pipeline.iterate_source(source_of(exs, num_shards=1, decode=decode), train=True,
-                               start_step=8, **kw)
+  it = batches.iterate_source(source_of(exs, num_shards=1, decode=decode), train=True,
+                              start_step=8, **kw)
   got = take(it, 2)
   assert_batches_equal(got, full[8:])
   assert decoded, "the decode function was not called"
@@ -219,30 +228,30 @@ def test_resume_does_not_decode_skipped_examples(tokenizer):
 
 
 def test_eval_padding_and_valid(examples, tokenizer):
-  batches = list(pipeline.iterate_source(source_of(examples), train=False, **kwargs(tokenizer)))
-  assert len(batches) == 7                               # ceil(50 / 8)
-  valid = np.concatenate([b["valid"] for b in batches])
-  index = np.concatenate([b["index"] for b in batches])
+  evals = list(batches.iterate_source(source_of(examples), train=False, **kwargs(tokenizer)))
+  assert len(evals) == 7                               # ceil(50 / 8)
+  valid = np.concatenate([b["valid"] for b in evals])
+  index = np.concatenate([b["index"] for b in evals])
   np.testing.assert_array_equal(valid, np.arange(56) < 50)
   np.testing.assert_array_equal(index[:50], np.arange(50))   # split order
   assert np.all(index[50:] == -1)
-  last = batches[-1]
+  last = evals[-1]
   assert not last["region_mask"][2:].any()
   np.testing.assert_array_equal(last["image"][2:], np.repeat(last["image"][:1], 6, 0))
-  capped = list(pipeline.iterate_source(source_of(examples), train=False, max_examples=20,
-                                        **kwargs(tokenizer)))
+  capped = list(batches.iterate_source(source_of(examples), train=False, max_examples=20,
+                                       **kwargs(tokenizer)))
   assert len(capped) == 3 and sum(b["valid"].sum() for b in capped) == 20
   # eval is deterministic and ignores the seed (centre crop, split order)
-  again = list(pipeline.iterate_source(source_of(examples), train=False,
-                                       **kwargs(tokenizer, seed=99)))
-  assert_batches_equal(batches, again)
+  again = list(batches.iterate_source(source_of(examples), train=False,
+                                      **kwargs(tokenizer, seed=99)))
+  assert_batches_equal(evals, again)
 
 
 def _global_batches(src, tokenizer, processes, n, **over):
   """The global batches the `processes` processes make together: each step's process
   batches concatenated in process order (the row order of `parallel.shard_batch`)."""
-  its = [pipeline.iterate_source(src, process_index=p, process_count=processes,
-                                 **kwargs(tokenizer, **over)) for p in range(processes)]
+  its = [batches.iterate_source(src, process_index=p, process_count=processes,
+                                **kwargs(tokenizer, **over)) for p in range(processes)]
   per_proc = [take(it, n) if over.get("train", True) else list(it) for it in its]
   assert len({len(b) for b in per_proc}) == 1          # every process: the same count
   return [{k: np.concatenate([pb[s][k] for pb in per_proc]) for k in per_proc[0][s]}
@@ -282,18 +291,18 @@ def test_global_batches_are_the_same_for_any_number_of_processes(tokenizer):
   np.testing.assert_array_equal(tiny[0]["index"], [0, 1, 2] + [-1] * 5)
   assert not tiny[0]["region_mask"][3:].any()
   with pytest.raises(ValueError, match="divisible"):
-    pipeline.iterate_source(src, train=True, process_index=0, process_count=3,
-                            **kwargs(tokenizer))
+    batches.iterate_source(src, train=True, process_index=0, process_count=3,
+                           **kwargs(tokenizer))
 
 
 def test_bad_arguments(examples, tokenizer):
   src = source_of(examples)
   with pytest.raises(ValueError, match="unknown region"):
-    pipeline.iterate_source(src, train=True, **kwargs(tokenizer, regions=("left lung", "liver")))
+    batches.iterate_source(src, train=True, **kwargs(tokenizer, regions=("left lung", "liver")))
   with pytest.raises(ValueError, match="normalization"):
-    pipeline.iterate_source(src, train=True, **kwargs(tokenizer, normalization="none"))
+    batches.iterate_source(src, train=True, **kwargs(tokenizer, normalization="none"))
   with pytest.raises(ValueError, match="max_length"):
-    pipeline.iterate_source(src, train=True, **kwargs(tokenizer, max_length=L + 1))
+    batches.iterate_source(src, train=True, **kwargs(tokenizer, max_length=L + 1))
 
 
 # ------------------------------------------------------------------ the tfds path
@@ -332,19 +341,19 @@ class AsgJaxPipelineTestStored(tfds.core.GeneratorBasedBuilder):
 def test_tfds_split_end_to_end(tmp_path, tokenizer):
   builder = AsgJaxPipelineTestStored(data_dir=str(tmp_path))
   builder.download_and_prepare()
-  kw = dict(name="asg_jax_pipeline_test_stored", builder_config=None, data_dir=str(tmp_path))
-  assert pipeline.num_examples(kw, "train") == 20
-  assert pipeline.num_examples(kw, "validation") == 10
+  spec = dataclasses.replace(SPEC, name="asg_jax_pipeline_test_stored", builder_config=None,
+                             data_dir=str(tmp_path), normalization="half", shuffle_buffer=8,
+                             seed=0)
+  assert source.num_examples(spec, "train") == 20
+  assert source.num_examples(spec, "validation") == 10
   # tfds serves the split in its own (hashed-key) order: compare by `index` -> caption
   train_ds = builder.as_dataset(split="train", shuffle_files=False)
   stored = [(" ".join(s.decode() for s in ex["sentences"]), ex["image"])
             for ex in tfds.as_numpy(train_ds)]
-  assert pipeline.read_captions(kw, "train") == [c for c, _ in stored]
-  common = dict(image_size=SIZE, resize=RESIZE, max_regions=R, max_region_words=K,
-                max_length=L, normalization="half", regions=ASG_REGIONS_23, shuffle_buffer=8,
-                tokenizer=tokenizer, seed=0, process_index=0, process_count=1)
-  ev = list(pipeline.create_input_iterator(**kw, **common, split="train", batch_size=8,
-                                           train=False, start_step=0))
+  assert stream.read_captions(spec, "train") == [c for c, _ in stored]
+  common = dict(tokenizer=tokenizer, process_index=0, process_count=1)
+  ev = list(batches.create_input_iterator(spec, **common, split="train", batch_size=8,
+                                          train=False, start_step=0))
   assert len(ev) == 3 and sum(b["valid"].sum() for b in ev) == 20
   index = np.concatenate([b["index"][b["valid"]] for b in ev])
   np.testing.assert_array_equal(index, np.arange(20))
@@ -359,21 +368,20 @@ def test_tfds_split_end_to_end(tmp_path, tokenizer):
       padded[top:top + h, left:left + w] = image[..., 0]
       ref = (padded[off:off + SIZE, off:off + SIZE] / 255.0 - 0.5) / 0.5
       np.testing.assert_allclose(b["image"][row, ..., 1], ref, atol=1e-5)
-  tr = pipeline.create_input_iterator(**kw, **common, split="train", batch_size=8, train=True,
-                                      start_step=0)
+  tr = batches.create_input_iterator(spec, **common, split="train", batch_size=8, train=True,
+                                     start_step=0)
   tr_batches = take(tr, 5)                         # 40 rows = 2 epochs of 20
   idx = np.concatenate([b["index"] for b in tr_batches])
   assert sorted(idx[:20]) == list(range(20)) and sorted(idx[20:]) == list(range(20))
-  resumed = take(pipeline.create_input_iterator(**kw, **common, split="train", batch_size=8,
-                                                train=True, start_step=3), 2)
+  resumed = take(batches.create_input_iterator(spec, **common, split="train", batch_size=8,
+                                               train=True, start_step=3), 2)
   assert_batches_equal(resumed, tr_batches[3:])
   with pytest.raises(ValueError, match="no split"):
-    pipeline.num_examples(kw, "test")
+    source.num_examples(spec, "test")
 
 
 def test_data_source_over_a_prepared_tfds_dataset(tmp_path):
   from asg_jax import config as config_lib
-  from asg_jax.data import input as data_input
   AsgJaxPipelineTestStored(data_dir=str(tmp_path)).download_and_prepare()
   c = config_lib.base_config()
   c.data.name, c.data.builder_config = "asg_jax_pipeline_test_stored", ""
@@ -382,7 +390,7 @@ def test_data_source_over_a_prepared_tfds_dataset(tmp_path):
   c.data.resize, c.data.image_size, c.data.max_regions = RESIZE, SIZE, R
   c.data.shuffle_buffer, c.train.batch_size, c.eval.batch_size = 8, 4, 8
   c.model.text.vocab_size = 100
-  data = data_input.DataSource(c, str(tmp_path / "work"))
+  data = data_lib.prepare(c, str(tmp_path / "work"))
   assert data.num_train_examples == 20
   assert (pathlib.Path(data.build["data_dir"]) / "wordpiece_60.txt").exists() and data.tokenizer.vocab_size == 60
   train = take(data.train_batches(0), 7)
@@ -395,7 +403,7 @@ def test_data_source_over_a_prepared_tfds_dataset(tmp_path):
   assert set(data.example_batch()) == set(SCHEMA) | {"valid"}
   c.model.text.vocab_size = 50
   with pytest.raises(ValueError, match="vocab_size"):
-    data_input.DataSource(c, str(tmp_path / "work"))
+    data_lib.prepare(c, str(tmp_path / "work"))
 
 
 def test_region_word_index_vs_loop_reference():
@@ -409,7 +417,7 @@ def test_region_word_index_vs_loop_reference():
     ss[:, 0] = 0
     ss[0, -1] = -1 if s > 1 else 0                  # padded sentence
     rs = rng.integers(-1, s + 1, (b, r, 3))          # includes out-of-range ids
-    got = pipeline.region_word_index(ws, ss, rs, k)
+    got = host.region_word_index(ws, ss, rs, k)
     for i in range(b):
       starts = [x for x in ss[i] if x >= 0]
       for j in range(r):
@@ -422,11 +430,11 @@ def test_region_word_index_vs_loop_reference():
 def test_stored_example_errors_name_the_field(examples, tokenizer):
   broken = [dict(e, region_ids=e["region_ids"][:0]) for e in examples[:8] if len(e["region_ids"])]
   with pytest.raises(tf.errors.InvalidArgumentError, match="region_boxes and region_ids"):
-    next(pipeline.iterate_source(source_of(broken, num_shards=1), train=False,
-                                 **kwargs(tokenizer, host_prefetch=0)))
+    next(batches.iterate_source(source_of(broken, num_shards=1), train=False,
+                                **kwargs(tokenizer, host_prefetch=0)))
   ds = tf.data.Dataset.from_generator(
       lambda: ({k: v for k, v in e.items() if k != "tags"} for e in examples),
       output_signature={k: v for k, v in SIGNATURE.items() if k != "tags"})
-  src = pipeline.ExampleSource.from_dataset(ds, len(examples), name="no-tags")
+  src = source.ExampleSource.from_dataset(ds, len(examples), name="no-tags")
   with pytest.raises(ValueError, match=r"no-tags.*\['tags'\]"):
-    pipeline.iterate_source(src, train=True, **kwargs(tokenizer))
+    batches.iterate_source(src, train=True, **kwargs(tokenizer))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from asg_jax.data import synthetic
+from asg_jax.data.demo import drawing, report_text, synthetic
 from asg_jax.data.reports import REGIONS, TAGS, parse_report
 
 # The real MIMIC-CXR-JPG 2.0.0 headers (PhysioNet release; data.md lists the same columns).
@@ -131,8 +131,8 @@ def test_uncertain_and_negated_findings_occur():
   kinds = {"present": 0, "uncertain": 0, "absent": 0}
   for i in range(200):
     rng = np.random.default_rng([7, i])
-    findings = synthetic._sample_findings(rng)   # pylint: disable=protected-access
-    _, sentences = synthetic._report(rng, findings, "PA")   # pylint: disable=protected-access
+    findings = report_text._sample_findings(rng)   # pylint: disable=protected-access
+    _, sentences = report_text._report(rng, findings, "PA")   # pylint: disable=protected-access
     for s in sentences:
       for existence in s["tags"].values():
         kinds[existence] += 1
@@ -141,8 +141,8 @@ def test_uncertain_and_negated_findings_occur():
 
 def _diff(f, seed=11, h=300, w=260):
   """(image with finding - image without, with the same anatomy), both draws' boxes."""
-  a, boxes_a = synthetic._draw_frontal(np.random.default_rng(seed), h, w, [f])   # pylint: disable=protected-access
-  b, boxes_b = synthetic._draw_frontal(np.random.default_rng(seed), h, w, [])   # pylint: disable=protected-access
+  a, boxes_a = drawing._draw_frontal(np.random.default_rng(seed), h, w, [f])   # pylint: disable=protected-access
+  b, boxes_b = drawing._draw_frontal(np.random.default_rng(seed), h, w, [])   # pylint: disable=protected-access
   d = ndimage.gaussian_filter(a.astype(np.float32) - b.astype(np.float32), 1.0)
   return d, boxes_a, boxes_b
 
@@ -186,11 +186,11 @@ def test_line_tip_and_cardiomegaly_and_edema():
     tip = np.argmax(ys)   # the lowest point of the catheter
     x1, y1, x2, y2 = boxes[region]
     assert x1 - 2 <= xs[tip] <= x2 + 2 and y1 - 2 <= ys[tip] <= y2 + 2
-  big, _ = synthetic._draw_frontal(np.random.default_rng(5), 300, 300, [   # pylint: disable=protected-access
+  big, _ = drawing._draw_frontal(np.random.default_rng(5), 300, 300, [   # pylint: disable=protected-access
       {"tag": "cardiomegaly", "existence": "present", "side": None, "degree": "moderate"}])
-  _, boxes_big = synthetic._draw_frontal(np.random.default_rng(5), 300, 300, [   # pylint: disable=protected-access
+  _, boxes_big = drawing._draw_frontal(np.random.default_rng(5), 300, 300, [   # pylint: disable=protected-access
       {"tag": "cardiomegaly", "existence": "present", "side": None, "degree": "moderate"}])
-  _, boxes_normal = synthetic._draw_frontal(np.random.default_rng(5), 300, 300, [])   # pylint: disable=protected-access
+  _, boxes_normal = drawing._draw_frontal(np.random.default_rng(5), 300, 300, [])   # pylint: disable=protected-access
   width = lambda b: b[2] - b[0]   # noqa: E731
   assert width(boxes_big["cardiac silhouette"]) > 1.25 * width(boxes_normal["cardiac silhouette"])
   d, boxes, _ = _diff({"tag": "edema", "existence": "present", "side": None})

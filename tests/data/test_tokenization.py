@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from asg_jax.data import tokenization
+from asg_jax.data.reports import tokenization
 
 L = 48
 
@@ -115,7 +115,7 @@ def test_trained_vocab_is_deterministic_and_matches_transformers(tmp_path, repor
   shuffled = list(texts)
   random.Random(0).shuffle(shuffled)
   p2 = tokenization.build_wordpiece_vocab(shuffled, 400, str(tmp_path / "b.txt"))
-  code = ("import sys; from asg_jax.data import tokenization as t; "
+  code = ("import sys; from asg_jax.data.reports import tokenization as t; "
           "t.build_wordpiece_vocab(open(sys.argv[1]).read().split('\\n'), 400, sys.argv[2])")
   (tmp_path / "texts.txt").write_text("\n".join(texts))
   env = dict(os.environ, PYTHONHASHSEED="12345")

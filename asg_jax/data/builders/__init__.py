@@ -5,6 +5,10 @@ Importing this package registers `mimic_cxr`, `image_text_csv` and the downstrea
 
     import asg_jax.data.builders  # noqa: F401
     tfds.builder("mimic_cxr/demo", data_dir=...)
+
+`build.py` builds one of them from its manual download once, and again when its inputs
+change (a fingerprint of the label files; `build.prepare`, what `asg_jax.data.prepare`
+calls).
 """
 from asg_jax.data.builders.common import (SKIP_REASONS, SUMMARY_FILE, ChestConfig, Skip,
                                           load_atlas, read_image, read_summary)

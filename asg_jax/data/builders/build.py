@@ -37,8 +37,9 @@ REBUILD_CHOICES = ("auto", "never", "always")
 
 
 def _tfds():
+  """tfds, with the project's builders registered (by this package's `__init__`, which
+  importing this module has run)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   return tfds
 
 

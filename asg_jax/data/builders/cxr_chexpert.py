@@ -104,7 +104,7 @@ class CxrChexpert(downstream.DownstreamBuilder):
       downstream.DownstreamConfig(name="5x200", image_size=256, subset="5x200", per_task=200,
                                   description="CheXpert 5x200 (test only), longest side 256"),
       downstream.DownstreamConfig(name="demo", image_size=128, validation_size=20, per_task=8,
-                                  description="the demo stand-in (asg_jax.data.downstream_demo)"),
+                                  description="the demo stand-in (asg_jax.data.demo.downstream)"),
       downstream.DownstreamConfig(name="demo_5x200", image_size=128, subset="5x200", per_task=8,
                                   description="5x200 rule on the demo stand-in (8 per task)"),
   ]

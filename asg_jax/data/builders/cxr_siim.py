@@ -57,7 +57,7 @@ class CxrSiim(downstream.DownstreamBuilder):
       downstream.DownstreamConfig(name="default", image_size=256,
                                   description="train/validation/test, longest side 256"),
       downstream.DownstreamConfig(name="demo", image_size=128,
-                                  description="the demo stand-in (asg_jax.data.downstream_demo)"),
+                                  description="the demo stand-in (asg_jax.data.demo.downstream)"),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\

@@ -103,7 +103,7 @@ class MimicCxr(downstream.DownstreamBuilder):
       common.ChestConfig(name="default", image_size=256, anatomy=True,
                          description="longest side 256, regions (Chest ImaGenome or atlas)"),
       common.ChestConfig(name="demo", image_size=128, anatomy=True,
-                         description="longest side 128: the synthetic demo (asg_jax.data.synthetic)"),
+                         description="longest side 128: the synthetic demo (asg_jax.data.demo.synthetic)"),
       common.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
                          description="longest side 256, no regions stored (R = 0)"),
       downstream.DownstreamConfig(name="5x200", image_size=256, subset="5x200", per_task=200,

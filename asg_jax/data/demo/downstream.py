@@ -2,7 +2,7 @@
 CheXpert-v1.0-small layout and a small segmentation set in the exact SIIM-ACR layout, whose
 labels and masks follow what is drawn (docs/data.md "Downstream datasets").
 
-    python -m asg_jax.data.downstream_demo --out DIR [--num_images 160 --num_siim 80 --seed 0]
+    python -m asg_jax.data.demo.downstream --out DIR [--num_images 160 --num_siim 80 --seed 0]
 
 writes
 
@@ -20,7 +20,7 @@ U-ones for Atelectasis / Edema / Pleural Effusion, U-zeros for Cardiomegaly /
 Consolidation) is 1 — uncertain U-ones findings at half contrast, uncertain U-zeros ones
 not at all; absent findings are 0.0 or blank. valid.csv holds 0 / 1 only (as the real one).
 
-Drawing: the pre-training demo's generator (asg_jax.data.demo_drawing) with this module's
+Drawing: the pre-training demo's generator (asg_jax.data.demo.drawing) with this module's
 own seeds, sizes and label frequencies — the same anatomy and the same look of each finding,
 as a second hospital's films of the same diseases — so that what pre-training learnt can
 transfer, as it is meant to from MIMIC to CheXpert.
@@ -39,8 +39,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from asg_jax.data import demo_drawing, demo_reports
 from asg_jax.data.builders import downstream
+from asg_jax.data.demo import drawing, report_text
 from asg_jax.data.reports import CHEXPERT
 
 MARKER = ".asg_jax_downstream_demo.json"
@@ -53,7 +53,7 @@ TASKS = downstream.CHEXPERT_5
 U_ONES = ("Atelectasis", "Edema", "Pleural Effusion")
 SIIM_SIZE = 128
 # 3: the SIIM films from their own random stream (the same films whatever num_images is);
-# 2: drawn by asg_jax.data.demo_drawing; 1: a separate, simpler drawing
+# 2: drawn by asg_jax.data.demo.drawing; 1: a separate, simpler drawing
 DRAWING_VERSION = 3
 
 
@@ -78,19 +78,20 @@ def _claim(out_dir: str, params: dict) -> bool:
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     raise FolderRefused(
         f"refusing to write into {out_dir}: it is not empty and was not created by "
-        f"asg_jax.data.downstream_demo (no {MARKER}); pass a new or empty folder")
+        f"asg_jax.data.demo.downstream (no {MARKER}); pass a new or empty folder")
   os.makedirs(out_dir, exist_ok=True)
   _write_marker(out_dir, params, complete=False)
   return False
 
 
 def _write_marker(out_dir: str, params: dict, complete: bool) -> None:
+  # "owner": a stored value, as in the markers written before (not this module's path)
   with open(os.path.join(out_dir, MARKER), "w") as f:
     json.dump({"owner": "asg_jax.data.downstream_demo", "params": params, "complete": complete}, f)
 
 
 # ----------------------------------------------------------------------------- drawing
-# The pre-training demo's own drawing (asg_jax.data.demo_drawing): the same anatomy and the
+# The pre-training demo's own drawing (asg_jax.data.demo.drawing): the same anatomy and the
 # same look of each finding, like a second hospital's films of the same diseases. Sizes,
 # seeds and label frequencies are this module's.
 
@@ -107,19 +108,19 @@ def draw_chexpert(rng, h: int, w: int, labels: dict[str, float]) -> np.ndarray:
   for task in TASKS:
     v = labels.get(task, float("nan"))
     if v == 1.0 or (v == -1.0 and task in U_ONES):
-      findings.append(demo_reports.sample_finding(
+      findings.append(report_text.sample_finding(
           rng, FINDING_OF[task], "present" if v == 1.0 else "uncertain"))
-  image, _ = demo_drawing._draw_frontal(rng, h, w, findings)  # pylint: disable=protected-access
+  image, _ = drawing._draw_frontal(rng, h, w, findings)  # pylint: disable=protected-access
   return image
 
 
 def draw_pneumothorax(rng, h: int, w: int, sides: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
   """A frontal film with one pneumothorax per side in `sides` -> (image [h, w] uint8,
   [mask [h, w] uint8 {0, 1} per pneumothorax])."""
-  findings = [dict(demo_reports.sample_finding(rng, "pneumothorax", "present"), side=s)
+  findings = [dict(report_text.sample_finding(rng, "pneumothorax", "present"), side=s)
               for s in sides]
   masks: list[np.ndarray] = []
-  image, _ = demo_drawing._draw_frontal(rng, h, w, findings, masks=masks)  # pylint: disable=protected-access
+  image, _ = drawing._draw_frontal(rng, h, w, findings, masks=masks)  # pylint: disable=protected-access
   return image, masks
 
 
@@ -170,7 +171,7 @@ def _chexpert(root: str, rng, num_images: int) -> dict:
         made += 1
         if rng.random() < 0.25:   # a lateral view of the same study (filtered by the builder)
           lat = rel.replace("view1_frontal", "view2_lateral")
-          _save_jpeg(os.path.join(root, lat), demo_drawing._draw_lateral(rng, h, w))  # pylint: disable=protected-access
+          _save_jpeg(os.path.join(root, lat), drawing._draw_lateral(rng, h, w))  # pylint: disable=protected-access
           rows.append([lat, sex, age, "Lateral", ""] + [_cell(labels[c]) for c in HEADER[5:]])
       patient += 1
     with open(os.path.join(base, f"{split}.csv"), "w", newline="") as f:

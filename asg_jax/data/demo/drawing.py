@@ -4,14 +4,14 @@
 jittered) and each finding INSIDE the region its report sentence names, and returns the
 image with the true boxes of the 29 regions (+2 extra objects); `_draw_lateral` draws a
 simple lateral view. `_Canvas` is the normalised-coordinate drawing surface. Used by
-`asg_jax.data.synthetic` (which re-exports these names) and the downstream demo.
+`asg_jax.data.demo.synthetic` and the downstream demo (`asg_jax.data.demo.downstream`).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from asg_jax.data.demo_reports import ZONES
+from asg_jax.data.demo.report_text import ZONES
 
 
 class _Canvas:

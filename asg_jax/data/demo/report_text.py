@@ -3,8 +3,8 @@
 A finding is a dict(tag, existence in {present, uncertain}, side, zone, variant, size ...)
 drawn by `_sample_findings`; `_report` writes the report (FINDINGS / IMPRESSION sections,
 negations, fillers) and the intended sentence list with the tags and regions each names.
-Used by `asg_jax.data.synthetic` (which re-exports these names); the pictures of the same
-findings are drawn by `asg_jax.data.demo_drawing`.
+Used by `asg_jax.data.demo.synthetic` and the downstream demo; the pictures of the same
+findings are drawn by `asg_jax.data.demo.drawing`.
 """
 from __future__ import annotations
 

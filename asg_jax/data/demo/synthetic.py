@@ -27,9 +27,9 @@ effusion") are not drawn. Deterministic for a seed.
 `prepare_demo(data_dir, manual_dir, num_studies, seed)` generates (if needed) and builds
 `mimic_cxr/demo`. The generator writes only into a folder it created (or found empty) and
 marked as its own (`owned_dir`); it refuses any other folder and never deletes one. CLI:
-`python -m asg_jax.data.synthetic --out DIR --num_studies N --seed S`.
+`python -m asg_jax.data.demo.synthetic --out DIR --num_studies N --seed S`.
 
-This module writes the layout; the report text is `demo_reports`, the drawing `demo_drawing`.
+This module writes the layout; the report text is `report_text`, the drawing `drawing`.
 """
 from __future__ import annotations
 
@@ -45,15 +45,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from asg_jax.data import owned_dir
-# The report text and the drawing live in their own modules; their names stay importable
-# from here (tests, the downstream demo).
-from asg_jax.data.demo_drawing import (  # pylint: disable=unused-import
-    _bbox, _Canvas, _draw_frontal, _draw_lateral, _geometry, _lung_mask)
-from asg_jax.data.demo_reports import (  # pylint: disable=unused-import
-    _FILLERS, _INDICATIONS, _NEGATIONS, _NORMAL_IMPRESSIONS, _ZONE_PHRASES, CHEXPERT_OF,
-    FINDINGS, LUNG_FINDINGS, ZONES, _cap, _report, _sample_findings, _sentence, _wrap,
-    _zone_phrase)
+from asg_jax.data.demo import owned_dir
+from asg_jax.data.demo.drawing import _draw_frontal, _draw_lateral
+from asg_jax.data.demo.report_text import CHEXPERT_OF, FINDINGS, _report, _sample_findings
 from asg_jax.data.reports import CHEXPERT, REGIONS
 
 logger = logging.getLogger(__name__)
@@ -65,6 +59,8 @@ METADATA_HEADER = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStep
 SPLIT_HEADER = ["dicom_id", "study_id", "subject_id", "split"]
 LABEL_HEADER = ["subject_id", "study_id"] + list(CHEXPERT)
 EXTRA_OBJECTS = ("right cardiophrenic angle", "left cardiophrenic angle")
+# the owner named in the marker of every folder the generator wrote (owned_dir): a stored
+# value, never changed, so that the folders generated earlier stay its own
 OWNER = "asg_jax.data.synthetic"
 OWN_DATA_HINT = ("To train on your own image-report pairs use configs/own_data.py (builder "
                  "image_text_csv, data.demo_num_studies=0); to generate the demo leave "
@@ -274,7 +270,7 @@ def prepare_demo(data_dir: str, manual_dir: str, num_studies: int, seed: int = 0
 
   Returns {"generated": bool, "built": bool, "data_dir", "manual_dir"}.
   """
-  from asg_jax.data import build  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.builders import build  # pylint: disable=import-outside-toplevel
   generated = ensure_demo(manual_dir, num_studies, seed)
   result = build.prepare("mimic_cxr", config, data_dir, manual_dir, rebuild=rebuild)
   return {"generated": generated, "built": result["built"], "data_dir": data_dir,

@@ -8,7 +8,7 @@
       batch["valid"]      # bool [B]: False on the padding rows of the last batch
 
 The geometry is exactly the one of pre-training's evaluation and of
-`asg_jax.inference.Pretrained.preprocess_images` (asg_jax/data/geometry.py): longest side to
+a pre-trained model's `Pretrained.preprocess_images` (asg_jax/data/geometry.py): longest side to
 `resize`, centred zero pad, centre crop `image_size`, then the configured normalisation
 (grey replicated to 3 channels). Cropping runs in tf.data on uint8, the normalisation on
 the host (`geometry.normalize_numpy`), as the pre-training pipeline does. TensorFlow stays

@@ -3,9 +3,9 @@
 `open_split` is the only function that touches tfds: a prepared split becomes an
 `ExampleSource` over its tfrecord files (`ExampleSource.from_tfrecords`); tests and
 benchmarks build one over an in-memory `tf.data.Dataset` (`ExampleSource.from_dataset`).
-`_records` reads one epoch of a source's raw records in a seeded file order (+ shuffle for
-training), which both the stream (`asg_jax.data.stream`) and `captions_of` use. The
-pipeline as a whole is described in `asg_jax.data.pipeline`.
+How the records are read (epochs, file order, shuffle) is the stream's business
+(`asg_jax.data.pipeline.stream`); the pipeline as a whole is described in
+`asg_jax.data.pipeline`.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
+
+from asg_jax.data.pipeline.spec import InputSpec
 
 # the stored features (interfaces.md §1) that the stream reads
 STORED_KEYS = ("image", "sentences", "tags", "chexpert", "region_boxes", "region_ids",
@@ -145,58 +147,7 @@ def open_split(name: str, builder_config: str | None, data_dir: str | None, spli
   return dataclasses.replace(source, shards=shards)
 
 
-def _source(kwargs: dict, split: str) -> ExampleSource:
-  return open_split(kwargs["name"], kwargs.get("builder_config"), kwargs.get("data_dir"), split)
-
-
-def num_examples(kwargs: dict, split: str) -> int:
-  """Number of examples in `split` of the dataset named by `kwargs` (name, builder_config,
-  data_dir), over all processes."""
-  return _source(kwargs, split).num_examples
-
-
-def read_captions(kwargs: dict, split: str) -> list[str]:
-  """The captions (`" ".join(sentences)`) of `split` in split order (images not decoded)."""
-  return captions_of(_source(kwargs, split))
-
-
-def captions_of(source: ExampleSource) -> list[str]:
-  """The captions of every example of `source`, in split order."""
-  decode = source.decode_text or source.decode
-  ds = _records(source, train=False, seed=0, shuffle_buffer=1, epoch=tf.constant(0, tf.int64))
-  ds = ds.map(lambda e, i, r: tf.strings.reduce_join(decode(r)["sentences"], separator=" "),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return [c.decode("utf-8") for c in ds.as_numpy_iterator()]
-
-
-def _mix(seed, epoch):
-  return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64) * 7919 + 17
-
-
-def _records(source: ExampleSource, *, train: bool, seed: int, shuffle_buffer: int,
-             epoch: tf.Tensor) -> tf.data.Dataset:
-  """One epoch of `(epoch, index, raw record)`: seeded file order + shuffle for training."""
-  files = tf.constant([s.file for s in source.shards])
-  skips = tf.constant([s.skip for s in source.shards], tf.int64)
-  takes = tf.constant([s.take for s in source.shards], tf.int64)
-  starts = tf.constant([s.start for s in source.shards], tf.int64)
-  num_shards = len(source.shards)
-
-  def shard(f):
-    records = source.read(files[f], skips[f], takes[f])
-    index = tf.data.Dataset.range(starts[f], starts[f] + takes[f])
-    return tf.data.Dataset.zip((index, records))
-
-  if train and num_shards > 1:
-    noise = tf.random.stateless_uniform([num_shards], seed=tf.stack([_mix(seed, epoch), 1]))
-    order = tf.argsort(noise)
-  else:
-    order = tf.range(num_shards)
-  cycle = min(num_shards, 16) if train else 1
-  parallel = dict(num_parallel_calls=cycle, deterministic=True) if cycle > 1 else {}
-  ds = tf.data.Dataset.from_tensor_slices(order).interleave(
-      shard, cycle_length=cycle, block_length=1, **parallel)
-  if train:
-    buffer = max(1, min(int(shuffle_buffer), source.num_examples))
-    ds = ds.shuffle(buffer, seed=_mix(seed, epoch), reshuffle_each_iteration=False)
-  return ds.map(lambda i, r: (epoch, i, r))
+def num_examples(spec: InputSpec, split: str) -> int:
+  """Number of examples in `split` of the prepared tfds dataset `spec` names (its name,
+  builder_config, data_dir), over all processes."""
+  return open_split(spec.name, spec.builder_config, spec.data_dir, split).num_examples

@@ -5,6 +5,9 @@ anatomical regions each sentence describes. Pure Python / NumPy. See docs/report
     from asg_jax.data.reports import parse_report
     p = parse_report(open("s50414267.txt").read())
     p.sentences, p.tags, p.chexpert, p.nih14, p.regions, p.triplets
+
+`tokenization.py` turns the report text into WordPiece ids with aggregated-word slots (the
+text tower's input; not imported here: it needs the `tokenizers` library).
 """
 from asg_jax.data.reports.cleaning import CleanedReport, clean_report
 from asg_jax.data.reports.negation import ABSENT, PRESENT, UNCERTAIN
