@@ -227,7 +227,7 @@ def demo_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the demo stand-ins are generated: `config.demo.dir`, else
   `<workdir>/downstream_demo/<downstream_demo.folder_name(...)>` (one folder per generation);
   their tfds builds go into its `tfds/` unless `config.data_dir` is set."""
-  from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.demo import downstream as downstream_demo  # pylint: disable=import-outside-toplevel
   d = config.demo
   return d.dir or os.path.join(workdir, "downstream_demo",
                                downstream_demo.folder_name(d.num_images, d.num_siim, d.seed))
@@ -238,7 +238,7 @@ def prepare_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
   cxr_chexpert/demo and demo_5x200, the SIIM-layout cxr_siim/demo)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   import asg_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  from asg_jax.data import downstream_demo  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.demo import downstream as downstream_demo  # pylint: disable=import-outside-toplevel
   d = config.demo
   raw = demo_dir(config, workdir)
   downstream_demo.generate(raw, d.num_images, d.num_siim, d.seed)

@@ -262,7 +262,7 @@ class Evaluator:
 
   def run_masks(self, train_ids: Sequence[str]) -> np.ndarray:
     """bool [F, N]: the rows of each fraction (fraction_ids of the built split)."""
-    from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+    from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
     from asg_jax.data.builders import downstream as ds_lib  # pylint: disable=import-outside-toplevel
     b = downstream_input.builder(self.downstream, self.data_dir)
     all_ids = ds_lib.read_index(b)[self.splits[0]]["image_id"]

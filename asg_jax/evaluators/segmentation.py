@@ -211,7 +211,7 @@ class Evaluator:
   def load(self) -> dict:
     """The three splits in memory (once per evaluator, shared by every init)."""
     if self._data is None:
-      from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+      from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
       t = time.time()
       b = downstream_input.builder(self.downstream, self.data_dir)
       self._builder = b

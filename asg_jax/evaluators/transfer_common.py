@@ -78,7 +78,7 @@ def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
   built dataset: the same tfds folder and the same image ids as the split in the build's
   index (a rebuilt or regenerated dataset is extracted afresh, and its npz replaced).
   """
-  from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
   b = downstream_input.builder(dataset, data_dir)
   path = ""
   if cache_dir:
@@ -140,7 +140,7 @@ def extract(predict_fns, state, dataset: str, split: str, *, data_dir: str,
 
 
 def class_names(dataset: str, data_dir: str) -> list[str]:
-  from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
   return downstream_input.class_names(downstream_input.builder(dataset, data_dir))
 
 

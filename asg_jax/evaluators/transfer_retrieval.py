@@ -53,7 +53,7 @@ def precision_recall_at_k(sim: np.ndarray, query_class: np.ndarray, gallery_clas
 def report_texts(dataset: str, split: str, data_dir: str) -> dict[str, str]:
   """{image_id: caption} of a built split with a `caption` feature (images not decoded)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
   b = downstream_input.builder(dataset, data_dir)
   if "caption" not in b.info.features:
     raise ValueError(f"texts='reports' needs a dataset with report texts (`caption`, e.g. "

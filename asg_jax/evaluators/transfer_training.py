@@ -121,7 +121,7 @@ def fraction_rows(b, split: str, loaded_ids: Sequence[str], fraction: float, see
                   balance: bool = False, max_examples: int = 0) -> np.ndarray:
   """Row positions in a loaded split (`loaded_ids`) of a fraction's images (`training_ids`
   of the built split; with `max_examples` > 0 only those loaded, at least the first)."""
-  from asg_jax.data import downstream_input  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
   wanted = training_ids(b, split, fraction, seed, balance)
   if max_examples > 0:
     present = set(loaded_ids)

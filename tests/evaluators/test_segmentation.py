@@ -95,7 +95,7 @@ def workdir(tmp_path_factory):
   its encoder drawn with NumPy (no compiled init)."""
   from asg_jax import checkpoints, evaluate, state as state_lib
   from asg_jax import workdir as workdir_lib
-  from asg_jax.data import tokenization
+  from asg_jax.data.reports import tokenization
   from asg_jax.inference import dummy_batch
   from asg_jax.models import vlp
   config = _tiny_config()

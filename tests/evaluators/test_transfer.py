@@ -152,7 +152,7 @@ def test_retrieval_chance_matches_random_rankings():
 
 def test_evaluate_runs_on_the_demo_fixture_and_writes_results(tmp_path, tiny_pretrained):
   from asg_jax import evaluate
-  from asg_jax.data import downstream_input
+  from asg_jax.data.pipeline import downstream_input
   from asg_jax.data.builders import fraction_ids
   config = evaluate.load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
                                              "transfer", "demo.py:runlocal"))
@@ -208,7 +208,7 @@ def test_feature_cache_is_reused_only_for_the_same_build(tmp_path):
   """A cached npz is read back for the build it came from (no model call), but a build with
   other images under the same name (a regenerated stand-in) is extracted afresh."""
   import ml_collections
-  from asg_jax.data import downstream_demo
+  from asg_jax.data.demo import downstream as downstream_demo
   config = ml_collections.ConfigDict({"data": {"resize": 40, "image_size": 32,
                                                "normalization": "half"}})
   calls = []
@@ -227,7 +227,7 @@ def test_feature_cache_is_reused_only_for_the_same_build(tmp_path):
   small, large = str(tmp_path / "a" / "tfds"), str(tmp_path / "b" / "tfds")
   downstream_demo.prepare(small, str(tmp_path / "a" / "raw"), num_images=24, num_siim=2)
   downstream_demo.prepare(large, str(tmp_path / "b" / "raw"), num_images=48, num_siim=2)
-  from asg_jax.data import downstream_input
+  from asg_jax.data.pipeline import downstream_input
   from asg_jax.data.builders import downstream as ds_lib
   ids = {d: ds_lib.read_index(downstream_input.builder("cxr_chexpert/demo", d))["test"]["image_id"]
          for d in (small, large)}

@@ -57,7 +57,7 @@ def built(tmp_path_factory):
 def _identical_fns(data_dir):
   """Image and report of one example share one embedding: the one-hot of the example's class
   plus a small random item part (found from the image's pixels, the report's text)."""
-  from asg_jax.data import downstream_input
+  from asg_jax.data.pipeline import downstream_input
   config = ml_collections.ConfigDict({"data": {"resize": 40, "image_size": 32,
                                                "normalization": "half"}})
   split = downstream_input.load_split("mimic_cxr/demo_5x200", "test", data_dir=data_dir,
@@ -100,7 +100,7 @@ def test_identical_embeddings_give_perfect_report_retrieval(built):
 
 
 def test_reports_need_a_caption_feature(built, tmp_path, monkeypatch):
-  from asg_jax.data import downstream_input
+  from asg_jax.data.pipeline import downstream_input
 
   class NoCaption:
     class info:   # noqa: N801
