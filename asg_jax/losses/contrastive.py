@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType
 
-from asg_jax.models.common import l2_normalize
+from asg_jax.models.l2norm import l2_normalize
 from asg_jax.parallel import DATA_AXIS
 
 _EPS = 1e-12

@@ -20,7 +20,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from asg_jax.models.common import l2_normalize
+from asg_jax.models.l2norm import l2_normalize
 # re-exported: the local matching moved to models/ (docs/reclf.md §5)
 from asg_jax.models.local_matching import (  # noqa: F401  pylint: disable=unused-import
     attended_context, gloria_local_similarity, importance_prior, importance_weights,

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asg_jax.models.common import l2_normalize  # noqa: F401  (also re-exported)
+from asg_jax.models.l2norm import l2_normalize
 
 
 class Linear(nn.Module):

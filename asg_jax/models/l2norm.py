@@ -1,4 +1,4 @@
-"""Small array helpers shared by the models and the losses (no parameters, no Flax)."""
+"""L2 normalisation, shared by the models and the losses (no parameters, no Flax)."""
 from __future__ import annotations
 
 import jax

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asg_jax.models.common import l2_normalize
+from asg_jax.models.l2norm import l2_normalize
 from asg_jax.parallel import DATA_AXIS
 
 _EPS = 1e-12
