@@ -47,7 +47,7 @@ def test_chexpert_standin_layout_and_labels(demo):
 
 def test_chexpert_standin_follows_drawing():
   """With the same seed, a film drawn with one finding differs from the film without it
-  exactly by that finding (demo_drawing draws findings last): present findings change it,
+  exactly by that finding (demo/drawing.py draws findings last): present findings change it,
   uncertain U-ones ones change it less (half contrast), uncertain U-zeros ones not at all."""
   def draw(labels):
     return downstream_demo.draw_chexpert(np.random.default_rng(7), 160, 140, labels).astype(float)
