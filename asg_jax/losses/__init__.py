@@ -19,3 +19,10 @@ from asg_jax.losses.roi_align import roi_align  # noqa: E402
 
 __all__ += ["arsa_loss", "asg_objective", "contrastive_terms", "region_features", "roi_align",
             "sentence_features", "soft_label_loss", "soft_targets", "tag_bce_loss"]
+from asg_jax.losses.convirt import convirt_loss, convirt_objective  # noqa: E402
+from asg_jax.losses.mgca import (mgca_local_loss, mgca_objective,  # noqa: E402
+                                 mgca_patch_weights, mgca_prototype_loss, mgca_word_weights,
+                                 sinkhorn_knopp)
+
+__all__ += ["convirt_loss", "convirt_objective", "mgca_local_loss", "mgca_objective",
+            "mgca_patch_weights", "mgca_prototype_loss", "mgca_word_weights", "sinkhorn_knopp"]
