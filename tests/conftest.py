@@ -54,8 +54,7 @@ def tiny_pretrained():
   tokenizer): what the transfer tests evaluate (no training needed)."""
   import jax  # pylint: disable=import-outside-toplevel
   from asg_jax import evaluate, inference, objectives  # pylint: disable=import-outside-toplevel
-  from tests.fakes import FakeTokenizer  # pylint: disable=import-outside-toplevel
-  from tests.test_train import demo_config  # pylint: disable=import-outside-toplevel
+  from tests.helpers import FakeTokenizer, demo_config  # pylint: disable=import-outside-toplevel
   config = demo_config("runlocal")
   tok = FakeTokenizer(config.model.text.vocab_size, config.data.max_length)
   constants = objectives.make_constants(config, tok, jax.random.PRNGKey(1))

@@ -23,8 +23,7 @@ import pytest
 
 from asg_jax import checkpoints, parallel, train
 from tests import workdir_worker
-from tests.fakes import FakeData
-from tests.test_train import build
+from tests.helpers import FakeData, build
 
 WORKER = pathlib.Path(workdir_worker.__file__)
 CONFIG = workdir_worker.get_config()

@@ -20,8 +20,7 @@ import pytest
 from asg_jax import config as config_lib
 from asg_jax import lineage, train
 from asg_jax import workdir as workdir_lib
-from tests.data.test_own_data_safety import snapshot
-from tests.test_train import recipe
+from tests.helpers import recipe, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = {"train.num_steps": 2, "eval.every_steps": 2, "train.checkpoint_every": 2,

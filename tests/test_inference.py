@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from asg_jax import inference, objectives, train
-from tests.fakes import FakeData
-from tests.test_train import demo_config
+from tests.helpers import FakeData, demo_config
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +175,7 @@ def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_
   from asg_jax.data.pipeline import downstream_input
   from asg_jax.evaluators import transfer_common as tc
   from asg_jax.evaluators import transfer_zeroshot
-  from tests.data import test_mimic_5x200 as fixture
+  from tests.data import mimic_5x200_fixture as fixture
   data_dir = str(tmp_path / "tfds")
   fixture.build(fixture.write_fixture(str(tmp_path / "manual")), data_dir, "demo_5x200")
   rename = {"Cardiomegaly": "enlarged heart"}

@@ -15,7 +15,7 @@ import numpy as np
 from asg_jax import train
 from asg_jax.data.demo import synthetic
 from asg_jax.data.builders import common
-from tests.data.test_own_data_safety import own_config, snapshot
+from tests.helpers import own_config, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZES = {"data.image_size": 64, "data.resize": 72}

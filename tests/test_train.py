@@ -1,9 +1,7 @@
 """The train loop: resume == uninterrupted (preemption, early stopping), NaN guard, honest
 evaluation (1 device == 8 devices: test_train_devices.py)."""
-import importlib.util
 import json
 import os
-import pathlib
 import signal
 
 import jax
@@ -11,63 +9,9 @@ import numpy as np
 import pytest
 
 from asg_jax import checkpoints, config as config_lib, objectives, parallel, predict, preemption, train
-from asg_jax import state as state_lib
 from asg_jax.evaluators import common as eval_common
 from asg_jax.models import vlp
-from tests.fakes import FakeData, fake_batch
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def recipe(name, arg="runlocal", evals=None, **overrides):
-  """configs/`name`.py:`arg` with dotted overrides; `evals` keeps only those evaluators."""
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(arg)
-  if evals is not None:
-    config_lib.remove_evals(c, *[n for n in c.evals if n not in evals])
-  c.unlock()
-  for dotted, value in overrides.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  c.lock()
-  return c
-
-
-def demo_config(arg="runlocal", evals=None, **overrides):
-  return recipe("demo", arg, evals, **overrides)
-
-
-def build(config, mesh):
-  data = FakeData(config)
-  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  tx, schedule = train.make_optimizer(config.train, 10)
-  objective = objectives.make_objective(config)
-  rng = jax.random.PRNGKey(0)
-  with jax.set_mesh(mesh):
-    constants = parallel.replicate(objectives.make_constants(config, data.tokenizer, rng), mesh)
-    state = state_lib.init_state(config, model, tx, rng, data.example_batch(), constants, mesh)
-  step = train.make_train_step(model, tx, schedule, objective, jax.random.PRNGKey(1))
-  return data, state, constants, step
-
-
-def run_steps(config, mesh, n):
-  data, state, constants, step_fn = build(config, mesh)
-  sharding = jax.tree.map(lambda x: x.sharding, state)
-  jitted = jax.jit(step_fn, in_shardings=(sharding, parallel.batch_sharding(mesh),
-                                          parallel.replicated(mesh)),
-                   out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=(0,))
-  history = []
-  with jax.set_mesh(mesh):
-    it = data.train_batches(0)
-    for _ in range(n):
-      state, m = jitted(state, parallel.shard_batch(next(it), mesh), constants)
-      history.append(jax.device_get(m))
-  return jitted, state, history
+from tests.helpers import CountingData, FakeData, build, demo_config, fake_batch
 
 
 def _latest_params(workdir, config):
@@ -178,7 +122,6 @@ def test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluat
   uninterrupted run did, with the same parameters and summary; a rerun of the finished job
   is a no-op."""
   from tests.evaluators import toy
-  from tests.evaluators.test_common import CountingData
   # zs_num_tags is constant, so after the first evaluation nothing "improves": with
   # patience 3 and an evaluation every step, training stops at step 4.
   config = demo_config(evals=("zeroshot", "loss", "retrieval"), **{

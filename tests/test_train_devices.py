@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asg_jax import parallel
-from tests.test_train import demo_config, run_steps
+from tests.helpers import demo_config, run_steps
 
 
 # ASG only: RECLF's sharded local matching (the shard_map over image rows) is checked

@@ -11,7 +11,7 @@ from PIL import Image
 from asg_jax import train, visualize
 from asg_jax.data import geometry
 from asg_jax.figures import curves, drawing, examples as examples_lib, grounding
-from tests.test_train import demo_config
+from tests.helpers import demo_config
 
 RESIZE, SIZE, GRID = 128, 112, (7, 7)
 

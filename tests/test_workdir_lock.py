@@ -15,7 +15,7 @@ import pytest
 
 from asg_jax import locking, train
 from tests import workdir_worker
-from tests.fakes import FakeData
+from tests.helpers import FakeData
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(workdir_worker.__file__)

@@ -35,7 +35,7 @@ def get_config(arg=None):
   of write (best/, best.json, checkpoints/, removing old ones)."""
   del arg
   sys.path.insert(0, str(REPO))
-  from tests.test_train import demo_config  # pylint: disable=import-outside-toplevel
+  from tests.helpers import demo_config  # pylint: disable=import-outside-toplevel
   return demo_config("runlocal,objective=ira", evals=("loss",), **{
       "train.num_devices": 1, "train.num_steps": STEPS, "train.checkpoint_every": 2,
       "train.log_every": 2, "eval.every_steps": 2, "train.keep_checkpoints": 1})
@@ -107,7 +107,7 @@ def main():
         raise RuntimeError(f"could not save the config of {workdir}") from e
     train.write_config = write_config
 
-  from tests.fakes import FakeData  # pylint: disable=import-outside-toplevel
+  from tests.helpers import FakeData  # pylint: disable=import-outside-toplevel
   if args.main:
     from absl import app  # pylint: disable=import-outside-toplevel
     from asg_jax import main as main_lib  # pylint: disable=import-outside-toplevel

@@ -23,6 +23,7 @@ from asg_jax.data.builders.cxr_covidx import CxrCovidx
 from asg_jax.data.builders.cxr_nih14 import CxrNih14
 from asg_jax.data.builders.cxr_rsna import CxrRsna
 from asg_jax.data.builders.cxr_siim import CxrSiim
+from tests.helpers import write_dicom
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -36,28 +37,6 @@ def _jpeg(path, h=40, w=32, value=None):
   rng = np.random.default_rng(abs(hash(path)) % 2 ** 32)
   arr = rng.integers(0, 255, (h, w), dtype=np.uint8) if value is None else np.full((h, w), value, np.uint8)
   Image.fromarray(arr).save(path, format="PNG" if path.endswith(".png") else "JPEG")
-
-
-def _dicom(path, arr, patient_id="PAT"):
-  import pydicom
-  from pydicom.dataset import Dataset, FileMetaDataset
-  from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-  meta.MediaStorageSOPInstanceUID = generate_uid()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-  ds.PatientID = patient_id
-  ds.Modality = "CR"
-  ds.Rows, ds.Columns = arr.shape
-  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-  ds.PixelData = np.ascontiguousarray(arr, np.uint8).tobytes()
-  ds.save_as(path, enforce_file_format=True)
-  assert pydicom.dcmread(path).pixel_array.shape == arr.shape
 
 
 def _truncate(path):
@@ -455,7 +434,7 @@ def siim(realdata_dir, tmp_path_factory):
     folder = manual / "dicom-images-train" / f"1.2.276.0.7230010.3.1.4.8323329.{i}.1" / f"1.2.276.0.7230010.3.1.4.8323329.{i}.2"
     path = folder / f"{image_id}.dcm"
     if image_id == HAND_ID:
-      _dicom(str(path), (np.arange(16 * 12) % 251).reshape(16, 12).astype(np.uint8), patient_id="hand-patient")
+      write_dicom(str(path), (np.arange(16 * 12) % 251).reshape(16, 12).astype(np.uint8), patient_id="hand-patient")
     elif image_id != NO_DICOM_ID:
       folder.mkdir(parents=True)
       shutil.copy(real, path)

@@ -1,7 +1,6 @@
 """Nothing the user owns is written or deleted; builds notice changed inputs; config errors
 come before any data work (issue "Your own data, safely")."""
 import csv
-import hashlib
 import json
 import os
 import pathlib
@@ -14,21 +13,10 @@ from asg_jax import config as config_lib
 from asg_jax import data as data_lib
 from asg_jax.data.builders import build
 from asg_jax.data.demo import owned_dir, synthetic
-from tests.test_train import demo_config, recipe
+from tests.helpers import demo_config, own_config, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 REPORT = "The heart is enlarged. There is a small left pleural effusion. No pneumothorax."
-
-
-def snapshot(folder) -> dict:
-  """{relative path: sha256} of every file below `folder`."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def user_folder(tmp_path, realdata_dir, n=12) -> pathlib.Path:
@@ -43,14 +31,6 @@ def user_folder(tmp_path, realdata_dir, n=12) -> pathlib.Path:
     for i in range(n):
       w.writerow([str(images[i % 2]), REPORT, "validation" if i % 4 == 0 else "train", f"p{i}"])
   return folder
-
-
-def own_config(manual_dir, data_dir, **overrides):
-  """configs/own_data.py:runlocal on `manual_dir` at 64 px (+ dotted overrides)."""
-  return recipe("own_data", "runlocal", **{"data.manual_dir": str(manual_dir),
-                                           "data.data_dir": str(data_dir),
-                                           "data.image_size": 64, "data.resize": 72,
-                                           **overrides})
 
 
 def test_demo_refuses_a_users_folder_and_writes_nothing(tmp_path, realdata_dir):

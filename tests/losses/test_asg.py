@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from asg_jax import losses
-from tests.losses.test_contrastive import np_ira, np_lse, np_retrieval, np_soft
-from tests.losses.test_roi_align import np_roi_align
+from tests.losses.reference import fake_batch, np_ira, np_lse, np_retrieval, np_roi_align, np_soft
 
 TAU = 0.07
 
@@ -43,41 +42,6 @@ def np_bce(logits, tags):
   y = (tags == 1).astype(np.float64)
   p = 1 / (1 + np.exp(-x))
   return np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def normalize(x):
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def fake_batch(b=4, r=5, k=6, n=9, e=8, t=40, grid=(4, 4), size=64, seed=0):
-  """Named outputs + batch keys (docs/interfaces.md) with edge cases in them."""
-  rng = np.random.default_rng(seed)
-  gh, gw = grid
-  img = normalize(rng.normal(size=(b, e)))
-  outputs = {
-      "image_emb": img,
-      "text_emb": normalize(img + rng.normal(size=(b, e))),
-      "patch_emb": normalize(rng.normal(size=(b, gh * gw, e))),
-      "word_emb": normalize(rng.normal(size=(b, n, e))),
-      "tag_logits": 3 * rng.normal(size=(b, t)),
-  }
-  outputs = {key: v.astype(np.float32) for key, v in outputs.items()}
-  xy = rng.uniform(0, size * 0.7, size=(b, r, 2))
-  wh = rng.uniform(size * 0.05, size * 0.5, size=(b, r, 2))
-  boxes = np.concatenate([xy, np.minimum(xy + wh, size)], -1).astype(np.float32)
-  mask = rng.uniform(size=(b, r)) < 0.7
-  mask[0] = False                                  # an image without any valid region
-  mask[-1, :2] = True
-  boxes[~mask] = 0.0
-  index = rng.integers(0, n, size=(b, r, k)).astype(np.int32)
-  index[rng.uniform(size=index.shape) < 0.4] = -1
-  index[~mask] = -1
-  index[-1, 0] = -1                                # a valid region without words
-  tags = rng.choice([-1, 0, 1], size=(b, t), p=[0.5, 0.3, 0.2]).astype(np.int32)
-  tags[b // 2] = -1                                # a study without a positive tag
-  batch = {"region_boxes": boxes, "region_mask": mask, "region_word_index": index,
-           "tags": tags}
-  return outputs, batch
 
 
 def np_objective(outputs, batch, grid, size, weights=(1, 1, 5, 1)):

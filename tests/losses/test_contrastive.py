@@ -6,70 +6,7 @@ import pytest
 
 from asg_jax import losses
 from asg_jax.losses import contrastive
-
-TAU = 0.07
-
-
-# ------------------------------------------------------------------ NumPy references
-
-
-def np_lse(x, axis):
-  m = np.max(x, axis=axis, keepdims=True)
-  return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
-
-
-def np_ira(img, txt, tau=TAU):
-  s = np.asarray(img, np.float64) @ np.asarray(txt, np.float64).T / tau
-  d = np.diag(s)
-  return np.mean(np_lse(s, 1) - d) + np.mean(np_lse(s, 0) - d)
-
-
-def np_soft_targets(tags, mix=0.2):
-  y = (np.asarray(tags) == 1).astype(np.float64)
-  y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-  q = (1 - mix) * np.eye(len(y)) + mix * y @ y.T + 1e-6
-  return q / q.sum(1, keepdims=True)
-
-
-def np_kl(p, q):  # sum over columns, mean over rows
-  return np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
-
-
-def np_softmax(x):
-  e = np.exp(x - x.max(1, keepdims=True))
-  return e / e.sum(1, keepdims=True)
-
-
-def np_soft(img, txt, tags, tau=TAU, mix=0.2):
-  s = np.asarray(img, np.float64) @ np.asarray(txt, np.float64).T / tau
-  q = np_soft_targets(tags, mix)
-  p_i2t, p_t2i = np_softmax(s), np_softmax(s.T)
-  return 0.5 * (0.5 * (np_kl(q, p_i2t) + np_kl(p_i2t, q))
-                + 0.5 * (np_kl(q, p_t2i) + np_kl(p_t2i, q)))
-
-
-def np_retrieval(img, txt):
-  s = np.asarray(img, np.float32) @ np.asarray(txt, np.float32).T
-  d = np.diag(s)
-  r_i2t = np.sum(s > d[:, None], 1)
-  r_t2i = np.sum(s > d[None, :], 0)
-  out = {}
-  for k in (1, 5):
-    if k <= len(s):
-      out[f"i2t_top{k}"], out[f"t2i_top{k}"] = np.mean(r_i2t < k), np.mean(r_t2i < k)
-      out[f"top{k}"] = 0.5 * (out[f"i2t_top{k}"] + out[f"t2i_top{k}"])
-  return out
-
-
-def random_inputs(b, d=16, t=40, seed=0):
-  rng = np.random.default_rng(seed)
-  img = rng.normal(size=(b, d))
-  txt = img + 0.8 * rng.normal(size=(b, d))   # correlated pairs -> non-trivial ranks
-  img /= np.linalg.norm(img, axis=1, keepdims=True)
-  txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-  tags = rng.choice([-1, 0, 1], size=(b, t), p=[0.5, 0.3, 0.2]).astype(np.int32)
-  tags[0] = -1                                 # a study with no positive tag
-  return img.astype(np.float32), txt.astype(np.float32), tags
+from tests.losses.reference import np_ira, np_retrieval, np_soft, np_soft_targets, random_inputs
 
 
 # ---------------------------------------------------------------------------- tests

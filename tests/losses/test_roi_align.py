@@ -1,58 +1,10 @@
 """roi_align vs a loop-by-loop NumPy transcription of torchvision's CPU RoIAlign kernel."""
-import math
-
 import jax
 import numpy as np
 import pytest
 
 from asg_jax import losses
-
-
-def np_bilinear(fmap, y, x):
-  """torchvision `bilinear_interpolate` (pre-calc variant) for one sample; fmap [H, W, D]."""
-  height, width = fmap.shape[:2]
-  if y < -1.0 or y > height or x < -1.0 or x > width:
-    return np.zeros(fmap.shape[-1])
-  y, x = max(y, 0.0), max(x, 0.0)
-  y_low, x_low = int(y), int(x)
-  if y_low >= height - 1:
-    y_high = y_low = height - 1
-    y = float(y_low)
-  else:
-    y_high = y_low + 1
-  if x_low >= width - 1:
-    x_high = x_low = width - 1
-    x = float(x_low)
-  else:
-    x_high = x_low + 1
-  ly, lx = y - y_low, x - x_low
-  hy, hx = 1.0 - ly, 1.0 - lx
-  return (hy * hx * fmap[y_low, x_low] + hy * lx * fmap[y_low, x_high]
-          + ly * hx * fmap[y_high, x_low] + ly * lx * fmap[y_high, x_high])
-
-
-def np_roi_align(fmap, boxes, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-  """torchvision.ops.roi_align(..., output_size=1) for fmap [B,H,W,D], boxes [B,R,4]."""
-  out = np.zeros(boxes.shape[:2] + fmap.shape[-1:])
-  offset = 0.5 if aligned else 0.0
-  for b in range(boxes.shape[0]):
-    for r in range(boxes.shape[1]):
-      x1, y1, x2, y2 = (float(v) * spatial_scale - offset for v in boxes[b, r])
-      roi_w, roi_h = x2 - x1, y2 - y1
-      if not aligned:
-        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-      bin_h, bin_w = roi_h / 1, roi_w / 1          # pooled_height = pooled_width = 1
-      grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / 1)
-      grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / 1)
-      count = max(grid_h * grid_w, 1)
-      acc = np.zeros(fmap.shape[-1])
-      for iy in range(grid_h):
-        y = y1 + 0 * bin_h + (iy + 0.5) * bin_h / grid_h
-        for ix in range(grid_w):
-          x = x1 + 0 * bin_w + (ix + 0.5) * bin_w / grid_w
-          acc += np_bilinear(fmap[b].astype(np.float64), y, x)
-      out[b, r] = acc / count
-  return out
+from tests.losses.reference import np_roi_align
 
 
 def boxes_fixture(h=6, w=7, seed=0):

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from asg_jax import losses, parallel
-from tests.losses.test_asg import fake_batch
-from tests.losses.test_contrastive import np_ira, np_soft, random_inputs
+from tests.losses.reference import fake_batch, np_ira, np_soft, random_inputs
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 

@@ -8,7 +8,7 @@ import pytest
 
 from asg_jax import config as config_lib
 from asg_jax.models import aggregation, attention, bert, vit
-from tests.test_train import demo_config
+from tests.helpers import demo_config
 
 
 def test_fused_equals_einsum_with_padding_and_cls_row():

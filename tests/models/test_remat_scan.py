@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from asg_jax.models import bert, remat, vit
-from tests.models.test_checkpoint_convert import _minilm_dir
+from tests.helpers import minilm_dir
 
 KEY = jax.random.key(0, impl="rbg")
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -172,7 +172,7 @@ def test_bert_dropout_runs_scanned_and_rematerialised():
 
 def test_bert_loader_with_scan_real_checkpoint():
   transformers = pytest.importorskip("transformers")
-  d = _minilm_dir()
+  d = minilm_dir()
   cfg = transformers.BertConfig.from_pretrained(d)
   kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
             num_hidden_layers=cfg.num_hidden_layers,
