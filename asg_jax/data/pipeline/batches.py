@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 
 from asg_jax.data import geometry
-from asg_jax.data.pipeline.host import (HOST_PREFETCH, _eval_padding, _host_map, _invalidate,
-                                        _pad_batch, finalize_batch)
+from asg_jax.data.pipeline.host import (HOST_PREFETCH, eval_padding, finalize_batch, host_map,
+                                        invalidate, pad_batch)
 from asg_jax.data.pipeline.source import ExampleSource, open_split
 from asg_jax.data.pipeline.spec import InputSpec
 from asg_jax.data.pipeline.stream import make_dataset
@@ -74,13 +74,13 @@ def iterate_source(source: ExampleSource, spec: InputSpec, *, tokenizer, batch_s
   workers = host_workers if host_workers is not None else min(4, os.cpu_count() or 1)
   if host_prefetch <= 0:
     workers = 0
-  batches = _host_map(ds.as_numpy_iterator, finalize, workers, host_prefetch + workers)
+  batches = host_map(ds.as_numpy_iterator, finalize, workers, host_prefetch + workers)
   if train:
     return batches
   if empty:
-    template = _invalidate(_pad_batch(next(iter(batches)), local))
+    template = invalidate(pad_batch(next(iter(batches)), local))
     return iter([template] * num_batches)
-  return _eval_padding(batches, local, num_batches)
+  return eval_padding(batches, local, num_batches)
 
 
 def create_input_iterator(spec: InputSpec, *, split: str, tokenizer, batch_size: int,

@@ -1,8 +1,8 @@
 """The host side of the input pipeline: tf.data batches → host batches (interfaces.md §2).
 
 `finalize_batch` normalises the images, tokenises the captions (one `encode_batch` per
-batch) and points the regions at their words (`region_word_index`); `_pad_batch`,
-`_eval_padding` and `_invalidate` make the fixed-size eval batches (`valid`); `_host_map`
+batch) and points the regions at their words (`region_word_index`); `pad_batch`,
+`eval_padding` and `invalidate` make the fixed-size eval batches (`valid`); `host_map`
 is the thread prefetcher that runs this host work ahead of the consumer, in order.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def finalize_batch(raw: dict, tokenizer, max_region_words: int,
   }
 
 
-def _pad_batch(batch: dict, size: int) -> dict:
+def pad_batch(batch: dict, size: int) -> dict:
   """Pad rows to `size` with invalid copies of row 0; adds `valid`."""
   n = len(batch["index"])
   out = {}
@@ -111,7 +111,7 @@ class _Raised:
     self.exc = exc
 
 
-def _host_map(make_iterator: Callable[[], Iterator], fn: Callable, workers: int,
+def host_map(make_iterator: Callable[[], Iterator], fn: Callable, workers: int,
               depth: int) -> Iterator:
   """`fn` over `make_iterator()`'s items, in order, computed ahead by `workers` threads.
 
@@ -160,20 +160,20 @@ def _host_map(make_iterator: Callable[[], Iterator], fn: Callable, workers: int,
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _eval_padding(batches: Iterator[dict], size: int, num_batches: int) -> Iterator[dict]:
+def eval_padding(batches: Iterator[dict], size: int, num_batches: int) -> Iterator[dict]:
   """Pad each batch to `size` rows (`valid`), then add all-padding batches up to
   `num_batches` (so every process yields the same number)."""
   last = None
   for batch in batches:
-    last = _pad_batch(batch, size)
+    last = pad_batch(batch, size)
     num_batches -= 1
     yield last
   while num_batches > 0 and last is not None:   # other processes have one more batch
-    yield _invalidate(last)
+    yield invalidate(last)
     num_batches -= 1
 
 
-def _invalidate(batch: dict) -> dict:
+def invalidate(batch: dict) -> dict:
   """An all-padding copy of `batch` (`valid` False everywhere, no regions)."""
   out = dict(batch)
   b = len(out["index"])
