@@ -11,7 +11,7 @@ import difflib
 import ml_collections
 
 
-from asg_jax.errors import ConfigError  # noqa: E402  (re-exported: config.ConfigError)
+from asg_jax.errors import ConfigError  # noqa: E402
 
 # The 23 Chest ImaGenome regions used for ARSA. ASG never published which 23 of the 29 it
 # kept; these are the 29 minus the 6 that rarely carry a finding or a sentence (see docs).
@@ -201,7 +201,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.best_metric = "val_loss"  # lower is better; early stopping and best/ follow it
 
   # ---------------------------------------------------------------- evals
-  # Evaluator plug-ins (asg_jax/evaluators/common.py): `type` names the module; add more
+  # Evaluator plug-ins (asg_jax/evaluators/plugins.py): `type` names the module; add more
   # with `add_eval(c, name, type=..., **kwargs)` in a recipe.
   c.evals = ml_collections.ConfigDict()
   for name in ("loss", "retrieval", "zeroshot", "grounding"):
@@ -219,7 +219,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def eval_entry(kind: str, *, every_steps: int = -1, split: str = "", dataset: str = "",
                prefix: str = "") -> ml_collections.ConfigDict:
-  """A `config.evals` entry with the keys every evaluator has (see evaluators/common.py)."""
+  """A `config.evals` entry with the keys every evaluator has (see evaluators/plugins.py)."""
   return ml_collections.ConfigDict({"type": kind, "every_steps": every_steps, "split": split,
                                     "dataset": dataset, "prefix": prefix})
 
@@ -371,9 +371,9 @@ def _check(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("set config.train.num_steps or config.train.num_epochs (> 0)")
   from asg_jax import state  # pylint: disable=import-outside-toplevel
   state.lr_multipliers(c.train)    # values: numbers > 0 (names: checked against the params)
-  from asg_jax.evaluators import common  # pylint: disable=import-outside-toplevel
+  from asg_jax.evaluators import plugins  # pylint: disable=import-outside-toplevel
   for name in c.evals:
-    common.check_entry(name, c.evals[name])
+    plugins.check_entry(name, c.evals[name])
 
 
 def check_overrides_applied(config: ml_collections.ConfigDict) -> None:

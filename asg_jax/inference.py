@@ -16,17 +16,10 @@ stacked array): they go through the evaluation geometry of training (longest sid
 `config.data.resize`, zero pad, centre crop `config.data.image_size`, the configured
 normalisation). Texts are cleaned like training captions (lower case, `\\w+` tokens).
 
-Tag-decoder queries for NEW class names (KAD protocol): a name is embedded by the same frozen,
-full-depth text tower that made the 40 training tags' queries (`objectives.tag_query_encoder`:
-the pretrained checkpoint `config.model.text.pretrained`, else the random init of the
-`tag_query_rng` saved in constants.npz, with the workdir's tokenizer), rebuilt on first use and
-checked to reproduce the saved 40 queries. The decoder's head is one classifier PER TAG
-(`TagDecoder`, asg.md "a Linear(768, 1) per query"), so a new name takes the SLOT of its
-nearest training tag (cosine of the frozen [CLS] queries): the decoder runs on the 40 queries
-with that tag's query replaced by the new one, and the new name's logit is that slot's output.
-A name equal to a tag phrase is that tag's query (the slot is unchanged): its logit is the
-tag's. Workdirs written before `tag_query_rng` was saved (random-init query tower) still load;
-only the 40 tag phrases can be queried there (`NoQueryEncoder` names the reason).
+Tag-decoder queries for NEW class names (KAD protocol): asg_jax/models/tag_queries.py (a
+name takes the decoder slot of its nearest training tag). Workdirs written before
+`tag_query_rng` was saved (random-init query tower) still load; only the 40 tag phrases
+can be queried there (`tag_queries.NoQueryEncoder` names the reason).
 """
 from __future__ import annotations
 
@@ -38,56 +31,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from asg_jax import objectives
+from asg_jax import predict
+from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
-from asg_jax.models import vlp
+from asg_jax.models import tag_queries, vlp
 
-CONSTANTS_FILE = workdir_lib.CONSTANTS_FILE
-TOKENIZER_FILE = workdir_lib.TOKENIZER_FILE
-
-
-class NoQueryEncoder(ValueError):
-  """New class names cannot be embedded as tag queries (the reason is the message)."""
-
-
-def nearest_tag_slots(queries: np.ndarray, tag_queries: np.ndarray) -> np.ndarray:
-  """int32 `[K]`: for each query `[K, Dq]` the training tag (row of `tag_queries [T, Dq]`)
-  with the highest cosine similarity (the slot it takes in the decoder)."""
-  def unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  return np.argmax(unit(queries) @ unit(tag_queries).T, axis=-1).astype(np.int32)
-
-
-def pad_queries(queries: np.ndarray, slots: np.ndarray, multiple: int = 8
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Queries `[K, Dq]` and slots `[K]` padded (zero queries, slot 0) to a multiple of
-  `multiple` rows, so that the jitted scorer compiles once for any small K; the scores'
-  first K columns are the real ones."""
-  k = len(slots)
-  size = -(-k // multiple) * multiple
-  q = np.zeros((size, queries.shape[1]), np.float32)
-  q[:k] = queries
-  s = np.zeros(size, np.int32)
-  s[:k] = slots
-  return q, s
-
-
-def tag_scorer(model, tag_queries):
-  """Traceable `(variables, patch_tokens [B, M, Dv], queries [K, Dq], slots [K]) -> [B, K]`:
-  per query k the decoder on the training queries with row `slots[k]` replaced by query k,
-  read at that slot (module docstring). One decoder pass per query, vmapped."""
-  base = jnp.asarray(tag_queries, jnp.float32)
-
-  def score(variables, patch_tokens, queries, slots):
-    def one(q, s):
-      sets = base.at[s].set(q)
-      logits = model.apply(variables, patch_tokens, sets, train=False,
-                           method=lambda m, p_, q_, train: m.tag_decoder(p_, q_, train=train))
-      return logits[:, s]                                               # [B]
-    return jax.vmap(one, out_axes=1)(jnp.asarray(queries, jnp.float32),
-                                     jnp.asarray(slots, jnp.int32))      # [B, K]
-  return score
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, np.ndarray]:
@@ -113,24 +61,16 @@ class Pretrained:
   """A trained dual encoder with its tokenizer and constants, ready for inference."""
 
   def __init__(self, config: ml_collections.ConfigDict, variables: dict, tokenizer,
-               constants: Mapping[str, np.ndarray] | None = None):
+               constants: Mapping[str, np.ndarray] | None = None, source: str = ""):
     self.config = config
     self.variables = variables
     self.tokenizer = tokenizer
     self.constants = dict(constants or {})
     self.model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-    self._encode_image = jax.jit(lambda v, x: self.model.apply(
-        v, x, train=False, method="encode_image"))
-    self._encode_text = jax.jit(lambda v, i, m, w: self.model.apply(
-        v, i, m, w, train=False, method="encode_text"))
-    self._tag_logits = self._tag_scorer = self._query_encoder = None
-    self.source = ""   # the workdir, for messages
-    if config.model.tag_decoder.enabled and "tag_queries" in self.constants:
-      queries = jnp.asarray(self.constants["tag_queries"])
-      self._tag_logits = jax.jit(lambda v, p: self.model.apply(
-          v, p, queries, train=False,
-          method=lambda m, p_, q_, train: m.tag_decoder(p_, q_, train=train)))
-      self._tag_scorer = jax.jit(tag_scorer(self.model, queries))
+    self.source = source   # the workdir, for messages
+    self.fns = predict.make_predict_fns(self.model, tokenizer, config, constants=self.constants,
+                                        source=source)
+    self._random_inits: dict[int, dict] = {}
 
   # ------------------------------------------------------------------------ loading
   @classmethod
@@ -142,11 +82,11 @@ class Pretrained:
     Raises:
       FileNotFoundError: naming the missing file or checkpoint folder.
     """
-    from asg_jax import checkpoints, state as state_lib  # pylint: disable=import-outside-toplevel
+    from asg_jax import checkpoints  # pylint: disable=import-outside-toplevel
     config = workdir_lib.read_config(workdir)
     if tokenizer is None:
       from asg_jax.data.reports import tokenization  # pylint: disable=import-outside-toplevel
-      path = os.path.join(workdir, TOKENIZER_FILE)
+      path = os.path.join(workdir, workdir_lib.TOKENIZER_FILE)
       if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (written by training); pass tokenizer=")
       tokenizer = tokenization.load_tokenizer(path, config.data.max_length,
@@ -162,11 +102,10 @@ class Pretrained:
             f"recorded): loading the latest checkpoint instead.", flush=True)
       checkpoint = "latest"
     variables, _ = manager.restore_model(abstract, checkpoint)
-    out = cls(config, variables, tokenizer, constants)
-    out.source = workdir
+    out = cls(config, variables, tokenizer, constants, source=workdir)
     if (config.model.tag_decoder.enabled and not config.model.text.pretrained
-        and "tag_queries" in constants and objectives.TAG_QUERY_RNG not in constants):
-      print(f"{os.path.join(workdir, CONSTANTS_FILE)} predates `{objectives.TAG_QUERY_RNG}`: "
+        and "tag_queries" in constants and tag_queries.TAG_QUERY_RNG not in constants):
+      print(f"{os.path.join(workdir, workdir_lib.CONSTANTS_FILE)} predates `{tag_queries.TAG_QUERY_RNG}`: "
             "the tag decoder answers the 40 training tags only (new class names need the "
             "frozen query tower's rng; retrain to get it).", flush=True)
     return out
@@ -208,14 +147,11 @@ class Pretrained:
   # ------------------------------------------------------------------------ embeddings
   def image_outputs(self, images) -> dict[str, np.ndarray]:
     """`image_emb [N,E]`, `patch_emb [N,M,E]`, `image_feature`, `patch_tokens`."""
-    x = jnp.asarray(self.preprocess_images(images))
-    return jax.device_get(self._encode_image(self.variables, x))
+    return jax.device_get(self.fns.encode_images(self.variables, self.preprocess_images(images)))
 
   def text_outputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """`text_emb [K,E]`, `word_emb [K,N,E]`, `word_mask [K,N]`, `word_importance [K,N]`."""
-    t = self.tokenize(texts)
-    return jax.device_get(self._encode_text(self.variables, t["input_ids"],
-                                            t["attention_mask"], t["word_ids"]))
+    return jax.device_get(self.fns.encode_texts(self.variables, self.tokenize(texts)))
 
   def embed_images(self, images) -> np.ndarray:
     """`[N, E]` L2-normalised global image embeddings."""
@@ -277,90 +213,16 @@ class Pretrained:
     return names, probs / probs.sum(-1, keepdims=True)
 
   # ------------------------------------------------------------------- tag decoder
-  def _need_tag_decoder(self) -> None:
-    if self._tag_logits is None:
-      raise ValueError("this model has no tag decoder (config.model.tag_decoder.enabled) or "
-                       f"no {CONSTANTS_FILE} with its tag queries")
-
-  def tag_query_encoder(self):
-    """`phrases -> [K, Dq]`: the frozen tower that made the training tag queries, rebuilt
-    (once) from the config, the tokenizer and `tag_query_rng` and checked against the saved
-    queries. Raises NoQueryEncoder naming why it cannot be rebuilt."""
-    self._need_tag_decoder()
-    if self._query_encoder is not None:
-      return self._query_encoder
-    where = self.source or "this model"
-    text = self.config.model.text
-    if not text.pretrained and objectives.TAG_QUERY_RNG not in self.constants:
-      raise NoQueryEncoder(
-          f"{where}: {CONSTANTS_FILE} has the 40 training tags' queries but no "
-          f"`{objectives.TAG_QUERY_RNG}` (written before new class names could be queried), "
-          "so only the 40 tag phrases (vocab.json asg_tags_40) can be queried; retrain to "
-          "query other names")
-    rng = self.constants.get(objectives.TAG_QUERY_RNG)
-    try:
-      encode = objectives.tag_query_encoder(
-          self.config, self.tokenizer, None if rng is None else jnp.asarray(rng, jnp.uint32))
-    except (OSError, ValueError, KeyError) as e:
-      raise NoQueryEncoder(f"{where}: the frozen query tower {text.pretrained!r} cannot be "
-                           f"loaded ({type(e).__name__}: {e}); only the 40 tag phrases can "
-                           "be queried") from e
-    saved = np.asarray(self.constants["tag_queries"], np.float32)
-    again = encode(objectives.tag_phrases())
-    err = float(np.max(np.abs(again - saved))) if again.shape == saved.shape else float("inf")
-    if not err <= 1e-4 * max(1.0, float(np.max(np.abs(saved)))):
-      raise NoQueryEncoder(f"{where}: the rebuilt frozen query tower does not reproduce the "
-                           f"saved tag queries (max |difference| {err:.3g}): another "
-                           f"checkpoint at {text.pretrained!r} or another tokenizer?")
-    self._query_encoder = encode
-    return encode
-
-  def tag_queries_for(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(`[K, Dq]` queries, `[K]` slots) of class names (`objectives.query_phrase`): a tag
-    phrase gets its saved query and its own slot, another name its frozen-tower embedding
-    and its nearest tag's slot. Raises NoQueryEncoder for a new name the model cannot embed."""
-    self._need_tag_decoder()
-    if isinstance(names, str):
-      names = [names]
-    phrases = [objectives.query_phrase(n) for n in names]
-    if not phrases or any(not p for p in phrases):
-      raise ValueError(f"tag queries need non-empty class names, got {list(names)}")
-    tags = objectives.tag_phrases()
-    saved = np.asarray(self.constants["tag_queries"], np.float32)
-    queries = np.zeros((len(phrases), saved.shape[1]), np.float32)
-    new = [i for i, p in enumerate(phrases) if p not in tags]
-    for i, p in enumerate(phrases):
-      if p in tags:
-        queries[i] = saved[tags.index(p)]
-    if new:
-      queries[new] = self.tag_query_encoder()([phrases[i] for i in new])
-    slots = nearest_tag_slots(queries, saved)
-    for i, p in enumerate(phrases):
-      if p in tags:
-        slots[i] = tags.index(p)
-    return queries, slots
-
   def tag_logits(self, images, names: Sequence[str] | None = None) -> np.ndarray:
     """`[N, 40]` IRL decoder logits (tags in vocab.json order), or `[N, K]` for class
-    `names` (any names: module docstring)."""
-    self._need_tag_decoder()
-    if names is None:
-      patches = jnp.asarray(self.image_outputs(images)["patch_tokens"])
-      return np.asarray(self._tag_logits(self.variables, patches))
-    return np.asarray(self.tag_logits_fn(names)(self.variables, self.preprocess_images(images)))
-
-  def tag_logits_fn(self, names: Sequence[str]):
-    """`fn(variables, images f32 [N, S, S, 3]) -> [N, K]` logits of class `names` for
-    PREPROCESSED images and any variables of this architecture (a random-init baseline
-    too): the queries are embedded once here; the jitted encoder and scorer are shared by
-    every call (asg_jax.evaluate.make_fns)."""
-    queries, slots = self.tag_queries_for(names)
-    padded, k = pad_queries(queries, slots), len(slots)
-
-    def fn(variables, images):
-      patches = self._encode_image(variables, jnp.asarray(images))["patch_tokens"]
-      return self._tag_scorer(variables, patches, *padded)[:, :k]
-    return fn
+    `names` (any names: asg_jax/models/tag_queries.py)."""
+    if self.fns.tag_logits is None:
+      raise ValueError("this model has no tag decoder (config.model.tag_decoder.enabled) or "
+                       f"no {workdir_lib.CONSTANTS_FILE} with its tag queries")
+    x = self.preprocess_images(images)
+    fn = self.fns.tag_logits if names is None else self.fns.class_tag_logits(
+        [names] if isinstance(names, str) else list(names))
+    return np.asarray(fn(self.variables, x))
 
   def tag_probabilities(self, images, names: Sequence[str] | None = None) -> np.ndarray:
     """Sigmoid of `tag_logits`: `[N, 40]` (tags in vocab.json `asg_tags_40` order) or
@@ -371,13 +233,20 @@ class Pretrained:
   def heatmap(self, image, text: str) -> np.ndarray:
     """`[gh, gw]` cosine similarity of each patch with the text's words (mean over the valid
     words), on the patch grid of the centre crop — GLoRIA-style localisation."""
-    from asg_jax.objectives import patch_grid  # pylint: disable=import-outside-toplevel
-    patches = self.image_outputs([np.asarray(image)])["patch_emb"][0]        # [M, E]
-    t = self.text_outputs([text])
-    words, mask = t["word_emb"][0], t["word_mask"][0]                        # [N, E], [N]
-    sim = patches @ words[mask].T                                            # [M, n]
-    gh, gw = patch_grid(self.config)
-    return sim.mean(-1).reshape(gh, gw)
+    x = self.preprocess_images([np.asarray(image)])
+    return np.asarray(self.fns.heatmap(self.variables, x, self.tokenize([text])))
+
+  # ------------------------------------------------------------------- baselines
+  def random_variables(self, seed: int = 0) -> dict:
+    """Freshly initialised variables of the same architecture (the random-init baseline),
+    kept per seed: several transfer recipes on one loaded model initialise it once."""
+    if seed not in self._random_inits:
+      batch = {k: jnp.asarray(v) for k, v in dummy_batch(self.config).items()}
+      v = state_lib.run_once(lambda r, b, q: self.model.init(
+          {"params": r, "dropout": r}, b, train=False, tag_queries=q),
+          jax.random.PRNGKey(seed), batch, self.constants.get("tag_queries"))
+      self._random_inits[seed] = {"params": v["params"],
+                                  "batch_stats": v.get("batch_stats", {})}
+    return self._random_inits[seed]
 
 
-save_inference_files = workdir_lib.save_inference_files

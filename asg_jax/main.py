@@ -27,11 +27,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
-import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+import numpy as np
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ "
                                           "(optionally `file.py:arg`).", lock_config=True)
@@ -70,13 +68,14 @@ def main(argv):
     sys.exit(2)
   import jax  # pylint: disable=import-outside-toplevel
   from asg_jax import config as config_lib, locking  # pylint: disable=import-outside-toplevel
+  from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   try:
     config_lib.check_overrides_applied(config)
     # one run per workdir, held until this process exits (figures and transfer included);
     # taken before the slow imports, so a second run is refused at once
     locking.acquire_workdir(_WORKDIR.value, jax.process_index())
-  except (config_lib.ConfigError, locking.WorkdirBusyError) as e:
+  except (ConfigError, locking.WorkdirBusyError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(2)
   with console.quiet_native_stderr(not verbose):
@@ -88,7 +87,7 @@ def main(argv):
   try:
     logging.info("config:\n%s", config)   # shown with --verbosity; always in config.json
     summary = train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)
-  except (config_lib.ConfigError, owned_dir.NotOwnedError, locking.WorkdirBusyError) as e:
+  except (ConfigError, owned_dir.NotOwnedError, locking.WorkdirBusyError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(2)
   except train.NonFiniteLossError as e:
@@ -185,15 +184,15 @@ def print_where(workdir: str, figures: dict[str, str], transfer: bool) -> None:
 
 def run_transfer(spec: str, workdir: str) -> None:
   """The downstream evaluation of `spec` (a transfer config) on the finished workdir."""
-  from asg_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from asg_jax.transfer import config as transfer_config, run, table  # pylint: disable=import-outside-toplevel
   path, _, arg = spec.partition(":")
   if not os.path.isabs(path) and not os.path.exists(path):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
   print(f"Downstream evaluation ({spec}):", flush=True)
-  results = evaluate.run_transfer(workdir, evaluate.load_config(path + (f":{arg}" if arg else "")))
+  results = run.run_transfer(workdir, transfer_config.load(path + (f":{arg}" if arg else "")))
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:   # every process computed the table; process 0 wrote it
-    print(evaluate.format_table(results["rows"]), flush=True)
+    print(table.format_table(results["rows"]), flush=True)
     print(f"Downstream results written to {os.path.join(workdir, 'transfer')}", flush=True)
 
 
@@ -201,6 +200,7 @@ def check_command_line(argv: list[str]) -> None:
   """Exit with one line naming the key when a `--config.<key>` override is not a key of the
   config (ml_collections would raise a long chained traceback while parsing flags)."""
   from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   spec, keys = None, []
   for i, arg in enumerate(argv[1:], start=1):
     if arg.startswith("--config="):
@@ -219,12 +219,13 @@ def check_command_line(argv: list[str]) -> None:
     config = config_lib.load_recipe(spec)
     for key in keys:
       config_lib.check_override_key(config, key)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 def cli():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before anything imports TensorFlow
   from asg_jax import cpu_allocator  # pylint: disable=import-outside-toplevel
   cpu_allocator.reexec_with_tunables()   # CPU: huge pages for XLA's per-step buffers
   check_command_line(sys.argv)

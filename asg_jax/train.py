@@ -27,20 +27,14 @@ from asg_jax import data as data_lib
 from asg_jax import console, locking, preemption
 from asg_jax import state as state_lib
 from asg_jax import workdir as workdir_lib
-from asg_jax.evaluators import common as eval_common
-from asg_jax.models import vlp
+from asg_jax.evaluators import plugins
+from asg_jax.models import tag_queries, vlp
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a train step produced a NaN/Inf; the last good checkpoint is kept."""
-
-
-# the train state and its optimizer live in asg_jax/state.py (re-exported for callers)
-TrainState = state_lib.TrainState
-lr_schedule = state_lib.lr_schedule
-make_optimizer = state_lib.make_optimizer
 
 
 # ----------------------------------------------------------------------------- steps
@@ -56,7 +50,7 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
   which happened, and the host loop stops naming the step and the terms.
   """
 
-  def train_step(state: TrainState, batch, constants):
+  def train_step(state: state_lib.TrainState, batch, constants):
     rng = jax.random.fold_in(base_rng, state.step)
 
     def loss_fn(params):
@@ -77,8 +71,8 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       for value in measurements.values():
         finite &= jnp.all(jnp.isfinite(value))
-      new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state)
+      new_state = state_lib.TrainState(step=state.step + 1, params=params,
+                                       batch_stats=batch_stats, opt_state=opt_state)
       keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
       new_state = jax.tree.map(keep, new_state, state)
     measurements = dict(measurements, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
@@ -121,7 +115,7 @@ def build_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   benchmarks/train_step.py measures (one program, built in one place)."""
   dropout_rng = dropout_key(config, dropout_rng)
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  tx, schedule = make_optimizer(config.train, num_steps)
+  tx, schedule = state_lib.make_optimizer(config.train, num_steps)
   objective = objectives.make_objective(config)
   apply_kwargs = {} if objectives.needs_local_outputs(config) else {"local": False}
   step = jax.jit(
@@ -271,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   model, tx, objective, train_step = program.model, program.tx, program.objective, program.step
 
   with jax.set_mesh(mesh):
-    host_constants = objectives.make_constants(config, data.tokenizer, query_rng)
+    host_constants = tag_queries.make_constants(config, data.tokenizer, query_rng)
     if jax.process_index() == 0:   # tokenizer.json is never rewritten under a checkpoint
       workdir_lib.save_inference_files(
           workdir, None if lineage.bound_tokenizer(workdir) else data.tokenizer, host_constants)
@@ -289,8 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
       logger.info("resumed from %s at step %d", manager.directory, start_step)
       print(f"Resuming from step {start_step} ({manager.directory})", flush=True)
 
-    predict_fns = predict.make_predict_fns(model, objective, data.tokenizer, config)
-    evaluators = eval_common.from_config(
+    predict_fns = predict.make_predict_fns(model, data.tokenizer, config, objective=objective)
+    evaluators = plugins.from_config(
         config, predict_fns, mesh=mesh, constants=constants,
         batches=lambda dataset, split: console.with_progress(
             functools.partial(data.eval_batches, split=split, dataset=dataset),

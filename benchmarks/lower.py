@@ -12,7 +12,7 @@ carrying their shardings: no parameter is initialised, nothing is compiled or ru
   attention, remat, objective; state replicated and donated, batch sharded over `data`), at
   global batch B (default `config.train.batch_size`);
 - `--what eval`: the evaluation programs at B (default `config.eval.batch_size`): the
-  split pass of `config.evals` (`evaluators.common.SplitPass`: the model's outputs and every
+  split pass of `config.evals` (`evaluators.plugins.SplitPass`: the model's outputs and every
   registered per-batch function, val loss included, in one jit), `encode_images` and the
   text tower's `encode_text` (`asg_jax/predict.py`).
 
@@ -186,16 +186,16 @@ def abstract_batch(config, batch_size: int, mesh) -> dict:
 
 
 def host_constants(config) -> dict:
-  """Stand-ins for `objectives.make_constants` at its shapes (zeros: only shapes matter)."""
+  """Stand-ins for `tag_queries.make_constants` at its shapes (zeros: only shapes matter)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from asg_jax import objectives  # pylint: disable=import-outside-toplevel
+  from asg_jax.models import tag_queries  # pylint: disable=import-outside-toplevel
   from asg_jax.data.pipeline import random_batch  # pylint: disable=import-outside-toplevel
   if not config.model.tag_decoder.enabled:
     return {}
   return {"tag_queries": np.zeros((random_batch.NUM_TAGS, config.model.text.hidden_size),
                                   np.float32),
-          objectives.TAG_QUERY_RNG: objectives.rng_data(jax.random.PRNGKey(0))}
+          tag_queries.TAG_QUERY_RNG: tag_queries.rng_data(jax.random.PRNGKey(0))}
 
 
 def abstract_state(config, program, mesh):
@@ -235,15 +235,15 @@ def eval_programs(config, mesh, batch_size: int) -> dict[str, tuple[Callable, tu
   `encode_text`."""
   import jax  # pylint: disable=import-outside-toplevel
   from asg_jax import parallel, predict, train  # pylint: disable=import-outside-toplevel
-  from asg_jax.evaluators import common as eval_common  # pylint: disable=import-outside-toplevel
+  from asg_jax.evaluators import plugins  # pylint: disable=import-outside-toplevel
   program = train.build_train_step(config, mesh, num_steps=max(config.train.num_steps, 1000),
                                    dropout_rng=jax.random.PRNGKey(0))
   replicated = parallel.replicated(mesh)
   state = abstract_state(config, program, mesh)
   constants = jax.tree.map(lambda x: _sds(x, replicated), host_constants(config))
   batch = abstract_batch(config, batch_size, mesh)
-  fns = predict.make_predict_fns(program.model, program.objective, None, config)
-  evaluators = eval_common.from_config(config, fns, mesh=mesh, constants=constants,
+  fns = predict.make_predict_fns(program.model, None, config, objective=program.objective)
+  evaluators = plugins.from_config(config, fns, mesh=mesh, constants=constants,
                                        batches=lambda dataset, split: (lambda: iter(())))
   out = {}
   passes = {id(e.data): e for e in evaluators}

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/segmentation_step.py [--configs demo,demo_vit,resnet50,vit_b16]
         [--steps 5] [--batch 8]
 
-Times the evaluator's own jitted step (`asg_jax.evaluators.segmentation.Evaluator`: the
+Times the evaluator's own jitted step (`asg_jax.transfer.segmentation.Evaluator`: the
 project's `train.make_train_step`, sharded batch, donated state, augmentation on) on random
 images and masks, one device, after one warm-up (compiling) step:
 
@@ -64,7 +64,7 @@ def measure(name: str, steps: int, batch: int, finetune: bool) -> dict:
   from asg_jax import parallel  # pylint: disable=import-outside-toplevel
   from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
   from asg_jax.evaluate import TransferState  # pylint: disable=import-outside-toplevel
-  from asg_jax.evaluators.segmentation import Evaluator  # pylint: disable=import-outside-toplevel
+  from asg_jax.transfer.segmentation import Evaluator  # pylint: disable=import-outside-toplevel
   config, channels, hidden = model_config(name)
   ev = Evaluator({"config": config}, downstream="none", batch_size=batch, channels=channels,
                  setr_hidden=hidden, freeze_encoder=not finetune, num_devices=1)

@@ -5,7 +5,7 @@
 
 1. Feature extraction: the jitted image encoder of a random-init model built from
    `configs/<config>.py` (the linear probe's `image_feature`, the same
-   `predict.make_predict_fns(...)["encode_images"]` the evaluators call) on `--images`
+   `predict.make_predict_fns(...).encode_images` the evaluators call) on `--images`
    random grey films at the tower's input size, batch `--batch`, after one warm-up batch:
    images/s.
 2. The probe fit: `linear_probe.fit_probes` for the papers' 3 fractions x 3 seeds (9 runs
@@ -57,15 +57,15 @@ def extraction(config, num_images: int, batch: int) -> dict:
                                               method="encode_image"))(
       jax.random.PRNGKey(0), jnp.asarray(images[:2]))
   init_s = time.time() - t
-  fns = predict.make_predict_fns(model, None, None, config)
+  fns = predict.make_predict_fns(model, None, config)
   state = State(variables)
   t = time.time()
-  jax.block_until_ready(fns["encode_images"](state, images)["image_feature"])
+  jax.block_until_ready(fns.encode_images(state, images)["image_feature"])
   compile_s = time.time() - t
   n = max(1, num_images // batch)
   t = time.time()
   for _ in range(n):
-    out = fns["encode_images"](state, images)
+    out = fns.encode_images(state, images)
   jax.block_until_ready(out["image_feature"])
   seconds = time.time() - t
   return {"what": "feature_extraction", "config": config.name, "tower": config.model.image.name,
@@ -75,7 +75,7 @@ def extraction(config, num_images: int, batch: int) -> dict:
 
 
 def probe_fit(num_train: int, dim: int, seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0)) -> dict:
-  from asg_jax.evaluators import linear_probe  # pylint: disable=import-outside-toplevel
+  from asg_jax.transfer import linear_probe  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   num_val = max(20, num_train // 10)
   x = rng.normal(size=(num_train + num_val, dim)).astype(np.float32)

@@ -53,13 +53,14 @@ def tiny_pretrained():
   """A random-init `inference.Pretrained` of the demo's runlocal architecture (fake
   tokenizer): what the transfer tests evaluate (no training needed)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from asg_jax import evaluate, inference, objectives  # pylint: disable=import-outside-toplevel
+  from asg_jax import inference  # pylint: disable=import-outside-toplevel
+  from asg_jax.models import tag_queries  # pylint: disable=import-outside-toplevel
   from tests.helpers import FakeTokenizer, demo_config  # pylint: disable=import-outside-toplevel
   config = demo_config("runlocal")
   tok = FakeTokenizer(config.model.text.vocab_size, config.data.max_length)
-  constants = objectives.make_constants(config, tok, jax.random.PRNGKey(1))
+  constants = tag_queries.make_constants(config, tok, jax.random.PRNGKey(1))
   p = inference.Pretrained(config, {"params": {}, "batch_stats": {}}, tok, constants)
-  p.variables = evaluate.random_variables(p, 7)
+  p.variables = p.random_variables(7)
   return p
 
 

@@ -171,7 +171,7 @@ def build(config, mesh):
   """(FakeData, initial TrainState, replicated constants, train step) of `config` on `mesh`."""
   data = FakeData(config)
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  tx, schedule = train.make_optimizer(config.train, 10)
+  tx, schedule = state_lib.make_optimizer(config.train, 10)
   objective = objectives.make_objective(config)
   rng = jax.random.PRNGKey(0)
   with jax.set_mesh(mesh):

@@ -83,14 +83,15 @@ def test_reclf_ladder(rung, expect):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "transfer").glob("*.py")))
 def test_every_transfer_recipe_loads_full_and_runlocal(name):
-  from asg_jax import evaluate
-  from asg_jax.evaluators import common
+  from asg_jax.transfer import config as transfer_config
+  from asg_jax import registry
+  from asg_jax.evaluators import plugins
   for arg in ("", ":runlocal"):
-    c = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py") + arg)
+    c = transfer_config.load(str(REPO / "configs" / "transfer" / f"{name}.py") + arg)
     assert len(c.evals) > 0
     for entry in c.evals:
-      common.check_entry(entry, c.evals[entry])     # every key is one its evaluator takes
-  full = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py"))
+      plugins.check_entry(entry, c.evals[entry], registry.TRANSFER_EVALUATORS)   # every key is one its evaluator takes
+  full = transfer_config.load(str(REPO / "configs" / "transfer" / f"{name}.py"))
   if "seg" in full.evals:      # segmentation recipes (siim, rsna_seg, demo_seg): no probe
     seg = full.evals.seg
     assert seg.type == "segmentation" and tuple(seg.fractions) == (0.01, 0.1, 1.0)

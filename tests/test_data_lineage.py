@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from asg_jax import config as config_lib
+from asg_jax.errors import ConfigError
 from asg_jax import lineage, train
 from asg_jax import workdir as workdir_lib
 from tests.helpers import recipe, snapshot
@@ -211,7 +212,7 @@ def test_the_rerun_policy_is_no_part_of_the_config_fingerprint(tmp_path):
   workdir_lib.write_config(refuse, str(tmp_path))
   assert workdir_lib.config_changes(cont, str(tmp_path)) == []
   bad = config_for(tmp_path, **{"data.on_change": "ignore"})
-  with pytest.raises(config_lib.ConfigError, match=r"config\.data\.on_change = 'ignore'; "
+  with pytest.raises(ConfigError, match=r"config\.data\.on_change = 'ignore'; "
                      r"expected one of \('refuse', 'continue', 'retrain'\)"):
     config_lib.check_overrides_applied(bad)
 

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from asg_jax import inference, objectives, train
+from asg_jax import workdir as workdir_lib
+from asg_jax.models import tag_queries
 from tests.helpers import FakeData, demo_config
 
 
@@ -28,8 +30,8 @@ def test_best_and_latest_checkpoints_load_and_hold_trained_params(workdir, pretr
                                              tokenizer=FakeData(config).tokenizer)
   for a, b in zip(jax.tree.leaves(pretrained.variables), jax.tree.leaves(latest.variables)):
     np.testing.assert_array_equal(a, b)         # best == latest == step 2 here
-  assert (path / inference.CONSTANTS_FILE).exists()
-  assert pretrained._tag_logits is not None     # pylint: disable=protected-access
+  assert (path / workdir_lib.CONSTANTS_FILE).exists()
+  assert pretrained.fns.tag_logits is not None
 
 
 def test_missing_workdir_files_fail_clearly(tmp_path):
@@ -107,15 +109,15 @@ def _images():
 
 def test_new_class_names_are_queried_like_the_training_tags(pretrained):
   saved = pretrained.constants["tag_queries"]
-  assert objectives.TAG_QUERY_RNG in pretrained.constants      # written by training
-  encode = pretrained.tag_query_encoder()
+  assert tag_queries.TAG_QUERY_RNG in pretrained.constants      # written by training
+  encode = pretrained.fns.tag_queries.encoder()
   # the rebuilt frozen tower reproduces the 40 saved queries
-  np.testing.assert_allclose(encode(objectives.tag_phrases()), saved, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(encode(tag_queries.tag_phrases()), saved, rtol=1e-5, atol=1e-6)
   images = _images()
   names = ["Pneumonia", "Cardiomegaly", "Fibrosis", "Pleural_Thickening"]
   got = pretrained.tag_logits(images, names)
   assert got.shape == (2, 4) and np.all(np.isfinite(got))
-  tags = objectives.tag_phrases()
+  tags = tag_queries.tag_phrases()
   plain = pretrained.tag_logits(images)                              # [2, 40]
   for c in (0, 1):   # tag names read their own tag's logit
     np.testing.assert_allclose(got[:, c], plain[:, tags.index(names[c].lower())], atol=1e-5)
@@ -149,8 +151,8 @@ def old_pretrained(workdir, tmp_path_factory):
   path, config = workdir
   old = tmp_path_factory.mktemp("old") / "w"
   shutil.copytree(path, old)
-  with np.load(old / inference.CONSTANTS_FILE) as z:
-    np.savez(old / inference.CONSTANTS_FILE, tag_queries=z["tag_queries"])
+  with np.load(old / workdir_lib.CONSTANTS_FILE) as z:
+    np.savez(old / workdir_lib.CONSTANTS_FILE, tag_queries=z["tag_queries"])
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     loaded = inference.Pretrained.from_workdir(str(old), tokenizer=FakeData(config).tokenizer)
@@ -163,28 +165,26 @@ def test_workdir_without_query_rng_loads_and_answers_the_40_tags(old_pretrained,
   images = _images()
   np.testing.assert_allclose(old.tag_logits(images, ["pneumonia"]),
                              pretrained.tag_logits(images, ["pneumonia"]), atol=1e-6)
-  with pytest.raises(inference.NoQueryEncoder, match="tag_query_rng"):
+  with pytest.raises(tag_queries.NoQueryEncoder, match="tag_query_rng"):
     old.tag_logits(images, ["fibrosis"])
 
 
 def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_path):
-  """transfer_zeroshot's tag protocol on mimic_cxr/demo_5x200 (the fixture of
+  """The transfer zeroshot's tag protocol on mimic_cxr/demo_5x200 (the fixture of
   tests/data/test_mimic_5x200.py): Cardiomegaly queried as "enlarged heart" (not a tag) makes
   every class go through the new-name path, in class order."""
-  from asg_jax import evaluate
   from asg_jax.data.pipeline import downstream_input
-  from asg_jax.evaluators import transfer_common as tc
-  from asg_jax.evaluators import transfer_zeroshot
+  from asg_jax.transfer import classification, inits, zeroshot
   from tests.data import mimic_5x200_fixture as fixture
   data_dir = str(tmp_path / "tfds")
   fixture.build(fixture.write_fixture(str(tmp_path / "manual")), data_dir, "demo_5x200")
   rename = {"Cardiomegaly": "enlarged heart"}
   v = pretrained.variables
-  state = evaluate.TransferState(v["params"], v.get("batch_stats", {}), 2)
+  state = inits.TransferState(v["params"], v.get("batch_stats", {}), 2)
   kwargs = dict(downstream="mimic_cxr/demo_5x200", data_dir=data_dir, protocols=("tags",),
                 tag_names=rename, extract_batch_size=2)   # the batch compiled above
-  fns = evaluate.make_fns(pretrained)
-  ev = transfer_zeroshot.Evaluator(fns, **kwargs)
+  fns = pretrained.fns
+  ev = zeroshot.Evaluator(fns, **kwargs)
   assert ev.tag_plan(list(fixture.TASKS))["suffix"].startswith("__q")
   rows = {r["metric"]: r["value"] for r in ev.rows(state)}
   c = pretrained.config.data
@@ -194,15 +194,15 @@ def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_
   names = list(fixture.TASKS)
   # the scores of the 5 query phrases in class order (the scorer itself is checked against
   # an independent decoder run in the test above)
-  fn = fns["class_tag_logits"](["atelectasis", "enlarged heart", "consolidation", "edema",
+  fn = fns.class_tag_logits(["atelectasis", "enlarged heart", "consolidation", "edema",
                                  "pleural effusion"])
   ref = np.concatenate([fn(state, split["image"][i:i + 2]) for i in range(0, 8, 2)])
-  macro, _ = tc.macro_auroc(ref, split["labels"])
+  macro, _ = classification.macro_auroc(ref, split["labels"])
   assert len(split["image_id"]) == 8
   assert rows["auroc"] == pytest.approx(macro, abs=1e-6)
   assert rows["top1"] == pytest.approx(np.mean(ref.argmax(-1) == split["labels"].argmax(-1)))
   assert {f"auroc[{n}]" for n in names} <= set(rows)
   # a workdir that cannot embed "enlarged heart" falls back to the 4 tag-named classes
-  plan = transfer_zeroshot.Evaluator(evaluate.make_fns(old_pretrained[0]), **kwargs).tag_plan(names)
+  plan = zeroshot.Evaluator(old_pretrained[0].fns, **kwargs).tag_plan(names)
   assert [names[i] for i in plan["classes"]] == [n for n in names if n != "Cardiomegaly"]
   assert plan["suffix"] == ""

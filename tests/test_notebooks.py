@@ -146,15 +146,15 @@ def test_explore_notebook_answers_zero_shot_and_draws_the_figures(executed):
 
 
 def test_transfer_notebook_shows_the_results_it_wrote(executed):
-  from asg_jax import evaluate
+  from asg_jax.transfer import table
   workdir, nbs = executed
   nb = nbs["transfer"]
   assert_ran_cleanly(nb)
-  results = json.loads((workdir / "transfer" / evaluate.RESULTS_JSON).read_text())
+  results = json.loads((workdir / "transfer" / table.RESULTS_JSON).read_text())
   assert {r["init"] for r in results["rows"]} == {"pretrained", "random"}
   (shown,) = markdown_outputs(nb)
-  assert shown == evaluate.format_table(results["rows"])
-  assert (workdir / "transfer" / evaluate.RESULTS_MD).is_file()
+  assert shown == table.format_table(results["rows"])
+  assert (workdir / "transfer" / table.RESULTS_MD).is_file()
   assert_figures(nb, workdir, FIGURES["transfer"])
 
 

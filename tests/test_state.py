@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from asg_jax import config as config_lib
+from asg_jax.errors import ConfigError
 from asg_jax import state as state_lib
 
 LR, WD = 1e-2, 0.05
@@ -64,12 +65,12 @@ def test_no_multipliers_is_the_plain_adamw():
 def test_unknown_multiplier_name_is_an_error_naming_it():
   tx, _ = state_lib.make_optimizer(_train_cfg({"tag_decodr": 5.0}), 100)
   params, _ = _tree()
-  with pytest.raises(config_lib.ConfigError, match=r"'tag_decodr'.*\['a', 'b'\]"):
+  with pytest.raises(ConfigError, match=r"'tag_decodr'.*\['a', 'b'\]"):
     tx.init(params)
 
 
 def test_multiplier_must_be_positive():
   c = config_lib.base_config()
   c.train.lr_multipliers = {"tag_decoder": -1.0}
-  with pytest.raises(config_lib.ConfigError, match="tag_decoder"):
+  with pytest.raises(ConfigError, match="tag_decoder"):
     config_lib.check_overrides_applied(c)

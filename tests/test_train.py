@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asg_jax import checkpoints, config as config_lib, objectives, parallel, predict, preemption, train
-from asg_jax.evaluators import common as eval_common
+from asg_jax.evaluators import plugins
 from asg_jax.models import vlp
 from tests.helpers import CountingData, FakeData, build, demo_config, fake_batch
 
@@ -48,10 +48,10 @@ def run_evals(config, mesh, data):
   """Every configured evaluator once, on a fresh state: {metric: value} incl. chance/."""
   _, state, constants, _ = build(config, mesh)
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  fns = predict.make_predict_fns(model, objectives.make_objective(config), data.tokenizer,
-                                 config)
+  fns = predict.make_predict_fns(model, data.tokenizer, config,
+                                 objective=objectives.make_objective(config))
   with jax.set_mesh(mesh):
-    evaluators = eval_common.from_config(
+    evaluators = plugins.from_config(
         config, fns, mesh=mesh, constants=constants,
         batches=lambda dataset, split: data.eval_batches)
     values = {}

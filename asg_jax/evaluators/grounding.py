@@ -48,9 +48,8 @@ class Evaluator:
   (atlas priors are never scored)."""
 
   def __init__(self, predict_fns, *, data):
-    from asg_jax import losses, objectives  # pylint: disable=import-outside-toplevel
-    config = predict_fns["config"]
-    grid, size = objectives.patch_grid(config), config.data.image_size
+    from asg_jax import losses  # pylint: disable=import-outside-toplevel
+    grid, size = predict_fns.info.patch_grid, predict_fns.info.image_size
     self._data = data
 
     def per_batch(outputs, batch):

@@ -16,7 +16,7 @@ class Evaluator:
   """Yields `val_loss` and `val_<term>` for every loss term of the objective."""
 
   def __init__(self, predict_fns, *, data):
-    objective = predict_fns["objective"]
+    objective = predict_fns.objective
 
     def per_batch(outputs, batch):
       loss, measurements = objective(outputs, batch)

@@ -19,7 +19,7 @@ class Evaluator:
   `chance/` 0.5, and `zs_num_tags` (how many tags had both classes)."""
 
   def __init__(self, predict_fns, *, data, prompts: bool = True, tag_decoder: bool = True):
-    self._data, self._embed = data, predict_fns["embed_texts"]
+    self._data, self._embed = data, predict_fns.embed_texts
     self._prompts, self._tag_decoder = prompts, tag_decoder
 
     def per_batch(outputs, batch):

@@ -2,11 +2,12 @@
 from asg_jax.losses.contrastive import ira_loss
 
 __all__ = ["ira_loss"]
-from asg_jax.losses.reclf import (gloria_local_loss, gloria_local_similarity,  # noqa: E402
-                                  local_matching_scores, pairwise_local_similarity,
-                                  reclf_local_similarity, reclf_objective,
+from asg_jax.losses.reclf import (gloria_local_loss, reclf_objective,  # noqa: E402
                                   semantic_contrastive_loss, semantic_similarity,
                                   semantic_soft_targets)
+from asg_jax.models.local_matching import (gloria_local_similarity,  # noqa: E402
+                                           local_matching_scores, pairwise_local_similarity,
+                                           reclf_local_similarity)
 
 __all__ += ["gloria_local_loss", "gloria_local_similarity", "local_matching_scores",
             "pairwise_local_similarity", "reclf_local_similarity", "reclf_objective",

@@ -8,8 +8,8 @@ this project: everything here is the project's RECONSTRUCTION from what the pape
 The local matching itself (word–patch attention, matching features, SRM, IRM weights,
 pooling, the blocked / sharded pairwise local similarity) is model code:
 `asg_jax.models.local_matching`, with the learned weights in
-`asg_jax.models.relation.LocalMatchingHead`. Its public names are re-exported here, so
-`asg_jax.losses.reclf.local_matching_scores` etc. keep working.
+`asg_jax.models.relation.LocalMatchingHead`; the public loss API (`asg_jax.losses`) exports
+its similarity functions.
 
 Rows of every `[B, B]` matrix are images, columns reports.
 """
@@ -21,12 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from asg_jax.models.l2norm import l2_normalize
-# re-exported: the local matching moved to models/ (docs/reclf.md §5)
-from asg_jax.models.local_matching import (  # noqa: F401  pylint: disable=unused-import
-    attended_context, gloria_local_similarity, importance_prior, importance_weights,
-    local_matching_features, local_matching_scores, lse_pool, mask_words, mean_pool,
-    pairwise_local_similarity, reclf_local_similarity, srm_message, srm_refine, srm_relation,
-    weighted_pool, word_patch_attention)
+from asg_jax.models.local_matching import gloria_local_similarity
 
 _EPS = 1e-12
 

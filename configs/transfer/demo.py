@@ -13,14 +13,14 @@ zero-shot, retrieval and segmentation (the SIIM-layout stand-in) on 60 + 8 image
 the pre-trained encoder only:
 the main job end to end on 1 / 8 devices and 2 processes (tests/test_main_job_devices.py).
 """
-from asg_jax import evaluate
+from asg_jax.transfer import config as transfer_config
 
 
 def get_config(arg=None):
   if arg == "tiny":
     return _tiny()
   runlocal = arg == "runlocal"
-  c = evaluate.base_transfer_config()
+  c = transfer_config.base()
   c.name = "demo" + ("_runlocal" if runlocal else "")
   c.demo.prepare = True
   # 2400 studies (base_transfer_config's default, shared with demo_seg.py): 1 % of the
@@ -30,38 +30,38 @@ def get_config(arg=None):
     c.demo.num_images = 120
     c.demo.num_siim = 8     # this recipe segments nothing (configs/transfer/demo_seg.py does)
   seeds = (0, 1) if runlocal else (0, 1, 2)
-  evaluate.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
+  transfer_config.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
                fractions=(0.01, 0.1, 1.0), seeds=seeds, max_epochs=10 if runlocal else 50)
   if not runlocal:   # the same probe on z-scored features (docs/transfer.md: scale matters)
-    evaluate.add(c, "probe_zscored", type="linear_probe", downstream="cxr_chexpert/demo",
+    transfer_config.add(c, "probe_zscored", type="linear_probe", downstream="cxr_chexpert/demo",
                  fractions=(0.01, 0.1, 1.0), seeds=seeds, standardize=True)
   if not runlocal:   # full fine-tuning, 100 % and one seed only (docs/transfer.md "Fine-tuning")
-    evaluate.add(c, "fine_tune", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
+    transfer_config.add(c, "fine_tune", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
                  downstream="cxr_chexpert/demo", fractions=(1.0,), seeds=(0,), max_epochs=3)
-  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_chexpert/demo",
+  transfer_config.add(c, "zeroshot", type="zeroshot", downstream="cxr_chexpert/demo",
                val_split="validation", prompts="chexpert")
-  evaluate.add(c, "zeroshot_5x200", type="transfer_zeroshot",
+  transfer_config.add(c, "zeroshot_5x200", type="zeroshot",
                downstream="cxr_chexpert/demo_5x200", prompts="chexpert")
-  evaluate.add(c, "retrieval_5x200", type="transfer_retrieval",
+  transfer_config.add(c, "retrieval_5x200", type="retrieval",
                downstream="cxr_chexpert/demo_5x200", prompts="chexpert", max_prompts_per_class=10)
   return c
 
 
 def _tiny():
-  from asg_jax.evaluators import segmentation  # pylint: disable=import-outside-toplevel
-  c = evaluate.base_transfer_config()
+  from asg_jax.transfer import segmentation  # pylint: disable=import-outside-toplevel
+  c = transfer_config.base()
   c.name = "demo_tiny"
   c.inits = ("pretrained",)
   c.demo.prepare = True
   c.demo.num_images, c.demo.num_siim = 60, 8
-  evaluate.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
+  transfer_config.add(c, "probe", type="linear_probe", downstream="cxr_chexpert/demo",
                fractions=(0.1, 1.0), seeds=(0,), max_epochs=3)
-  evaluate.add(c, "fine_tune", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
+  transfer_config.add(c, "fine_tune", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
                downstream="cxr_chexpert/demo", fractions=(1.0,), seeds=(0,), max_epochs=1)
-  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream="cxr_chexpert/demo",
+  transfer_config.add(c, "zeroshot", type="zeroshot", downstream="cxr_chexpert/demo",
                val_split="validation", prompts="chexpert")
-  evaluate.add(c, "retrieval_5x200", type="transfer_retrieval",
+  transfer_config.add(c, "retrieval_5x200", type="retrieval",
                downstream="cxr_chexpert/demo_5x200", prompts="chexpert", max_prompts_per_class=4)
   kw = dict(segmentation.protocol(batch_size=8, runlocal=True), fractions=(1.0,))
-  evaluate.add(c, "seg", type="segmentation", downstream="cxr_siim/demo", balance=True, **kw)
+  transfer_config.add(c, "seg", type="segmentation", downstream="cxr_siim/demo", balance=True, **kw)
   return c

@@ -13,13 +13,13 @@ augmentation, early stopping on the validation loss) with narrower decoder width
 fewer epochs so the whole run takes a few minutes on 2 CPU cores, the head's
 focal-loss prior init, and 3 seeds. `runlocal`: smaller.
 """
-from asg_jax import evaluate
-from asg_jax.evaluators import segmentation
+from asg_jax.transfer import config as transfer_config
+from asg_jax.transfer import segmentation
 
 
 def get_config(arg=None):
   runlocal = arg == "runlocal"
-  c = evaluate.base_transfer_config()
+  c = transfer_config.base()
   c.name = "demo_seg" + ("_runlocal" if runlocal else "")
   c.demo.prepare = True
   kw = segmentation.protocol(batch_size=8, runlocal=runlocal)
@@ -31,5 +31,5 @@ def get_config(arg=None):
     # table's ± is the spread of decoder init and batch order.
     kw.update(channels=(32,), max_epochs=6, patience=3, min_steps=30, head_prior=0.01,
               seeds=(0, 1, 2))
-  evaluate.add(c, "seg", type="segmentation", downstream="cxr_siim/demo", balance=True, **kw)
+  transfer_config.add(c, "seg", type="segmentation", downstream="cxr_siim/demo", balance=True, **kw)
   return c

@@ -18,7 +18,7 @@ the MIMIC layout (a hand-made fixture, or the synthetic demo's `<workdir>/data/d
 
 and pass `--config.data_dir=D`.
 """
-from asg_jax import evaluate
+from asg_jax.transfer import config as transfer_config
 
 
 def get_config(arg=None):
@@ -26,12 +26,12 @@ def get_config(arg=None):
   if arg not in (None, "", "runlocal"):
     raise ValueError(f"configs/transfer/mimic_5x200.py: unknown argument {arg!r} "
                      "(expected none or 'runlocal')")
-  c = evaluate.base_transfer_config()
+  c = transfer_config.base()
   c.name = "mimic_5x200" + ("_runlocal" if runlocal else "")
   data = "mimic_cxr/demo_5x200" if runlocal else "mimic_cxr/5x200"
   batch = 16 if runlocal else 128
-  evaluate.add(c, "retrieval_reports", type="transfer_retrieval", downstream=data,
+  transfer_config.add(c, "retrieval_reports", type="retrieval", downstream=data,
                texts="reports", ks=(1, 5, 10), extract_batch_size=batch)
-  evaluate.add(c, "zeroshot", type="transfer_zeroshot", downstream=data, prompts="chexpert",
+  transfer_config.add(c, "zeroshot", type="zeroshot", downstream=data, prompts="chexpert",
                extract_batch_size=batch)
   return c

@@ -14,14 +14,14 @@ results.md's, for the pre-trained, random-init (and ImageNet-init) encoders.
 `cxr_rsna` config data_dir holds (the tests pass their fixture with
 `--config.evals.seg.downstream=cxr_rsna/fixture`).
 """
-from asg_jax import evaluate
-from asg_jax.evaluators import segmentation
+from asg_jax.transfer import config as transfer_config
+from asg_jax.transfer import segmentation
 
 
 def get_config(arg=None):
   runlocal = arg == "runlocal"
-  c = evaluate.base_transfer_config()
+  c = transfer_config.base()
   c.name = "rsna_seg" + ("_runlocal" if runlocal else "")
-  evaluate.add(c, "seg", type="segmentation", downstream="cxr_rsna",
+  transfer_config.add(c, "seg", type="segmentation", downstream="cxr_rsna",
                **segmentation.protocol(batch_size=16, runlocal=runlocal))
   return c

@@ -15,14 +15,14 @@ ImageNet-init) encoders. `--config.evals.seg.freeze_encoder=False` fine-tunes th
 whatever `cxr_siim` config data_dir holds (the tests pass their fixture with
 `--config.evals.seg.downstream=cxr_siim/fixture`).
 """
-from asg_jax import evaluate
-from asg_jax.evaluators import segmentation
+from asg_jax.transfer import config as transfer_config
+from asg_jax.transfer import segmentation
 
 
 def get_config(arg=None):
   runlocal = arg == "runlocal"
-  c = evaluate.base_transfer_config()
+  c = transfer_config.base()
   c.name = "siim" + ("_runlocal" if runlocal else "")
-  evaluate.add(c, "seg", type="segmentation", downstream="cxr_siim", balance=True,
+  transfer_config.add(c, "seg", type="segmentation", downstream="cxr_siim", balance=True,
                **segmentation.protocol(batch_size=8, runlocal=runlocal))
   return c

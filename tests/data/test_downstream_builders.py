@@ -538,10 +538,10 @@ def test_covidx_missing_list(tmp_path):
 
 def test_every_transfer_recipe_runs_on_its_builder_fixture(chexpert, nih, rsna, covidx,
                                                            tiny_pretrained, tmp_path, monkeypatch):
-  """`configs/transfer/<dataset>.py:runlocal` through `evaluate.run_transfer` (what
+  """`configs/transfer/<dataset>.py:runlocal` through `run.run_transfer` (what
   `python -m asg_jax.evaluate` runs) on each builder's fixture build, pre-trained and random
   init: every declared evaluator yields its rows, results.json / results.md are written."""
-  from asg_jax import evaluate
+  from asg_jax.transfer import config as transfer_config, run, table
   from asg_jax.data.pipeline import downstream_input
   fixtures = {"cxr_chexpert": chexpert[1], "cxr_chexpert/5x200": chexpert[3],
               "cxr_nih14": nih[1], "cxr_rsna": rsna[0], "cxr_covidx": covidx[0]}
@@ -551,11 +551,11 @@ def test_every_transfer_recipe_runs_on_its_builder_fixture(chexpert, nih, rsna, 
              "rsna": {"linear_probe", "zero_shot_prompt", "zero_shot_tags"},
              "covidx": {"linear_probe"}}
   for name, protocols in recipes.items():
-    config = evaluate.load_config(str(REPO / "configs" / "transfer" / f"{name}.py:runlocal"))
+    config = transfer_config.load(str(REPO / "configs" / "transfer" / f"{name}.py:runlocal"))
     out = tmp_path / name
-    results = evaluate.run_transfer("", config, out_dir=str(out), pretrained=tiny_pretrained)
-    assert json.loads((out / evaluate.RESULTS_JSON).read_text())["rows"] == results["rows"]
-    assert (out / evaluate.RESULTS_MD).read_text().count("\n|") > 2
+    results = run.run_transfer("", config, out_dir=str(out), pretrained=tiny_pretrained)
+    assert json.loads((out / table.RESULTS_JSON).read_text())["rows"] == results["rows"]
+    assert (out / table.RESULTS_MD).read_text().count("\n|") > 2
     got = {(r["protocol"], r["init"]) for r in results["rows"]}
     assert got == {(p, i) for p in protocols for i in ("pretrained", "random")}, name
     for r in results["rows"]:

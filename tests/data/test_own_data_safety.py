@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from asg_jax import config as config_lib
+from asg_jax.errors import ConfigError
 from asg_jax import data as data_lib
 from asg_jax.data.builders import build
 from asg_jax.data.demo import owned_dir, synthetic
@@ -101,19 +102,19 @@ def test_data_dir_defaults_into_the_workdir(tmp_path, realdata_dir):
 
 def test_wrong_builder_and_values_fail_before_any_data_work(tmp_path):
   config = demo_config("runlocal", **{"data.name": "image_text_csv"})
-  with pytest.raises(config_lib.ConfigError, match=r"'demo' is not a config of tfds builder "
+  with pytest.raises(ConfigError, match=r"'demo' is not a config of tfds builder "
                      r"'image_text_csv'; expected one of \['default', 'no_anatomy', 'all_views'\]"):
     data_lib.prepare(config, str(tmp_path / "wd"))
   config = demo_config("runlocal", **{"data.name": "image_text_csv",
                                       "data.builder_config": "default"})
-  with pytest.raises(config_lib.ConfigError, match="own_data.py"):
+  with pytest.raises(ConfigError, match="own_data.py"):
     data_lib.prepare(config, str(tmp_path / "wd"))
-  with pytest.raises(config_lib.ConfigError, match="did you mean"):
+  with pytest.raises(ConfigError, match="did you mean"):
     build.check_builder("mimic_cxrr", None)
   config = demo_config("runlocal")
   config.unlock()
   config.data.regions = ("right lung", "foo")
-  with pytest.raises(config_lib.ConfigError, match=r"unknown region name\(s\) \['foo'\]"):
+  with pytest.raises(ConfigError, match=r"unknown region name\(s\) \['foo'\]"):
     config_lib.check_overrides_applied(config)
   assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").rglob("*.jpg"))
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from asg_jax.losses import contrastive, reclf
+from asg_jax.models import local_matching
 from asg_jax.models.relation import LocalMatchingHead
 
 
@@ -77,7 +78,7 @@ def np_soft_ce(x, q):
 @pytest.mark.parametrize("word_softmax_first", [False, True])
 def test_local_matching_scores_match_numpy(word_softmax_first):
   patch, words, mask, _ = make_inputs()
-  r, h = reclf.local_matching_scores(patch, words, mask, 0.1, return_features=True,
+  r, h = local_matching.local_matching_scores(patch, words, mask, 0.1, return_features=True,
                                      word_softmax_first=word_softmax_first)
   r_ref, h_ref = np_scores(patch, words, mask, 0.1, word_softmax_first)
   assert r.shape == (3, 4, 5) and h.shape == (3, 4, 5, 8)
@@ -91,7 +92,7 @@ def test_gloria_similarity_and_loss_match_numpy():
   patch, words, mask, _ = make_inputs(bi=4, bj=4)
   r_ref, _ = np_scores(patch, words, mask, 1 / 4.0)
   sim_ref = np_lse(r_ref, mask, 5.0)
-  sim = reclf.gloria_local_similarity(patch, words, mask, gamma1=4.0, gamma2=5.0)
+  sim = local_matching.gloria_local_similarity(patch, words, mask, gamma1=4.0, gamma2=5.0)
   np.testing.assert_allclose(sim, sim_ref, atol=1e-5)
   loss = reclf.gloria_local_loss(patch, words, mask, gamma1=4.0, gamma2=5.0, gamma3=10.0)
   np.testing.assert_allclose(loss, np_soft_ce(10 * sim_ref, np.eye(4)), atol=1e-4)
@@ -113,7 +114,7 @@ def test_reclf_head_at_init_is_importance_weighted_cosine(kwargs):
   pi = np.where(mask, importance, 0)
   pi = pi / pi.sum(-1, keepdims=True)
   np.testing.assert_allclose(sim, np.einsum("ijk,jk->ij", r_ref, pi), atol=1e-5)
-  omega = reclf.importance_weights(importance, mask, jnp.zeros(mask.shape))
+  omega = local_matching.importance_weights(importance, mask, jnp.zeros(mask.shape))
   np.testing.assert_allclose(omega, pi, atol=1e-6)
 
 
@@ -150,7 +151,7 @@ def test_srm_message_matches_numpy():
           g = g / g.sum()
           msg[kk, sl] = g @ h[i, j][:, sl]
       out[i, j] = np.where(valid[:, None], h[i, j] + msg @ layer["value"], 0)
-  got = reclf.srm_refine(jnp.asarray(h, jnp.float32), words, mask, [layer], num_heads=heads)
+  got = local_matching.srm_refine(jnp.asarray(h, jnp.float32), words, mask, [layer], num_heads=heads)
   np.testing.assert_allclose(got, out, atol=1e-4)
 
 
@@ -334,7 +335,7 @@ def test_attended_context_custom_vjp_matches_autodiff():
   cot = jax.random.normal(jax.random.key(0), (3, 4, 5, 8))
   f = lambda fn: jax.value_and_grad(lambda w, p: jnp.sum(cot * fn(w, p)), argnums=(0, 1))
   (v, g), (v_ref, g_ref) = (
-      jax.jit(f(lambda w, p: reclf.attended_context(w, p, 0.1)))(words, patch),
+      jax.jit(f(lambda w, p: local_matching.attended_context(w, p, 0.1)))(words, patch),
       jax.jit(f(plain))(words, patch))
   np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-5)
   for a, b in zip(g, g_ref):
@@ -350,11 +351,11 @@ def test_bfloat16_local_matching_multiplies_in_bf16_and_stays_close_to_float32()
   cot = jax.random.normal(jax.random.key(1), (4, 4, 6, 16))
 
   def grads(dtype):
-    fn = lambda w, p: jnp.sum(cot * reclf.attended_context(w, p, 0.1, dtype))  # noqa: E731
+    fn = lambda w, p: jnp.sum(cot * local_matching.attended_context(w, p, 0.1, dtype))  # noqa: E731
     return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
 
   (v32, g32), (v16, g16) = grads(None)(words, patch), grads(jnp.bfloat16)(words, patch)
-  ctx16 = jax.jit(lambda w, p: reclf.attended_context(w, p, 0.1, jnp.bfloat16))(words, patch)
+  ctx16 = jax.jit(lambda w, p: local_matching.attended_context(w, p, 0.1, jnp.bfloat16))(words, patch)
   assert ctx16.dtype == jnp.float32
   scale = float(np.abs(v32))
   assert abs(float(v16) - float(v32)) <= 2e-2 * scale
@@ -367,8 +368,8 @@ def test_bfloat16_local_matching_multiplies_in_bf16_and_stays_close_to_float32()
   assert "bf16" in hlo and "dot_general" in hlo
 
   # the whole RECLF similarity (SRM off, IRM weights): float32 result, close to float32
-  weights = reclf.importance_weights(jnp.asarray(importance), jnp.asarray(mask))
-  sim = lambda dtype: jax.jit(lambda p, w: reclf.reclf_local_similarity(  # noqa: E731
+  weights = local_matching.importance_weights(jnp.asarray(importance), jnp.asarray(mask))
+  sim = lambda dtype: jax.jit(lambda p, w: local_matching.reclf_local_similarity(  # noqa: E731
       p, w, jnp.asarray(mask), weights, block_size=2, compute_dtype=dtype))(patch, words)
   s32, s16 = sim(None), sim(jnp.bfloat16)
   np.testing.assert_array_equal(s32, sim(jnp.float32))    # float32 = the unchanged path

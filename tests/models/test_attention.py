@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from asg_jax import config as config_lib
+from asg_jax.errors import ConfigError
 from asg_jax.models import aggregation, attention, bert, vit
 from tests.helpers import demo_config
 
@@ -59,5 +60,5 @@ def test_towers_with_the_fused_path_equal_the_einsum_path():
                              rtol=1e-5, atol=1e-6)
   # training with attention dropout needs the einsum path: a clear config error
   c.model.text.attention_dropout = 0.1
-  with pytest.raises(config_lib.ConfigError, match="attention_dropout = 0"):
+  with pytest.raises(ConfigError, match="attention_dropout = 0"):
     config_lib.finalize(c)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asg_jax.losses import reclf
+from asg_jax.models import local_matching
 from asg_jax.models.relation import LocalMatchingHead
 
 
@@ -52,7 +52,7 @@ def test_uniform_importance_source_and_gloria_ignores_flags():
   patch, words, mask, importance = _inputs()
   head = LocalMatchingHead(use_srm=False, importance_source="uniform")
   params = jax.jit(head.init)(jax.random.key(0), patch, words, mask)
-  r = jax.jit(reclf.local_matching_scores)(patch, words, mask, 0.1)
+  r = jax.jit(local_matching.local_matching_scores)(patch, words, mask, 0.1)
   mean = jnp.sum(r, -1) / mask.sum(-1)
   np.testing.assert_allclose(jax.jit(head.apply)(params, patch, words, mask), mean, atol=1e-6)
   gloria = LocalMatchingHead(mode="gloria", use_srm=True, use_irm=True)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asg_jax.evaluators import linear_probe as lp
-from asg_jax.evaluators import transfer_common as tc
+from asg_jax.transfer import linear_probe as lp
+from asg_jax.transfer import classification
 
 
 def _data(n=120, d=6, c=2, seed=0, separable=True):
@@ -69,14 +69,14 @@ def test_separable_features_give_auroc_one_and_shuffled_labels_chance():
                                      max_epochs=30))
   scores = lp.scores_of(fit["params"], xt, False)
   for r in range(2):
-    macro, per = tc.macro_auroc(scores[r], yt)
+    macro, per = classification.macro_auroc(scores[r], yt)
     assert macro > 0.99 and min(per) > 0.98
   rng = np.random.default_rng(0)
   shuffled = y[rng.permutation(200)]
   fit = jax.device_get(lp.fit_probes(jnp.asarray(x), jnp.asarray(shuffled), jnp.ones((2, 200), bool),
                                      keys, jnp.asarray(xt), jnp.asarray(yt), lr=5e-2,
                                      max_epochs=30))
-  aucs = [tc.macro_auroc(s, yt)[0] for s in lp.scores_of(fit["params"], xt, False)]
+  aucs = [classification.macro_auroc(s, yt)[0] for s in lp.scores_of(fit["params"], xt, False)]
   assert abs(np.mean(aucs) - 0.5) < 0.12
 
 
@@ -86,8 +86,8 @@ def test_multiclass_detection_and_softmax_fit():
   cls = rng.integers(0, 3, 150)
   x = (centers[cls] + rng.normal(size=(150, 5))).astype(np.float32)
   y = np.eye(3, dtype=np.float32)[cls]
-  assert lp.is_multiclass(y, "auto") and not lp.is_multiclass(y, "multilabel")
-  assert not lp.is_multiclass(np.array([[1, 1, 0], [0, 0, 1]], np.float32), "auto")
+  assert classification.is_multiclass(y, "auto") and not classification.is_multiclass(y, "multilabel")
+  assert not classification.is_multiclass(np.array([[1, 1, 0], [0, 0, 1]], np.float32), "auto")
   fit = jax.device_get(lp.fit_probes(jnp.asarray(x), jnp.asarray(y), jnp.ones((1, 150), bool),
                                      jnp.stack([jax.random.PRNGKey(0)]), jnp.asarray(x),
                                      jnp.asarray(y), lr=5e-2, max_epochs=20, multiclass=True))
@@ -110,4 +110,4 @@ def test_against_sklearn_logistic_regression_oracle():
   ours = lp.scores_of(fit["params"], x, False)[0, :, 0]
   ref = sklearn.LogisticRegression(C=1e6, max_iter=2000).fit(x, y[:, 0]).predict_proba(x)[:, 1]
   np.testing.assert_allclose(ours, ref, atol=0.03)
-  assert abs(tc.macro_auroc(ours[:, None], y)[0] - metrics.roc_auc_score(y[:, 0], ref)) < 0.01
+  assert abs(classification.macro_auroc(ours[:, None], y)[0] - metrics.roc_auc_score(y[:, 0], ref)) < 0.01

@@ -2,7 +2,7 @@
 
 Every entry `config.evals.<name>` is a ConfigDict with
 
-  type         the evaluator module: `asg_jax.evaluators.<type>`, or a full dotted module
+  type         the evaluator: a name in `registry.EVALUATORS`, or a full dotted module
                path (an evaluator living outside the package, e.g. in a test)
   every_steps  run every this many steps (and at the last step); 0 = only at the end;
                -1 = `config.eval.every_steps`
@@ -17,13 +17,14 @@ and its module exposes `Evaluator(predict_fns, *, data, **kwargs)` with
 `run(state) -> Iterator[(metric_name, value)]`, also yielding `chance/<metric_name>` where a
 chance level exists.
 
-`predict_fns` are built once (train.py) and shared by all evaluators:
+`predict_fns` (`asg_jax.predict.PredictFns`) are built once (train.py) and shared by all
+evaluators:
 
-  predict_fns["outputs"](variables, batch, constants) -> the model's named outputs (§3),
+  predict_fns.outputs(variables, batch, constants) -> the model's named outputs (§3),
                            traced inside the pass's jit
-  predict_fns["objective"](outputs, batch) -> (loss, measurements)
-  predict_fns["embed_texts"](state, texts) -> [K, E] report embeddings of free texts
-  predict_fns["config"]   the run's config
+  predict_fns.objective(outputs, batch) -> (loss, measurements)
+  predict_fns.embed_texts(state, texts) -> [K, E] report embeddings of free texts
+  predict_fns.info         `predict.ModelInfo`: input geometry, patch grid, tower
 
 `data` is the `SplitPass` of the evaluator's (dataset, split): evaluators `register` a
 per-batch function (traced inside one jit with the model) and call `run(state)`; the pass
@@ -32,7 +33,6 @@ runs the model ONCE per split and state for every evaluator registered on it.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from typing import Any, Callable, Iterator, Mapping
 
@@ -40,7 +40,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from asg_jax import parallel
+from asg_jax import parallel, registry
+from asg_jax.errors import ConfigError
 
 # keys every config.evals entry has (the rest goes to the Evaluator)
 COMMON_KEYS = ("type", "every_steps", "split", "dataset", "prefix")
@@ -74,7 +75,7 @@ class SplitPass:
     self._cache = None
 
   def _step(self):
-    fns, outputs_fn = dict(self._fns), self._predict["outputs"]
+    fns, outputs_fn = dict(self._fns), self._predict.outputs
 
     def step(state, batch, constants):
       outputs = outputs_fn({"params": state.params, "batch_stats": state.batch_stats}, batch,
@@ -159,39 +160,15 @@ class Scheduled:
         yield f"{self.prefix}{key}", value
 
 
-def evaluator_module(kind: str):
-  """The module of evaluator type `kind` (a name under asg_jax.evaluators, or dotted path)."""
-  path = kind if "." in kind else f"asg_jax.evaluators.{kind}"
-  try:
-    module = importlib.import_module(path)
-  except ModuleNotFoundError as e:
-    if e.name not in (path, path.rsplit(".", 1)[0]):
-      raise
-    from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
-    raise ConfigError(f"evaluator type {kind!r}: no module {path} (built-in types: "
-                      f"{', '.join(builtin_types())})") from e
-  if not hasattr(module, "Evaluator"):
-    from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
-    raise ConfigError(f"evaluator type {kind!r}: module {path} has no `Evaluator` class")
-  return module
-
-
-def builtin_types() -> list[str]:
-  import pkgutil  # pylint: disable=import-outside-toplevel
-  import asg_jax.evaluators as pkg  # pylint: disable=import-outside-toplevel
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if m.name not in ("common", "metrics")
-                and not m.name.endswith(("_common", "_training")))   # helper modules
-
-
-def check_entry(name: str, entry: ml_collections.ConfigDict) -> None:
-  """ConfigError naming the key when `entry` is not a valid `config.evals.<name>`."""
-  from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+def check_entry(name: str, entry: ml_collections.ConfigDict,
+                table: Mapping[str, str] = registry.EVALUATORS):
+  """The evaluator module of `config.evals.<name>` (looked up in `table`); ConfigError
+  naming the key when `entry` is not valid for it."""
   missing = [k for k in COMMON_KEYS if k not in entry]
   if missing:
     raise ConfigError(f"config.evals.{name} lacks {missing} (add entries with "
                       f"config.add_eval)")
-  module = evaluator_module(entry.type)
+  module = registry.evaluator_module(table, entry.type, f"evals.{name}.type")
   params = inspect.signature(module.Evaluator).parameters
   accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
   allowed = [k for k, p in params.items() if k not in ("self", "predict_fns", "data")
@@ -200,6 +177,7 @@ def check_entry(name: str, entry: ml_collections.ConfigDict) -> None:
     if key not in COMMON_KEYS and key not in allowed and not accepts_any:
       raise ConfigError(f"config.evals.{name}.{key}: unknown key for evaluator type "
                         f"{entry.type!r}; it accepts {sorted(allowed)} besides {list(COMMON_KEYS)}")
+  return module
 
 
 def from_config(config: ml_collections.ConfigDict, predict_fns: Mapping[str, Any], *,
@@ -215,14 +193,14 @@ def from_config(config: ml_collections.ConfigDict, predict_fns: Mapping[str, Any
   out = []
   for name in sorted(config.evals):
     entry = config.evals[name]
-    check_entry(name, entry)
+    module = check_entry(name, entry)
     split = entry.split or config.data.eval_split
     key = (entry.dataset, split)
     if key not in passes:
       passes[key] = SplitPass(predict_fns, batches(entry.dataset, split), mesh, constants)
     kwargs = {k: v for k, v in entry.items() if k not in COMMON_KEYS}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
-    evaluator = evaluator_module(entry.type).Evaluator(predict_fns, data=passes[key], **kwargs)
+    evaluator = module.Evaluator(predict_fns, data=passes[key], **kwargs)
     every = config.eval.every_steps if entry.every_steps < 0 else entry.every_steps
     out.append(Scheduled(name, evaluator, int(every), entry.prefix, passes[key]))
   return out

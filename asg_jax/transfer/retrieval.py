@@ -1,7 +1,7 @@
 """Cross-modal retrieval on a single-label downstream set (5×200 sets; docs/transfer.md).
 
 The text gallery is either
-- `texts="prompts"`: the class prompts (evaluators/prompts/, `max_prompts_per_class` sampled
+- `texts="prompts"`: the class prompts (transfer/prompts/, `max_prompts_per_class` sampled
   per class for a balanced gallery), each labelled with its class (CheXpert 5×200), or
 - `texts="reports"`: the report of every example (`caption`, the cleaned IMPRESSION +
   FINDINGS text of `mimic_cxr/5x200`), labelled with its example's class.
@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from asg_jax.evaluators import metrics as metrics_lib
-from asg_jax.evaluators import transfer_common as tc
+from asg_jax.transfer import features
+from asg_jax.transfer import table
 
 PROTOCOL = "retrieval"
 
@@ -70,7 +71,7 @@ def retrieval_rows(dataset: str, image_emb: np.ndarray, text_emb: np.ndarray,
                    init: str, exact: bool = False) -> list[dict]:
   """Rows of both directions from L2-normalised `image_emb [N, E]`, `text_emb [M, E]`;
   `exact`: text j is image j's report (N = M), also the exact-counterpart metrics."""
-  sim = tc.l2n(image_emb) @ tc.l2n(text_emb).T                    # [N, M]
+  sim = features.l2n(image_emb) @ features.l2n(text_emb).T                    # [N, M]
   kinds = [("", image_class, text_class)]
   if exact:
     if sim.shape[0] != sim.shape[1]:
@@ -82,7 +83,7 @@ def retrieval_rows(dataset: str, image_emb: np.ndarray, text_emb: np.ndarray,
     for direction, s, qc, gc in (("i2t", sim, ic, tcls), ("t2i", sim.T, tcls, ic)):
       values, chance = precision_recall_at_k(s, np.asarray(qc), np.asarray(gc), ks)
       for key, v in values.items():
-        out.append(tc.row(dataset, PROTOCOL, f"{direction}_{prefix}{key}", v,
+        out.append(table.row(dataset, PROTOCOL, f"{direction}_{prefix}{key}", v,
                           chance=chance[key], init=init))
   return out
 
@@ -114,10 +115,10 @@ class Evaluator:
                                                                    max_examples)
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
-    names = tc.class_names(self.downstream, self.data_dir)
-    feats = tc.extract(self.fns, state, self.downstream, self.test_split, data_dir=self.data_dir,
+    names = features.class_names(self.downstream, self.data_dir)
+    feats = features.extract(self.fns, state, self.downstream, self.test_split, data_dir=self.data_dir,
                        keys=("image_emb",), batch_size=self.extract_batch_size,
-                       cache_dir=self.cache_dir, tag=tc.state_tag(state, init),
+                       cache_dir=self.cache_dir, tag=features.state_tag(state, init),
                        max_examples=self.max_examples)
     labels = np.asarray(feats["labels"])
     if not np.all(labels.sum(-1) == 1):
@@ -127,17 +128,17 @@ class Evaluator:
     if self.texts == "reports":
       captions = report_texts(self.downstream, self.test_split, self.data_dir)
       texts = [captions[i] for i in feats["image_id"]]
-      text_emb = tc.embed_prompts(self.fns, state, texts)
+      text_emb = features.embed_prompts(self.fns, state, texts)
       return retrieval_rows(self.downstream, feats["image_emb"], text_emb, img_class,
                             img_class, self.ks, init, exact=True)
-    pos, _ = tc.load_prompts(self.prompts, names, self.max_prompts, self.prompt_seed)
+    pos, _ = features.load_prompts(self.prompts, names, self.max_prompts, self.prompt_seed)
     texts, text_class = [], []
     for c, name in enumerate(names):
       texts += pos[name]
       text_class += [c] * len(pos[name])
-    text_emb = tc.embed_prompts(self.fns, state, texts)
+    text_emb = features.embed_prompts(self.fns, state, texts)
     return retrieval_rows(self.downstream, feats["image_emb"], text_emb, img_class,
                           np.asarray(text_class), self.ks, init)
 
   def run(self, state):
-    yield from tc.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
+    yield from table.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))

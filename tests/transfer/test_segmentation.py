@@ -4,6 +4,7 @@ random-init and ImageNet-init rows; masks stay aligned with the images through l
 frozen encoders do not move; 1 device == 8 devices."""
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -14,15 +15,13 @@ import asg_jax.data.builders  # noqa: F401  (registers the builders)
 from asg_jax.data.builders import downstream
 from asg_jax.data.builders.cxr_rsna import CxrRsna
 from asg_jax.data.builders.cxr_siim import CxrSiim
-from asg_jax.evaluators import segmentation as seg_eval
+from asg_jax import predict
+from asg_jax.transfer import inits, table
+from asg_jax.transfer import segmentation as seg_eval
+from tests.helpers import write_dicom
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 SIZE = 24          # the tiny tower's input size (stored fixtures: 32)
-
-
-def _dicom(path, arr, patient_id):
-  from tests.data.test_downstream_builders import _dicom as write  # the builders' test writer
-  write(path, arr, patient_id=patient_id)
 
 
 def _film(rng, mask):
@@ -59,7 +58,7 @@ def fixtures(tmp_path_factory):
     else:
       lines.append(f"{image_id},{downstream.rle_encode(mask)}")
     truth[image_id] = mask
-    _dicom(str(siim / "dicom-images-train" / f"s{i}" / f"r{i}" / f"{image_id}.dcm"),
+    write_dicom(str(siim / "dicom-images-train" / f"s{i}" / f"r{i}" / f"{image_id}.dcm"),
            _film(rng, mask), f"siim-patient-{i}")
   (siim / "train-rle.csv").write_text("\n".join(lines) + "\n")
   rsna = root / "rsna"
@@ -74,7 +73,7 @@ def fixtures(tmp_path_factory):
         mask[y:y + h, x:x + w] = 1
     else:
       rows.append(f"{pid},,,,,0")
-    _dicom(str(rsna / "stage_2_train_images" / f"{pid}.dcm"), _film(rng, mask), pid)
+    write_dicom(str(rsna / "stage_2_train_images" / f"{pid}.dcm"), _film(rng, mask), pid)
   (rsna / "stage_2_train_labels.csv").write_text("\n".join(rows) + "\n")
   data_dir = str(root / "tfds")
   for cls, manual in ((CxrSiim, siim), (CxrRsna, rsna)):
@@ -84,7 +83,7 @@ def fixtures(tmp_path_factory):
 
 
 def _tiny_config():
-  from tests.test_train import demo_config
+  from tests.helpers import demo_config
   return demo_config("runlocal", **{"model.tag_decoder.enabled": False, "data.image_size": SIZE,
                                     "data.resize": SIZE})
 
@@ -93,7 +92,7 @@ def _tiny_config():
 def workdir(tmp_path_factory):
   """A tiny pre-trained workdir as training writes it (config, tokenizer, best checkpoint),
   its encoder drawn with NumPy (no compiled init)."""
-  from asg_jax import checkpoints, evaluate, state as state_lib
+  from asg_jax import checkpoints, state as state_lib
   from asg_jax import workdir as workdir_lib
   from asg_jax.data.reports import tokenization
   from asg_jax.inference import dummy_batch
@@ -114,7 +113,7 @@ def workdir(tmp_path_factory):
   workdir_lib.write_config(config, str(path))
   workdir_lib.save_inference_files(str(path), tok, {})
   manager = checkpoints.Manager(str(path), 1)
-  manager.save_best(3, evaluate.TransferState(variables["params"], variables["batch_stats"]),
+  manager.save_best(3, inits.TransferState(variables["params"], variables["batch_stats"]),
                     {"step": 3, "metric": "val_loss", "value": 1.0})
   manager.wait()
   return str(path), config, variables
@@ -146,7 +145,7 @@ def _run_cli(monkeypatch, workdir, config, data_dir, dataset, out, *extra):
           f"--out={out}", "--config.evals.seg.num_devices=1", *extra]
   monkeypatch.setattr("sys.argv", argv)
   assert evaluate.main(argv) == 0
-  with open(os.path.join(out, evaluate.RESULTS_JSON)) as f:
+  with open(os.path.join(out, table.RESULTS_JSON)) as f:
     return json.load(f)
 
 
@@ -217,19 +216,19 @@ def test_loaded_masks_stay_aligned_with_the_images(fixtures):
 
 
 def _evaluator(data_dir, num_devices, **kw):
-  from asg_jax.evaluators.segmentation import Evaluator, protocol
+  from asg_jax.transfer.segmentation import Evaluator, protocol
   config = _tiny_config()
   args = dict(protocol(8, runlocal=True), fractions=(1.0,), max_epochs=1, figures=0,
               num_devices=num_devices)
   args.update(kw)
-  return Evaluator({"config": config}, downstream="cxr_siim/fixture", data_dir=data_dir, **args)
+  info = types.SimpleNamespace(info=predict.ModelInfo.from_config(config))   # what it reads
+  return Evaluator(info, downstream="cxr_siim/fixture", data_dir=data_dir, **args)
 
 
 def test_one_device_equals_eight_and_the_frozen_encoder_does_not_move(fixtures, workdir):
-  from asg_jax import evaluate
   data_dir, _ = fixtures
   _, _, variables = workdir
-  state = evaluate.TransferState(variables["params"], variables["batch_stats"])
+  state = inits.TransferState(variables["params"], variables["batch_stats"])
   out, evs = {}, {}
   for n in (1, 8):
     evs[n] = ev = _evaluator(data_dir, n, val_split="none")   # no validation: a program less

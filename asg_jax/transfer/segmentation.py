@@ -15,7 +15,7 @@ loss (`patience`), the best epoch's parameters tested.
 Training uses the project's one train step, `asg_jax.train.make_train_step`, jitted as
 `train.py` does (state replicated and donated, batch sharded over the `data` mesh,
 measurements returned), compiled once per evaluator and reused for every init, fraction
-and seed: `asg_jax.evaluators.transfer_training.Trainer`, shared with the fine-tuning
+and seed: `asg_jax.transfer.training.Trainer`, shared with the fine-tuning
 classifier.
 
 Geometry: the tower's own input size (`config.data.image_size` of the pre-trained model)
@@ -42,18 +42,21 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from asg_jax.evaluators import transfer_common as tc
-from asg_jax.evaluators import transfer_training as tt
+from asg_jax.data import geometry
+from asg_jax.losses import segmentation as seg_loss
+from asg_jax.models import segmentation as seg
+from asg_jax.transfer import features
+from asg_jax.transfer import table
+from asg_jax.transfer import training
 
 PROTOCOL = "segmentation"
 def protocol(batch_size: int, runlocal: bool = False) -> dict:
   """The evaluator keywords of the papers' recipe (configs/transfer/siim.py, rsna_seg.py);
   `runlocal`: tiny decoder, 1 epoch, batch 8, 2-image figures (tests, smoke runs)."""
-  out = dict(fractions=tc.FRACTIONS, seeds=(0,), lr=5e-4, weight_decay=0.05,
+  out = dict(fractions=table.FRACTIONS, seeds=(0,), lr=5e-4, weight_decay=0.05,
              batch_size=batch_size, max_epochs=50, patience=10, freeze_encoder=True,
              channels=(), figures=4, num_devices=0, head_prior=0.0)
   if runlocal:
@@ -69,14 +72,14 @@ def load_split(b, split: str, *, image_size: int, resize: int = 0,
   """A split's images and masks in memory, cropped together (module docstring).
 
   Returns {"image" uint8 [N, S, S, 1], "mask" uint8 [N, S, S, 1] in {0, 1}, "labels"
-  float32 [N, C], "image_id" [N] str}, in the stored order (`transfer_training.load_split`).
+  float32 [N, C], "image_id" [N] str}, in the stored order (`training.load_split`).
   """
-  return tt.load_split(b, split, image_size=image_size, resize=resize, ids=ids,
+  return training.load_split(b, split, image_size=image_size, resize=resize, ids=ids,
                        max_examples=max_examples, with_mask=True,
                        who="the segmentation evaluator")
 
 
-training_ids = tt.training_ids
+training_ids = training.training_ids
 
 
 # ----------------------------------------------------------------------- evaluator
@@ -104,7 +107,7 @@ class Evaluator:
 
   def __init__(self, predict_fns, *, data=None, downstream: str, data_dir: str = "",
                train_split: str = "train", val_split: str = "validation",
-               test_split: str = "test", fractions: Sequence[float] = tc.FRACTIONS,
+               test_split: str = "test", fractions: Sequence[float] = table.FRACTIONS,
                fraction_seed: int = 42, balance: bool = False, seeds: Sequence[int] = (0,),
                lr: float = 5e-4, weight_decay: float = 0.05, batch_size: int = 8,
                eval_batch_size: int = 0, max_epochs: int = 50, patience: int = 10,
@@ -115,7 +118,7 @@ class Evaluator:
                head_prior: float = 0.0):
     del data                      # the pre-training SplitPass: not used
     self.fns = predict_fns
-    self.config = predict_fns["config"]
+    self.info = predict_fns.info
     self.downstream, self.data_dir = downstream, data_dir
     self.splits = (train_split, val_split, test_split)
     self.fractions = tuple(float(f) for f in fractions)
@@ -132,10 +135,9 @@ class Evaluator:
     self.figure_dir = figure_dir or (os.path.dirname(os.path.abspath(cache_dir)) if cache_dir else "")
     self.augment_seed = int(augment_seed)
     self.head_prior = float(head_prior)
-    from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
     seg.head_prior_bias(self.head_prior)     # a bad value fails here, before any data loads
-    self.image_size = int(self.config.data.image_size)
-    self.normalization = str(self.config.data.normalization)
+    self.image_size = self.info.image_size
+    self.normalization = self.info.normalization
     self.timing: dict = {}
     self.history: list[dict] = []
     self.figure_paths: list[str] = []
@@ -147,14 +149,12 @@ class Evaluator:
   # ------------------------------------------------------------------ model + steps
 
   def _model(self):
-    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
-    from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
     mean, std = geometry.normalization_constants(self.normalization)
     border = tuple(float(-m / s) for m, s in zip(mean, std))     # a black pixel, normalised
-    return seg.Segmenter(image=ml_collections.FrozenConfigDict(self.config.model.image),
+    return seg.Segmenter(image=self.info.image,
                          channels=self.channels,
                          setr_hidden=self.setr_hidden, freeze_encoder=self.freeze_encoder,
-                         augment=self.augment, border=border, dtype=self.config.model.dtype)
+                         augment=self.augment, border=border, dtype=self.info.dtype)
 
   def optimizer(self):
     """AdamW on the decoder (and the encoder when fine-tuning); frozen leaves never move
@@ -167,15 +167,13 @@ class Evaluator:
     return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
 
   def mesh(self):
-    return tt.make_mesh(self.num_devices, {"batch_size": self.batch_size,
+    return training.make_mesh(self.num_devices, {"batch_size": self.batch_size,
                                            "eval_batch_size": self.eval_batch_size},
                         "segmentation")
 
-  def _trainer(self) -> tt.Trainer:
-    from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
-    from asg_jax.models import segmentation as seg  # pylint: disable=import-outside-toplevel
+  def _trainer(self) -> training.Trainer:
     s = self.image_size
-    return tt.Trainer(
+    return training.Trainer(
         self.model, self.optimizer(), self.lr, seg_loss.objective, head="decoder",
         init_head=functools.partial(seg.init_decoder, head_prior=self.head_prior),
         dummy_batch={"image": jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32),
@@ -185,7 +183,7 @@ class Evaluator:
 
   def init_state(self, state, seed: int, mesh):
     """(TrainState, tx): decoder freshly initialised (seed, `segmentation.init_decoder`),
-    the encoder from `state` (`transfer_training.Trainer.init_state`)."""
+    the encoder from `state` (`training.Trainer.init_state`)."""
     return self.trainer.init_state(state, seed, mesh)
 
   def train_step(self, ts, tx, mesh):
@@ -196,7 +194,6 @@ class Evaluator:
 
   def eval_step(self):
     """(variables, batch) -> {"dice" [B], "loss" (valid rows), "pred" bool [B, S, S]}."""
-    from asg_jax.losses import segmentation as seg_loss  # pylint: disable=import-outside-toplevel
     if self._eval is None:
       def fn(variables, batch):
         out = self.model.apply(variables, batch, train=False)
@@ -228,19 +225,18 @@ class Evaluator:
   def fraction_rows(self, fraction: float) -> np.ndarray:
     """Row positions in the loaded training split of a fraction's images."""
     train_ids = self.load()[self.splits[0]]["image_id"]
-    return tt.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
+    return training.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
                             self.fraction_seed, self.balance, self.max_examples)
 
   # ------------------------------------------------------------------ fit / predict
 
   def _host_batch(self, data: dict):
-    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
     return lambda idx: {"image": geometry.normalize_numpy(data["image"][idx], self.normalization),
                         "mask": data["mask"][idx].astype(np.float32)}
 
   def evaluate(self, variables, data: dict, mesh) -> dict:
     """{"dice" [N], "loss" (mean over batches, weighted by valid rows), "pred" [N, S, S]}."""
-    return tt.predict(self.eval_step(), variables, data, self.eval_batch_size,
+    return training.predict(self.eval_step(), variables, data, self.eval_batch_size,
                       self._host_batch(data), mesh)
 
   def fit(self, state, rows: np.ndarray, seed: int, mesh) -> tuple[dict, dict]:
@@ -268,7 +264,7 @@ class Evaluator:
         rows = self.fraction_rows(frac)
         dice, dice_pos = [], []
         for seed in self.seeds:
-          tc.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % = "
+          features.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % = "
                       f"{len(rows)} images, seed {seed}")
           variables, info = self.fit(state, rows, seed, mesh)
           res = self.evaluate(variables, test, mesh)
@@ -276,19 +272,19 @@ class Evaluator:
           dice_pos.append(float(np.mean(res["dice"][~gt_empty])) if (~gt_empty).any() else np.nan)
           info.update(fraction=frac, seed=seed, test_dice=dice[-1])
           runs.append(info)
-          tc.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
+          features.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
                       f"test Dice {100 * dice[-1]:.1f} (best epoch {info['best_epoch']} of "
                       f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
           last = (variables, res)
         std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None  # noqa: E731
-        out.append(tc.row(self.downstream, PROTOCOL, "dice", float(np.mean(dice)),
+        out.append(table.row(self.downstream, PROTOCOL, "dice", float(np.mean(dice)),
                           fraction=frac, std=std(dice), chance=chance, init=init))
         if (~gt_empty).any():
-          out.append(tc.row(self.downstream, PROTOCOL, "dice_positive",
+          out.append(table.row(self.downstream, PROTOCOL, "dice_positive",
                             float(np.nanmean(dice_pos)), fraction=frac, std=std(dice_pos),
                             chance=0.0, init=init))
     if self.figures > 0 and self.figure_dir:
-      path = os.path.join(self.figure_dir, f"segmentation_{tc._safe(self.downstream)}_{init}.png")  # pylint: disable=protected-access
+      path = os.path.join(self.figure_dir, f"segmentation_{features._safe(self.downstream)}_{init}.png")  # pylint: disable=protected-access
       if jax.process_index() == 0:   # several processes: one writes
         write_figure(path, test, last[1], self.figures,
                      title=f"{self.downstream} ({init}, {100 * self.fractions[-1]:g} % labels)")
@@ -300,7 +296,7 @@ class Evaluator:
     return out
 
   def run(self, state):
-    yield from tc.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
+    yield from table.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
 
 
 # ------------------------------------------------------------------------- figures

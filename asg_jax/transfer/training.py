@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asg_jax import parallel
+
 
 def make_mesh(num_devices: int, batch_sizes: Mapping[str, int], who: str):
   """The `data` mesh of `num_devices` (0 = all); ValueError naming the batch size that
   the device count does not divide."""
-  from asg_jax import parallel  # pylint: disable=import-outside-toplevel
   mesh = parallel.make_mesh(num_devices or None)
   n = mesh.devices.size
   for name, b in batch_sizes.items():
@@ -149,7 +150,6 @@ def predict(fn, variables, data: dict, batch_size: int, to_batch, mesh) -> dict:
   """`fn(variables, batch) -> {"loss": mean over the batch's valid rows, key: [B, ...]}`
   over a loaded split: the per-example outputs concatenated over the valid rows [N, ...],
   "loss" the mean over the split (batches weighted by their valid rows)."""
-  from asg_jax import parallel  # pylint: disable=import-outside-toplevel
   got: dict[str, list] = {}
   loss_sum, count = 0.0, 0
   for _, valid, batch in host_batches(data, batch_size, to_batch):
@@ -204,7 +204,6 @@ class Trainer:
     """(TrainState, tx): the head freshly initialised (`init_head(.., seed)`), the encoder
     (and its BatchNorm statistics) copied from `state`; replicated over `mesh`. `step0`:
     the step counter's start (the step's rng is `fold_in(key, step)`)."""
-    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
     from asg_jax import state as state_lib  # pylint: disable=import-outside-toplevel
     shapes = self.shapes()
     head = self.init_head({"params": shapes["params"][self.head],
@@ -239,7 +238,7 @@ class Trainer:
   def train_step(self, ts, mesh):
     """The project's train step (asg_jax.train.make_train_step), jitted as train.py does;
     compiled once per trainer and mesh."""
-    from asg_jax import parallel, train  # pylint: disable=import-outside-toplevel
+    from asg_jax import train  # pylint: disable=import-outside-toplevel
     key = ("train", mesh.devices.size)
     if key not in self._compiled:
       sharding = jax.tree.map(lambda x: x.sharding, ts)
@@ -263,7 +262,6 @@ class Trainer:
     loss (0 = never), not before `min_steps` steps; the best epoch's trainable variables
     are returned (the rest as trained: frozen parts did not move).
     """
-    from asg_jax import parallel  # pylint: disable=import-outside-toplevel
     ts, _ = self.init_state(state, seed, mesh, step0)
     step_fn = self.train_step(ts, mesh)
     b = batch_size

@@ -15,8 +15,8 @@ probe trained on images). Loss: BCE-with-logits averaged over classes (multi-lab
 softmax cross-entropy (single-label, `task`), `linear_probe.logits_loss`. Batch 48, <= 50
 epochs, early stopping on the validation loss (patience 10), the best epoch's variables
 tested. No augmentation. Trained by the project's one train step through
-`transfer_training.Trainer` (shared with segmentation), compiled once per evaluator; the
-splits are held in memory as uint8 (`transfer_training.load_split`, the probe's geometry:
+`training.Trainer` (shared with segmentation), compiled once per evaluator; the
+splits are held in memory as uint8 (`training.load_split`, the probe's geometry:
 `config.data.resize` then the centre crop to `image_size`).
 
 Fractions: the builders' rule (`fraction_ids`, seed 42) as the probe. Seeds vary the head
@@ -33,12 +33,13 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from asg_jax.evaluators import transfer_common as tc
-from asg_jax.evaluators import transfer_training as tt
+from asg_jax.transfer import classification
+from asg_jax.transfer import features
+from asg_jax.transfer import table
+from asg_jax.transfer import training
 
 PROTOCOL = "fine_tune"
 STEP0 = 2 ** 20          # step counter start per seed (the train step's rng is fold_in(step))
@@ -91,12 +92,11 @@ def init_head(shapes: dict, seed: int) -> dict:
 
 def make_objective(multiclass: bool):
   """The train step's objective: `logits_loss` of outputs["logits"] vs outputs["labels"]."""
-  from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
 
   def objective(outputs, batch):
     del batch
     logits, y = outputs["logits"], outputs["labels"]
-    return lp.logits_loss(logits, y, jnp.ones(logits.shape[0]), multiclass), {}
+    return classification.logits_loss(logits, y, jnp.ones(logits.shape[0]), multiclass), {}
   return objective
 
 
@@ -132,7 +132,7 @@ class Evaluator:
                max_examples: int = 0):
     del data
     self.fns = predict_fns
-    self.config = predict_fns["config"]
+    self.info = predict_fns.info
     self.downstream, self.data_dir = downstream, data_dir
     self.splits = (train_split, val_split, test_split)
     self.fractions = tuple(float(f) for f in fractions)
@@ -143,9 +143,9 @@ class Evaluator:
     self.eval_batch_size = int(eval_batch_size) or self.batch_size
     self.max_epochs, self.patience, self.dropout = int(max_epochs), int(patience), float(dropout)
     self.task, self.num_devices, self.max_examples = task, int(num_devices), int(max_examples)
-    self.image_size = int(self.config.data.image_size)
-    self.resize = int(self.config.data.resize)
-    self.normalization = str(self.config.data.normalization)
+    self.image_size = self.info.image_size
+    self.resize = self.info.resize
+    self.normalization = self.info.normalization
     self.timing: dict = {}
     self.history: list[dict] = []
     self._data: dict | None = None
@@ -161,7 +161,7 @@ class Evaluator:
       t = time.time()
       b = downstream_input.builder(self.downstream, self.data_dir)
       self._builder = b
-      self._data = {split: tt.load_split(b, split, image_size=self.image_size,
+      self._data = {split: training.load_split(b, split, image_size=self.image_size,
                                          resize=self.resize, max_examples=self.max_examples)
                     if split in b.info.splits else None for split in self.splits}
       for split in (self.splits[0], self.splits[2]):
@@ -171,12 +171,11 @@ class Evaluator:
     return self._data
 
   def multiclass(self) -> bool:
-    from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
-    return lp.is_multiclass(self.load()[self.splits[0]]["labels"], self.task)
+    return classification.is_multiclass(self.load()[self.splits[0]]["labels"], self.task)
 
   def fraction_rows(self, fraction: float) -> np.ndarray:
     train_ids = self.load()[self.splits[0]]["image_id"]
-    return tt.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
+    return training.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
                             self.fraction_seed, False, self.max_examples)
 
   def _host_batch(self, data: dict):
@@ -188,16 +187,16 @@ class Evaluator:
 
   def model(self) -> Classifier:
     c = self.load()[self.splits[0]]["labels"].shape[1]
-    return Classifier(image=ml_collections.FrozenConfigDict(self.config.model.image),
+    return Classifier(image=self.info.image,
                       num_classes=int(c), dropout=self.dropout,
-                      freeze_encoder=self.encoder_lr <= 0, dtype=self.config.model.dtype)
+                      freeze_encoder=self.encoder_lr <= 0, dtype=self.info.dtype)
 
-  def trainer(self) -> tt.Trainer:
+  def trainer(self) -> training.Trainer:
     """The shared trainer (one per evaluator: compiled once for every init/fraction/seed)."""
     if "trainer" not in self._trainers:
       s = self.image_size
       c = self.load()[self.splits[0]]["labels"].shape[1]
-      self._trainers["trainer"] = tt.Trainer(
+      self._trainers["trainer"] = training.Trainer(
           self.model(), make_tx(self.lr, self.encoder_lr, self.weight_decay), self.lr,
           make_objective(self.multiclass()), head="head", init_head=init_head,
           dummy_batch={"image": jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32),
@@ -207,13 +206,12 @@ class Evaluator:
     return self._trainers["trainer"]
 
   def mesh(self):
-    return tt.make_mesh(self.num_devices, {"batch_size": self.batch_size,
+    return training.make_mesh(self.num_devices, {"batch_size": self.batch_size,
                                            "eval_batch_size": self.eval_batch_size},
                         "fine_tune")
 
   def eval_step(self):
     """(variables, batch) -> {"scores" [B, C] (sigmoid / softmax), "loss" (valid rows)}."""
-    from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
     if "eval" not in self._evals:
       model, multiclass = self.trainer().model, self.multiclass()
 
@@ -221,13 +219,13 @@ class Evaluator:
         logits = model.apply(variables, batch, train=False)["logits"]
         y = batch["labels"].astype(jnp.float32)
         scores = jax.nn.softmax(logits) if multiclass else jax.nn.sigmoid(logits)
-        return {"scores": scores, "loss": lp.logits_loss(logits, y, batch["valid"], multiclass)}
+        return {"scores": scores, "loss": classification.logits_loss(logits, y, batch["valid"], multiclass)}
       self._evals["eval"] = jax.jit(fn)
     return self._evals["eval"]
 
   def evaluate(self, variables, data: dict, mesh) -> dict:
     """{"scores" [N, C], "loss" (mean over the split)}."""
-    return tt.predict(self.eval_step(), variables, data, self.eval_batch_size,
+    return training.predict(self.eval_step(), variables, data, self.eval_batch_size,
                       self._host_batch(data), mesh)
 
   def fit(self, state, rows: np.ndarray, seed: int, mesh) -> tuple[dict, dict]:
@@ -245,7 +243,6 @@ class Evaluator:
   # ------------------------------------------------------------------ rows
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
-    from asg_jax.evaluators import classification_common as lp  # pylint: disable=import-outside-toplevel
     data = self.load()
     test = data[self.splits[2]]
     multiclass = self.multiclass()
@@ -256,24 +253,24 @@ class Evaluator:
         rows = self.fraction_rows(frac)
         scores.append([])
         for seed in self.seeds:
-          tc.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % = "
+          features.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % = "
                       f"{len(rows)} images, seed {seed}")
           variables, info = self.fit(state, rows, seed, mesh)
           sc = self.evaluate(variables, test, mesh)["scores"]
           scores[-1].append(sc)
-          macro, _ = tc.macro_auroc(sc, test["labels"])
+          macro, _ = classification.macro_auroc(sc, test["labels"])
           info.update(fraction=frac, seed=seed, test_auroc=macro)
           runs.append(info)
-          tc.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
+          features.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
                       f"test AUROC {100 * macro:.1f} (best epoch {info['best_epoch']} of "
                       f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
     self.history = runs
     self.timing.update(
         runs=[{k: v for k, v in r.items() if k != "history"} for r in runs],
         train_images_per_s=float(np.mean([r["images_per_s"] for r in runs])))
-    names = tc.class_names(self.downstream, self.data_dir)
-    return lp.classification_rows(self.downstream, PROTOCOL, self.fractions, scores,
+    names = features.class_names(self.downstream, self.data_dir)
+    return classification.classification_rows(self.downstream, PROTOCOL, self.fractions, scores,
                                   test["labels"], names, multiclass, init)
 
   def run(self, state):
-    yield from tc.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
+    yield from table.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))

@@ -2,8 +2,9 @@
 asg_jax/evaluators/fine_tune.py) on a hand-made COVIDx-layout fixture whose three classes
 are separable by construction: fine-tuning reaches test AUROC = accuracy = 1; encoder lr 0
 keeps the tower's parameters bit-identical while the head moves; 1 device == 8 devices on
-the first step; the entry runs end to end through `evaluate.run_transfer`."""
+the first step; the entry runs end to end through `run.run_transfer`."""
 import os
+import types
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import asg_jax.data.builders  # noqa: F401  (registers the builders)
+from asg_jax import predict
 from asg_jax.data.builders import downstream
 from asg_jax.data.builders.cxr_covidx import THREE, CxrCovidx
 
@@ -54,29 +56,30 @@ def fixture(tmp_path_factory):
 
 def _tiny_config():
   """The demo's runlocal architecture with its ViT tower (1 layer, 24 px: 3x3 patches)."""
-  from tests.test_train import demo_config
+  from tests.helpers import demo_config
   return demo_config("runlocal", **{"model.tag_decoder.enabled": False, "data.image_size": SIZE,
                                     "model.image.name": "vit",
                                     "data.resize": SIZE})
 
 
 def _evaluator(data_dir, **kw):
-  from asg_jax.evaluators.linear_probe import Evaluator
+  from asg_jax.transfer.linear_probe import Evaluator
   args = dict(downstream=DATASET, data_dir=data_dir, fractions=(1.0,), seeds=(0,),
               fine_tune=True, lr=1e-2, encoder_lr=1e-3, batch_size=8, extract_batch_size=8,
               max_epochs=8, patience=8)
   args.update(kw)
-  return Evaluator({"config": _tiny_config()}, **args)
+  fns = types.SimpleNamespace(info=predict.ModelInfo.from_config(_tiny_config()))  # what it reads
+  return Evaluator(fns, **args)
 
 
 @pytest.fixture(scope="module")
 def encoder_state(fixture):
   """The tiny tower's (jitted Flax) init, as a TransferState."""
-  from asg_jax import evaluate
+  from asg_jax.transfer import config as transfer_config, inits, run, table
   trainer = _evaluator(fixture).fine_tune.trainer()
   v = jax.jit(lambda k, b: trainer.model.init({"params": k, "dropout": k}, b, train=False))(
       jax.random.PRNGKey(0), {k: np.zeros(s.shape, s.dtype) for k, s in trainer.dummy_batch.items()})
-  return evaluate.TransferState({"image_encoder": v["params"]["image_encoder"]}, {})
+  return inits.TransferState({"image_encoder": v["params"]["image_encoder"]}, {})
 
 
 @pytest.fixture(scope="module")
@@ -128,18 +131,18 @@ def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, 
 
 
 def test_fine_tune_entry_runs_through_run_transfer(fixture, tiny_pretrained, tmp_path):
-  from asg_jax import evaluate
-  c = evaluate.base_transfer_config()
+  from asg_jax.transfer import config as transfer_config, inits, run, table
+  c = transfer_config.base()
   c.data_dir = fixture
   c.inits = ("pretrained",)     # (a random init compiles the whole model's init once more)
-  evaluate.add(c, "ft", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
+  transfer_config.add(c, "ft", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
                downstream=DATASET, fractions=(1.0,), seeds=(0,), max_epochs=2,
                batch_size=8, extract_batch_size=8)
-  results = evaluate.run_transfer("", c, out_dir=str(tmp_path), pretrained=tiny_pretrained)
+  results = run.run_transfer("", c, out_dir=str(tmp_path), pretrained=tiny_pretrained)
   got = {(r["protocol"], r["metric"], r["init"]) for r in results["rows"]}
   assert got == {("fine_tune", m, "pretrained") for m in ("auroc", "accuracy", *(f"auroc[{n}]" for n in THREE))}
   for r in results["rows"]:
     assert 0.0 <= r["value"] <= 1.0 and r["published"] is None and r["fraction"] == 1.0
   assert [run["epochs"] for run in results["timing"]["pretrained/ft"]["runs"]] == [2]
-  md = (tmp_path / evaluate.RESULTS_MD).read_text()
+  md = (tmp_path / table.RESULTS_MD).read_text()
   assert f"| {DATASET} | fine_tune | auroc | 100 % |" in md

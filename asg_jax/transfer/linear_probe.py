@@ -10,7 +10,7 @@ the largest, smaller runs' surplus steps are masked, and a run that early-stoppe
 updating (masks), so the whole table compiles once.
 
 `fine_tune=True` (with `encoder_lr`) makes the same entry full fine-tuning instead
-(`asg_jax.evaluators.fine_tune`, protocol "fine_tune").
+(`asg_jax.transfer.fine_tune`, protocol "fine_tune").
 
 Metrics: macro AUROC over the classes (multi-label, per-class AUROC also reported) and
 top-1 accuracy (single-label sets such as COVIDx, chosen by `task`); mean ± sample std
@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asg_jax.evaluators import transfer_common as tc
-from asg_jax.evaluators.classification_common import (  # noqa: F401  (re-exported)
-    classification_rows, is_multiclass, logits_loss)
+from asg_jax.transfer import features, table
+from asg_jax.transfer.classification import classification_rows, is_multiclass, logits_loss
 
 PROTOCOL = "linear_probe"
 
@@ -210,7 +209,7 @@ class Evaluator:
     extract_batch_size, cache_dir ("" = no cache), max_examples (> 0: first N of each split).
     standardize: z-score the features with the training split's mean/std (not the papers'
       protocol; off by default — docs/transfer.md shows why it matters on the demo).
-    fine_tune: train the encoder too (`asg_jax.evaluators.fine_tune`: protocol
+    fine_tune: train the encoder too (`asg_jax.transfer.fine_tune`: protocol
       "fine_tune", encoder lr `encoder_lr`, head lr `lr`, on the images; `extract_batch_size`
       is its eval batch, `num_devices` its mesh (0 = all)).
   """
@@ -230,7 +229,7 @@ class Evaluator:
       if standardize or feature != "image_feature":
         raise ValueError("linear_probe with fine_tune=True: standardize / feature apply to "
                          "cached features only (fine-tuning reads the images)")
-      from asg_jax.evaluators import fine_tune as ft  # pylint: disable=import-outside-toplevel
+      from asg_jax.transfer import fine_tune as ft  # pylint: disable=import-outside-toplevel
       self.fine_tune = ft.Evaluator(
           predict_fns, downstream=downstream, data_dir=data_dir, train_split=train_split,
           val_split=val_split, test_split=test_split, fractions=fractions, seeds=seeds,
@@ -254,9 +253,9 @@ class Evaluator:
     self.fit: dict | None = None
 
   def features(self, state, init: str) -> dict[str, dict]:
-    return {split: tc.extract(self.fns, state, self.downstream, split, data_dir=self.data_dir,
+    return {split: features.extract(self.fns, state, self.downstream, split, data_dir=self.data_dir,
                               keys=(self.feature,), batch_size=self.extract_batch_size,
-                              cache_dir=self.cache_dir, tag=tc.state_tag(state, init),
+                              cache_dir=self.cache_dir, tag=features.state_tag(state, init),
                               max_examples=self.max_examples)
             for split in self.splits}
 
@@ -293,7 +292,7 @@ class Evaluator:
     nf, ns = len(self.fractions), len(self.seeds)
     masks = np.repeat(fmask, ns, axis=0)                              # [F*S, N]
     keys = jnp.stack([jax.random.PRNGKey(s) for _ in range(nf) for s in self.seeds])
-    tc.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
+    features.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
                 f"seeds = {nf * ns} probes on {tr[self.feature].shape} features")
     fit = fit_probes(jnp.asarray(tr[self.feature]), jnp.asarray(tr["labels"]), jnp.asarray(masks),
                      keys, jnp.asarray(va[self.feature]), jnp.asarray(va["labels"]),
@@ -301,7 +300,7 @@ class Evaluator:
     fit = jax.device_get(fit)
     t2 = time.time()
     scores = scores_of(fit["params"], te[self.feature], multiclass)  # [R, N, C]
-    names = tc.class_names(self.downstream, self.data_dir)
+    names = features.class_names(self.downstream, self.data_dir)
     out = classification_rows(self.downstream, PROTOCOL, self.fractions,
                               [[scores[f * ns + s] for s in range(ns)] for f in range(nf)],
                               te["labels"], names, multiclass, init,
@@ -312,9 +311,9 @@ class Evaluator:
                    "train_examples": n_train,
                    "examples_per_fraction": [int(m.sum()) for m in fmask],
                    "epochs": [int(e) for e in fit["epochs"]]}
-    tc.progress(f"  linear probe {self.downstream} ({init}): fit {t2 - t1:.1f}s, epochs run "
+    features.progress(f"  linear probe {self.downstream} ({init}): fit {t2 - t1:.1f}s, epochs run "
                 f"{self.timing['epochs']}")
     return out
 
   def run(self, state):
-    yield from tc.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
+    yield from table.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))

@@ -1,16 +1,15 @@
-"""Retrieval against REPORTS (`transfer_retrieval`, texts="reports") on `mimic_cxr/5x200`:
+"""Retrieval against REPORTS (`retrieval`, texts="reports") on `mimic_cxr/5x200`:
 known answers on planted embeddings and, end to end on the MIMIC-layout fixture of
 tests/data/test_mimic_5x200.py, an encoder whose image and text embeddings are identical by
 construction; the recipe configs/transfer/mimic_5x200.py builds its evaluators."""
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
-from asg_jax import evaluate
-from asg_jax.evaluators import transfer_retrieval
-from tests.data import test_mimic_5x200 as fixture
+from asg_jax import predict
+from asg_jax.transfer import config as transfer_config, retrieval, run
+from tests.data import mimic_5x200_fixture as fixture
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "transfer",
                       "mimic_5x200.py")
@@ -26,7 +25,7 @@ def test_exact_and_class_hits_known_answers():
   rng = np.random.default_rng(0)
   cls = np.repeat(np.arange(5), 12)
   emb = np.eye(8)[cls] + 0.1 * rng.normal(size=(60, 8)) * (np.arange(8) >= 5)
-  rows = _by(transfer_retrieval.retrieval_rows("d", emb, emb, cls, cls, (1, 5, 10), "pretrained",
+  rows = _by(retrieval.retrieval_rows("d", emb, emb, cls, cls, (1, 5, 10), "pretrained",
                                                exact=True))
   for d in ("i2t", "t2i"):
     for k in (1, 5, 10):
@@ -40,7 +39,7 @@ def test_exact_and_class_hits_known_answers():
       assert rows[f"{d}_precision@{k}"]["chance"] == pytest.approx(12 / 60)
   # reports shifted by one within each class: class hits stay perfect, exact hits vanish
   shifted = np.concatenate([np.roll(np.arange(12), 1) + 12 * c for c in range(5)])
-  rows = _by(transfer_retrieval.retrieval_rows("d", emb, emb[shifted], cls, cls, (1,), "x",
+  rows = _by(retrieval.retrieval_rows("d", emb, emb[shifted], cls, cls, (1,), "x",
                                                exact=True))
   assert rows["i2t_precision@1"]["value"] == 1.0
   assert rows["i2t_exact_recall@1"]["value"] == 0.0 and rows["t2i_exact_recall@1"]["value"] == 0.0
@@ -58,8 +57,6 @@ def _identical_fns(data_dir):
   """Image and report of one example share one embedding: the one-hot of the example's class
   plus a small random item part (found from the image's pixels, the report's text)."""
   from asg_jax.data.pipeline import downstream_input
-  config = ml_collections.ConfigDict({"data": {"resize": 40, "image_size": 32,
-                                               "normalization": "half"}})
   split = downstream_input.load_split("mimic_cxr/demo_5x200", "test", data_dir=data_dir,
                                       resize=40, image_size=32, normalization="half")
   rng = np.random.default_rng(1)
@@ -67,18 +64,21 @@ def _identical_fns(data_dir):
          for i, l in zip(split["image_id"], split["labels"])}
   key = lambda x: np.round(np.asarray(x, np.float32), 4).tobytes()
   by_pixels = {key(x): vec[i] for i, x in zip(split["image_id"], split["image"])}
-  captions = transfer_retrieval.report_texts("mimic_cxr/demo_5x200", "test", data_dir)
+  captions = retrieval.report_texts("mimic_cxr/demo_5x200", "test", data_dir)
   by_text = {captions[i]: vec[i] for i in split["image_id"]}
 
   def encode_images(state, x):   # zero rows (batch padding) embed to 0
     return {"image_emb": np.stack([by_pixels.get(key(r), np.zeros(8)) for r in x])}
-  return {"config": config, "encode_images": encode_images,
-          "embed_texts": lambda state, texts: np.stack([by_text[t] for t in texts])}, split
+  info = predict.ModelInfo(image=None, dtype="float32", image_size=32, resize=40,
+                           normalization="half", patch_grid=(1, 1), tower="cnn")
+  return predict.PredictFns(
+      info=info, outputs=None, objective=None, encode_images=encode_images, encode_texts=None,
+      embed_texts=lambda state, texts: np.stack([by_text[t] for t in texts]), heatmap=None), split
 
 
 def test_identical_embeddings_give_perfect_report_retrieval(built):
   fns, split = _identical_fns(built)
-  ev = transfer_retrieval.Evaluator(fns, downstream="mimic_cxr/demo_5x200", data_dir=built,
+  ev = retrieval.Evaluator(fns, downstream="mimic_cxr/demo_5x200", data_dir=built,
                                     texts="reports", ks=(1, 5, 10), extract_batch_size=4)
   rows = _by(ev.rows(state=None))
   # demo_5x200 keeps every candidate: A1, A2, A3, C1, K1, K2, E1, P3 (test_mimic_5x200.py)
@@ -96,7 +96,7 @@ def test_identical_embeddings_give_perfect_report_retrieval(built):
   assert rows["i2t_exact_precision@5"]["chance"] == pytest.approx(1 / 8)
   assert rows["i2t_exact_recall@5"]["chance"] == pytest.approx(5 / 8)
   with pytest.raises(ValueError, match="texts="):
-    transfer_retrieval.Evaluator(fns, downstream="x", texts="captions")
+    retrieval.Evaluator(fns, downstream="x", texts="captions")
 
 
 def test_reports_need_a_caption_feature(built, tmp_path, monkeypatch):
@@ -107,22 +107,22 @@ def test_reports_need_a_caption_feature(built, tmp_path, monkeypatch):
       features = {"image": None, "labels": None}
   monkeypatch.setattr(downstream_input, "builder", lambda d, data_dir: NoCaption)
   with pytest.raises(ValueError, match="caption"):
-    transfer_retrieval.report_texts("cxr_chexpert/5x200", "test", "")
+    retrieval.report_texts("cxr_chexpert/5x200", "test", "")
 
 
 def test_recipe_declares_report_retrieval_and_runs_on_the_fixture(built, tmp_path):
-  full = evaluate.load_config(RECIPE)
+  full = transfer_config.load(RECIPE)
   assert full.evals.retrieval_reports.downstream == "mimic_cxr/5x200"
   assert full.evals.retrieval_reports.texts == "reports"
   assert tuple(full.evals.retrieval_reports.ks) == (1, 5, 10)
-  config = evaluate.load_config(RECIPE + ":runlocal")
+  config = transfer_config.load(RECIPE + ":runlocal")
   config.data_dir = built
   fns, _ = _identical_fns(built)
-  evaluators = dict(evaluate.build(config, fns, str(tmp_path)))
+  evaluators = dict(run.build(config, fns, str(tmp_path)))
   assert set(evaluators) == {"retrieval_reports", "zeroshot"}
   rows = _by(evaluators["retrieval_reports"].rows(state=None))
   assert rows["t2i_exact_recall@1"]["value"] == 1.0
   assert all(r["dataset"] == "mimic_cxr/demo_5x200" for r in rows.values())
   with pytest.raises(ValueError, match="unknown argument"):
-    evaluate.load_config(RECIPE + ":nonsense")
+    transfer_config.load(RECIPE + ":nonsense")
   assert os.listdir(tmp_path / "features")     # features cached under <out>/features

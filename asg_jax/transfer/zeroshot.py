@@ -1,19 +1,19 @@
 """Zero-shot classification of a downstream dataset (data.md "Evaluation protocols";
 docs/transfer.md), both protocols:
 
-- `prompt` (GLoRIA/MGCA): each class's prompts (evaluators/prompts/*.json: CheXpert
+- `prompt` (GLoRIA/MGCA): each class's prompts (transfer/prompts/*.json: CheXpert
   severity × subtype × location, RSNA pneumonia) are embedded by the text tower; a class is
   the re-normalised mean of its prompt embeddings; an image's score for the class is the
   cosine with it, minus the cosine with the class's NEGATIVE prompts when the set has them
   (a binary task: positive vs negative prompts).
 - `tags` (ASG / KAD): the IRL tag decoder queried with the class name (`tag_names` maps a
-  class to another phrase; default: the class name, `objectives.query_phrase`: lower case,
+  class to another phrase; default: the class name, `tag_queries.query_phrase`: lower case,
   `_` -> space). A class named like one of the 40 training tags reads that tag's logit
-  (`predict_fns["tag_logits"](state, images) -> [N, 40]`); when some class is NOT a training
+  (`predict_fns.tag_logits(state, images) -> [N, 40]`); when some class is NOT a training
   tag (RSNA "Pneumonia" is one, NIH "Fibrosis" is not), every class is scored through
-  `predict_fns["class_tag_logits"](phrases)` (asg_jax.evaluate.make_fns): the name embedded
+  `predict_fns.class_tag_logits(phrases)` (asg_jax/predict.py): the name embedded
   by the frozen query tower of training, decoded in its nearest tag's slot
-  (asg_jax/inference.py), identical to the tag's logit for a tag name. A workdir that
+  (asg_jax/models/tag_queries.py), identical to the tag's logit for a tag name. A workdir that
   cannot embed new names (written before the query tower's rng was saved) falls back to the
   tag-named classes with a message; the protocol is skipped without a tag decoder.
 
@@ -24,12 +24,15 @@ the test split for F1 and accuracy (chance: the all-positive F1, the majority ac
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from asg_jax.evaluators import transfer_common as tc
+from asg_jax.transfer import classification
+from asg_jax.transfer import features
+from asg_jax.transfer import table
 
 PROTOCOLS = {"prompt": "zero_shot_prompt", "tags": "zero_shot_tags"}
 
@@ -37,7 +40,7 @@ PROTOCOLS = {"prompt": "zero_shot_prompt", "tags": "zero_shot_tags"}
 def tag_index(class_names: Sequence[str], tag_names: Mapping[str, str] | None = None
               ) -> dict[str, int]:
   """{class: index into the 40 ASG tags} of the classes whose query phrase is a tag."""
-  from asg_jax.objectives import tag_phrases  # pylint: disable=import-outside-toplevel
+  from asg_jax.models.tag_queries import tag_phrases  # pylint: disable=import-outside-toplevel
   tags = tag_phrases()
   out = {}
   for c, phrase in query_phrases(class_names, tag_names).items():
@@ -49,8 +52,8 @@ def tag_index(class_names: Sequence[str], tag_names: Mapping[str, str] | None = 
 def query_phrases(class_names: Sequence[str], tag_names: Mapping[str, str] | None = None
                   ) -> dict[str, str]:
   """{class: its tag-decoder query phrase} (`tag_names[c]`, else the class name, through
-  `objectives.query_phrase`)."""
-  from asg_jax.objectives import query_phrase  # pylint: disable=import-outside-toplevel
+  `tag_queries.query_phrase`)."""
+  from asg_jax.models.tag_queries import query_phrase  # pylint: disable=import-outside-toplevel
   tag_names = dict(tag_names or {})
   return {c: query_phrase(tag_names.get(c, c)) for c in class_names}
 
@@ -58,7 +61,7 @@ def query_phrases(class_names: Sequence[str], tag_names: Mapping[str, str] | Non
 def prompt_scores(image_emb: np.ndarray, pos_protos: np.ndarray,
                   neg_protos: Mapping[int, np.ndarray]) -> np.ndarray:
   """[N, C]: cos(image, class) (- cos(image, the class's negatives) where given)."""
-  img = tc.l2n(image_emb)
+  img = features.l2n(image_emb)
   s = img @ pos_protos.T
   for c, neg in neg_protos.items():
     s[:, c] -= img @ neg
@@ -74,27 +77,27 @@ def classification_rows(dataset: str, protocol: str, scores: np.ndarray, labels:
   labels = np.asarray(labels)
   num_classes = labels.shape[1]
   single = num_classes > 1 and bool(np.all(labels.sum(-1) == 1))
-  macro, per = tc.macro_auroc(scores, labels)
-  rows.append(tc.row(dataset, protocol, "auroc", macro, chance=0.5, init=init))
+  macro, per = classification.macro_auroc(scores, labels)
+  rows.append(table.row(dataset, protocol, "auroc", macro, chance=0.5, init=init))
   if single:
     acc = float(np.mean(scores.argmax(-1) == labels.argmax(-1)))
-    rows.append(tc.row(dataset, protocol, "top1", acc, chance=1.0 / num_classes, init=init))
+    rows.append(table.row(dataset, protocol, "top1", acc, chance=1.0 / num_classes, init=init))
   elif val_scores is not None:
     f1s, accs, cf1, cacc = [], [], [], []
     for c in range(num_classes):
-      t = tc.best_threshold(val_scores[:, c], val_labels[:, c] > 0.5, "f1")
-      f1, acc = tc.f1_accuracy(scores[:, c], labels[:, c] > 0.5, t)
+      t = classification.best_threshold(val_scores[:, c], val_labels[:, c] > 0.5, "f1")
+      f1, acc = classification.f1_accuracy(scores[:, c], labels[:, c] > 0.5, t)
       f1s.append(f1)
       accs.append(acc)
-      cf1.append(tc.chance_f1(labels[:, c]))
-      cacc.append(tc.chance_accuracy(labels[:, c]))
-    rows.append(tc.row(dataset, protocol, "f1", float(np.mean(f1s)), chance=float(np.mean(cf1)),
+      cf1.append(classification.chance_f1(labels[:, c]))
+      cacc.append(classification.chance_accuracy(labels[:, c]))
+    rows.append(table.row(dataset, protocol, "f1", float(np.mean(f1s)), chance=float(np.mean(cf1)),
                        init=init))
-    rows.append(tc.row(dataset, protocol, "accuracy", float(np.mean(accs)),
+    rows.append(table.row(dataset, protocol, "accuracy", float(np.mean(accs)),
                        chance=float(np.mean(cacc)), init=init))
   if num_classes > 1:
     for c, name in enumerate(class_names):
-      rows.append(tc.row(dataset, protocol, f"auroc[{name}]", per[c], chance=0.5, init=init))
+      rows.append(table.row(dataset, protocol, f"auroc[{name}]", per[c], chance=0.5, init=init))
   return rows
 
 
@@ -104,7 +107,7 @@ class Evaluator:
   Args:
     downstream, data_dir: the built downstream dataset; test_split; val_split ("" = no
       threshold rows).
-    prompts: a prompt set name in evaluators/prompts/ ("chexpert", "rsna") or a JSON path;
+    prompts: a prompt set name in transfer/prompts/ ("chexpert", "rsna") or a JSON path;
       max_prompts_per_class > 0 samples that many per class (prompt_seed).
     protocols: subset of ("prompt", "tags").
     tag_names: {class: tag phrase} for the tag protocol (default: class.lower()).
@@ -128,56 +131,56 @@ class Evaluator:
                                                                    max_examples)
 
   def _features(self, fns, state, split, init, tag_suffix=""):
-    keys = ["image_emb"] + (["tag_logits"] if "tag_logits" in fns and self._tags_on() else [])
-    return tc.extract(fns, state, self.downstream, split, data_dir=self.data_dir,
+    keys = ["image_emb"] + (["tag_logits"] if fns.tag_logits is not None and self._tags_on() else [])
+    return features.extract(fns, state, self.downstream, split, data_dir=self.data_dir,
                       keys=tuple(keys), batch_size=self.extract_batch_size,
-                      cache_dir=self.cache_dir, tag=tc.state_tag(state, init) + tag_suffix,
+                      cache_dir=self.cache_dir, tag=features.state_tag(state, init) + tag_suffix,
                       max_examples=self.max_examples)
 
   def _tags_on(self) -> bool:
-    return "tags" in self.protocols and "tag_logits" in self.fns
+    return "tags" in self.protocols and self.fns.tag_logits is not None
 
   def tag_plan(self, names: Sequence[str]) -> dict | None:
     """How the tag protocol scores `names`: {"fns", "classes" (positions scored),
     "logit_cols" (their columns of the extracted `tag_logits`), "suffix" (cache tag)},
     or None (skipped, with a message)."""
-    from asg_jax.inference import NoQueryEncoder  # pylint: disable=import-outside-toplevel
+    from asg_jax.models.tag_queries import NoQueryEncoder  # pylint: disable=import-outside-toplevel
     if not self._tags_on():
-      tc.progress(f"  zero-shot tags {self.downstream}: the model has no tag decoder; skipped")
+      features.progress(f"  zero-shot tags {self.downstream}: the model has no tag decoder; skipped")
       return None
     index = tag_index(names, self.tag_names)
     phrases = query_phrases(names, self.tag_names)
     new = [c for c in names if c not in index]
-    if new and "class_tag_logits" in self.fns:
+    if new and self.fns.class_tag_logits is not None:
       ordered = [phrases[c] for c in names]
       try:
-        fn = self.fns["class_tag_logits"](ordered)
+        fn = self.fns.class_tag_logits(ordered)
       except NoQueryEncoder as e:
-        tc.progress(f"  zero-shot tags {self.downstream}: {new} are not training tags and "
+        features.progress(f"  zero-shot tags {self.downstream}: {new} are not training tags and "
                     f"{e}; scoring only {list(index) or 'nothing'}")
       else:
         digest = hashlib.sha1("|".join(ordered).encode("utf-8")).hexdigest()[:10]
-        return {"fns": dict(self.fns, tag_logits=fn), "classes": list(range(len(names))),
+        return {"fns": dataclasses.replace(self.fns, tag_logits=fn), "classes": list(range(len(names))),
                 "logit_cols": list(range(len(names))), "suffix": f"__q{digest}"}
     if not index:
-      tc.progress(f"  zero-shot tags {self.downstream}: no class of {names} is a tag; skipped")
+      features.progress(f"  zero-shot tags {self.downstream}: no class of {names} is a tag; skipped")
       return None
     cols = [names.index(c) for c in index]
     return {"fns": self.fns, "classes": cols,
             "logit_cols": [index[names[c]] for c in cols], "suffix": ""}
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
-    names = tc.class_names(self.downstream, self.data_dir)
+    names = features.class_names(self.downstream, self.data_dir)
     plan = self.tag_plan(names) if "tags" in self.protocols else None
     fns, suffix = (plan["fns"], plan["suffix"]) if plan else (
-        {k: v for k, v in self.fns.items() if k != "tag_logits"}, "")
+        dataclasses.replace(self.fns, tag_logits=None), "")
     test = self._features(fns, state, self.test_split, init, suffix)
     val = self._features(fns, state, self.val_split, init, suffix) if self.val_split else None
     out = []
     if "prompt" in self.protocols:
-      pos, neg = tc.load_prompts(self.prompts, names, self.max_prompts, self.prompt_seed)
-      protos = tc.class_prototypes(self.fns, state, pos)
-      neg_protos = {names.index(c): tc.class_prototypes(self.fns, state, {c: t})[0]
+      pos, neg = features.load_prompts(self.prompts, names, self.max_prompts, self.prompt_seed)
+      protos = features.class_prototypes(self.fns, state, pos)
+      neg_protos = {names.index(c): features.class_prototypes(self.fns, state, {c: t})[0]
                     for c, t in neg.items()}
       score = lambda f: prompt_scores(f["image_emb"], protos, neg_protos)
       out += classification_rows(self.downstream, PROTOCOLS["prompt"], score(test),
@@ -194,4 +197,4 @@ class Evaluator:
     return out
 
   def run(self, state):
-    yield from tc.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
+    yield from table.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))
