@@ -32,7 +32,7 @@ from asg_jax.data.pipeline import batches, host, stream  # noqa: E402
 from asg_jax.data.pipeline.source import ExampleSource  # noqa: E402
 from asg_jax.data.pipeline.spec import InputSpec  # noqa: E402
 from asg_jax.data.reports import tokenization  # noqa: E402
-from asg_jax.data.builders.common import features  # noqa: E402  (the builders' stored format)
+from asg_jax.data.builders.chest_builder import features  # noqa: E402  (the builders' stored format)
 
 WORDS = ("the heart size is normal lungs are clear there is no pleural effusion or "
          "pneumothorax mild bibasilar atelectasis left lower lobe opacity may represent "

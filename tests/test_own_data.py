@@ -14,7 +14,7 @@ import numpy as np
 
 from asg_jax import train
 from asg_jax.data.demo import synthetic
-from asg_jax.data.builders import common
+from asg_jax.data.builders import chest_builder
 from tests.helpers import own_config, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_own_data_recipe_end_to_end(tmp_path, realdata_dir, capsys):
   assert "grounding_acc" not in summary["metrics"]        # atlas boxes only: not scored
   assert json.loads((workdir / "best.json").read_text())["step"] == 4
   built = [p for p in (workdir / "data" / "image_text_csv" / "default").iterdir()]
-  build_summary = json.loads((built[0] / common.SUMMARY_FILE).read_text())
+  build_summary = json.loads((built[0] / chest_builder.SUMMARY_FILE).read_text())
   filtered = sum(sum(s["filtered"].values()) for s in build_summary["splits"].values())
   assert laterals > 0 and filtered == laterals
   model = Pretrained.from_workdir(str(workdir))

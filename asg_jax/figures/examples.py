@@ -107,16 +107,16 @@ def encode_examples(model, examples: Sequence[Mapping], batch_size: int = 32) ->
 
 def read_image(path: str) -> np.ndarray:
   """uint8 `[H, W]` grey pixels of a JPEG / PNG (8 or 16 bit) / DICOM file (the builders'
-  reader, `asg_jax.data.builders.common.read_image`).
+  reader, `asg_jax.data.builders.chest_builder.read_image`).
 
   Raises:
     FileNotFoundError / ValueError: naming the file.
   """
-  from asg_jax.data.builders import common  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.builders import chest_builder  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--images: {path} not found")
   try:
-    pixels, _ = common.read_image(path)
-  except common.Skip as e:
+    pixels, _ = chest_builder.read_image(path)
+  except chest_builder.Skip as e:
     raise ValueError(f"--images: cannot read {path}: {e}") from e
   return pixels

@@ -15,7 +15,7 @@ from PIL import Image
 
 import asg_jax.data.builders  # noqa: F401  (registers the builders)
 from asg_jax.data.demo import synthetic
-from asg_jax.data.builders import common
+from asg_jax.data.builders import chest_builder
 from asg_jax.data.reports import CHEXPERT, REGIONS, parse_report
 
 N = 14
@@ -58,7 +58,7 @@ def test_counts_frontal_filter_and_split_mapping(demo):
           "validation": {d for d in frontal if split_of[d] in ("validate", "test")}}
   for split in ("train", "validation"):
     assert {e["dicom_id"].decode() for e in examples[split]} == want[split]
-  summary = common.read_summary(builder.data_dir_root, "mimic_cxr", "demo", "1.0.0")
+  summary = chest_builder.read_summary(builder.data_dir_root, "mimic_cxr", "demo", "1.0.0")
   assert summary["num_skipped"] == 0
   filtered = sum(sum(s["filtered"].values()) for s in summary["splits"].values())
   assert filtered == len(lateral)
@@ -189,7 +189,7 @@ def test_bad_inputs_are_skipped_and_counted(demo, tmp_path):
   data_dir = tmp_path / "data"
   builder = tfds.builder("mimic_cxr/demo", data_dir=str(data_dir))
   builder.download_and_prepare(download_config=_manual(root))
-  summary = common.read_summary(str(data_dir), "mimic_cxr", "demo", "1.0.0")
+  summary = chest_builder.read_summary(str(data_dir), "mimic_cxr", "demo", "1.0.0")
   assert summary["skipped_total"] == {"corrupt_image": 1, "missing_image": 1, "empty_report": 1,
                                       "box_outside_image": 1, "missing_column": 1}
   files = {s["reason"]: s["file"] for s in summary["skipped_files"]}
@@ -203,7 +203,7 @@ def test_bad_inputs_are_skipped_and_counted(demo, tmp_path):
   ex = got[with_regions[5]["dicom_id"]]
   assert ex["region_source"].decode() == "atlas"
   sh, sw = ex["image"].shape[:2]
-  atlas = common.load_atlas()
+  atlas = chest_builder.load_atlas()
   for box, rid in zip(ex["region_boxes"], ex["region_ids"]):
     a = atlas[REGIONS[rid]]
     np.testing.assert_allclose(box, [a[0] * sw, a[1] * sh, a[2] * sw, a[3] * sh], atol=1e-3)
@@ -302,7 +302,7 @@ def pairs(realdata_dir, tmp_path_factory):
 
 def test_image_text_csv_real_images(pairs):
   images, rows, builder, got, fake_m2 = pairs
-  summary = common.read_summary(builder.data_dir_root, "image_text_csv", "default",
+  summary = chest_builder.read_summary(builder.data_dir_root, "image_text_csv", "default",
                                 str(builder.version))
   # the "  " report cell is empty (missing_column, like the short row); the two-word "Normal
   # chest." is too short; the LATERAL row is filtered, the "AP SUPINE" one kept
@@ -380,7 +380,7 @@ def test_image_text_csv_splits_by_patient_and_all_views_keeps_laterals(realdata_
 def test_read_image_16bit_png(tmp_path):
   ramp = (np.arange(64 * 32, dtype=np.uint16).reshape(64, 32) * 20 + 1000)
   Image.fromarray(ramp).save(tmp_path / "ramp16.png")
-  pixels, size = common.read_image(str(tmp_path / "ramp16.png"))
+  pixels, size = chest_builder.read_image(str(tmp_path / "ramp16.png"))
   assert size == (64, 32) and pixels.dtype == np.uint8
   assert pixels.min() == 0 and pixels.max() == 255
   ref = np.round((ramp - ramp.min()) * 255.0 / (ramp.max() - ramp.min()))

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import asg_jax.data.builders  # noqa: F401  (registers the builders)
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 from asg_jax.data.builders.cxr_chexpert import CxrChexpert
 from asg_jax.data.builders.cxr_covidx import CxrCovidx
 from asg_jax.data.builders.cxr_nih14 import CxrNih14
@@ -61,7 +61,7 @@ def _examples(builder):
 
 
 def _summary(builder):
-  return common.read_summary(builder.data_dir_root, builder.name, builder.builder_config.name,
+  return chest_builder.read_summary(builder.data_dir_root, builder.name, builder.builder_config.name,
                              str(builder.version))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 from asg_jax.data.reports import parse_report
 from tests.data.mimic_5x200_fixture import (EXPECTED, TASKS, build, by_key, dicom_id, image_id,
                                             write_fixture)
@@ -65,7 +65,7 @@ def test_report_text_is_the_pretraining_extraction(built):
 
 def test_faults_are_skipped_and_counted(built):
   _, b, _ = built
-  summary = common.read_summary(b.data_dir_root, b.name, b.builder_config.name, str(b.version))
+  summary = chest_builder.read_summary(b.data_dir_root, b.name, b.builder_config.name, str(b.version))
   test = summary["splits"]["test"]
   assert test["examples"] == 7
   # E2: image missing; P1: no report; P2: "2.0" in Fracture

@@ -99,9 +99,9 @@ def test_whole_text_fallback_keeps_clinical_notes_with_labels():
   assert report_text("Lungs clear.", fallback="whole_text") == "Lungs clear."
   with pytest.raises(ValueError, match="whole_text"):
     report_text(NOTE, fallback="everything")
-  from asg_jax.data.builders import common
-  assert common._parse(NOTE).sentences == []                  # MIMIC: the study is dropped
-  assert common._parse(NOTE, "whole_text").sentences == [
+  from asg_jax.data.builders import chest_builder
+  assert chest_builder._parse(NOTE).sentences == []                  # MIMIC: the study is dropped
+  assert chest_builder._parse(NOTE, "whole_text").sentences == [
       "day 4 bilateral consolidations intubated",
       "history 73 year old male with fever and coughing", "pcr positive",
       "follow up extubated after 9 days of mechanical ventilation"]
@@ -110,13 +110,13 @@ def test_whole_text_fallback_keeps_clinical_notes_with_labels():
 def test_whole_text_fallback_on_the_real_covid_notes(realdata_dir):
   """Every non-empty clinical note of covid-chestxray with >= 3 words gives sentences under
   the image_text_csv rule; the ones with `History:` were dropped by the MIMIC rule."""
-  from asg_jax.data.builders import common
+  from asg_jax.data.builders import chest_builder
   with open(realdata_dir / "covid-chestxray" / "metadata.csv", newline="") as f:
     notes = [r["clinical_notes"] for r in csv.DictReader(f) if r["clinical_notes"].strip()]
-  dropped_before = [n for n in notes if not common._parse(n).sentences]
-  lost_now = [n for n in notes if not common._parse(n, "whole_text").sentences]
+  dropped_before = [n for n in notes if not chest_builder._parse(n).sentences]
+  lost_now = [n for n in notes if not chest_builder._parse(n, "whole_text").sentences]
   headed = [n for n in dropped_before if "History:" in n]
-  assert len(headed) == 5 and all(common._parse(n, "whole_text").sentences for n in headed)
+  assert len(headed) == 5 and all(chest_builder._parse(n, "whole_text").sentences for n in headed)
   # what is still lost is too short to be a caption ("pleural effusion"), nothing else
   assert lost_now and all(len(n.split()) < 3 for n in lost_now)
   assert len(dropped_before) == len(lost_now) + len(headed)

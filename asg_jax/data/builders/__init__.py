@@ -10,7 +10,7 @@ Importing this package registers `mimic_cxr`, `image_text_csv` and the downstrea
 change (a fingerprint of the label files; `build.prepare`, what `asg_jax.data.prepare`
 calls).
 """
-from asg_jax.data.builders.common import (SKIP_REASONS, SUMMARY_FILE, ChestConfig, Skip,
+from asg_jax.data.builders.chest_builder import (SKIP_REASONS, SUMMARY_FILE, ChestConfig, Skip,
                                           load_atlas, read_image, read_summary)
 from asg_jax.data.builders.image_text_csv import ImageTextCsv
 # Downstream datasets (docs/data.md "Downstream datasets"): cxr_chexpert, cxr_nih14, cxr_rsna,

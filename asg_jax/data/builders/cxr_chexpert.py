@@ -26,7 +26,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 from asg_jax.data.reports import CHEXPERT
 
 TRAIN_CSV, VALID_CSV = "train.csv", "valid.csv"
@@ -40,7 +40,7 @@ _PATIENT = re.compile(r"(patient\d+)")
 
 def parse_row(row: dict) -> dict[str, float]:
   """The 14 observation cells -> {name: 1 / 0 / -1 / NaN}; ValueError on another value."""
-  return {c: common.parse_label(row.get(c)) for c in CHEXPERT}
+  return {c: chest_builder.parse_label(row.get(c)) for c in CHEXPERT}
 
 
 def competition_labels(obs: dict[str, float]) -> np.ndarray:
@@ -148,9 +148,9 @@ Path column must name the images relative to the manual_dir.)
   def _frontal_rows(self, path: str, split: str) -> list[tuple[dict, dict | None]]:
     """(row, parsed observations or None when a cell is invalid) of the frontal rows."""
     out = []
-    for row in common.read_csv(path, ("Path", "Frontal/Lateral") + tuple(CHEXPERT)):
+    for row in chest_builder.read_csv(path, ("Path", "Frontal/Lateral") + tuple(CHEXPERT)):
       if not (row.get("Path") or "").strip():
-        self.skips.skip(split, common.Skip(common.MISSING_COLUMN, path, "row without a Path"))
+        self.skips.skip(split, chest_builder.Skip(chest_builder.MISSING_COLUMN, path, "row without a Path"))
         continue
       view = (row.get("Frontal/Lateral") or "").strip()
       if view != "Frontal":
@@ -171,7 +171,7 @@ Path column must name the images relative to the manual_dir.)
           try:
             parse_row(row)
           except (TypeError, ValueError) as e:
-            raise common.Skip(common.BAD_VALUE, row["Path"], str(e)) from e
+            raise chest_builder.Skip(chest_builder.BAD_VALUE, row["Path"], str(e)) from e
         if task is not None:
           labels = np.asarray([t == task for t in TASKS], np.float32)
         else:

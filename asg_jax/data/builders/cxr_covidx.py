@@ -24,7 +24,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 
 logger = logging.getLogger(__name__)
 THREE = ("COVID-19", "normal", "pneumonia")
@@ -86,7 +86,7 @@ COVIDx (COVID-Net; e.g. Kaggle "andyczhao/covidx-cxr2", COVIDx9A), in the manual
         try:
           items.setdefault(split, []).append((parse_line(line), prefix))
         except ValueError as e:
-          self.skips.skip(split, common.Skip(common.MISSING_COLUMN, f"{path} line {n}", str(e)))
+          self.skips.skip(split, chest_builder.Skip(chest_builder.MISSING_COLUMN, f"{path} line {n}", str(e)))
     train = items.get("train", [])
     held = downstream.patient_holdout([f[0] for f, _ in train],
                                       self.builder_config.validation_fraction, self.builder_config.seed)
@@ -105,7 +105,7 @@ COVIDx (COVID-Net; e.g. Kaggle "andyczhao/covidx-cxr2", COVIDx9A), in the manual
       seen.add(filename)
       def make(patient=patient, filename=filename, label=label, folder=folder):
         if label not in classes:
-          raise common.Skip(common.BAD_VALUE, filename, f"label {label!r} not in {list(classes)}")
+          raise chest_builder.Skip(chest_builder.BAD_VALUE, filename, f"label {label!r} not in {list(classes)}")
         labels = np.asarray([c == label for c in classes], np.float32)
         return self.make_example(image_path=os.path.join(manual_dir, folder, filename),
                                  image_id=filename, patient_id=patient, labels=labels)

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 
 DATA_ENTRY = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
@@ -87,7 +87,7 @@ copy), in the manual_dir:
         raise downstream.missing_file(self.name, path, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
       lists[split] = read_list(path)
     rows = {}
-    for row in common.read_csv(entry_path, ("Image Index", "Finding Labels", "Patient ID")):
+    for row in chest_builder.read_csv(entry_path, ("Image Index", "Finding Labels", "Patient ID")):
       name = (row.get("Image Index") or "").strip()
       if name:
         rows[name] = row
@@ -110,14 +110,14 @@ copy), in the manual_dir:
       def make(name=name):
         row = rows.get(name)
         if row is None:
-          raise common.Skip(downstream.MISSING_LABEL, name,
+          raise chest_builder.Skip(downstream.MISSING_LABEL, name,
                             f"listed for {split} but absent from the Data_Entry CSV")
         try:
           labels = parse_findings(row.get("Finding Labels"))
         except ValueError as e:
-          raise common.Skip(common.BAD_VALUE, name, str(e)) from e
+          raise chest_builder.Skip(chest_builder.BAD_VALUE, name, str(e)) from e
         if name not in images:
-          raise common.Skip(common.MISSING_IMAGE, name, "no such PNG below the manual_dir")
+          raise chest_builder.Skip(chest_builder.MISSING_IMAGE, name, "no such PNG below the manual_dir")
         return self.make_example(image_path=images[name], image_id=name,
                                  patient_id=(row.get("Patient ID") or "").strip(), labels=labels)
       yield from self.guarded(split, name, make)

@@ -14,7 +14,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 
 LABELS_CSV = "stage_2_train_labels.csv"
 IMAGE_DIR = "stage_2_train_images"
@@ -28,19 +28,19 @@ def patient_boxes(patient: str, rows: list[dict]) -> tuple[float, list[tuple[flo
   for row in rows:
     t = (row.get("Target") or "").strip()
     if t not in ("0", "1"):
-      raise common.Skip(common.BAD_VALUE, patient, f"Target {t!r} is not 0 or 1")
+      raise chest_builder.Skip(chest_builder.BAD_VALUE, patient, f"Target {t!r} is not 0 or 1")
     targets.add(t)
     if t == "1":
       try:
         x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
       except (TypeError, ValueError) as e:
-        raise common.Skip(common.BAD_BOX, patient, f"box {[row.get(k) for k in COLUMNS[1:5]]} "
+        raise chest_builder.Skip(chest_builder.BAD_BOX, patient, f"box {[row.get(k) for k in COLUMNS[1:5]]} "
                           "is not 4 numbers") from e
       if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise common.Skip(common.BAD_BOX, patient, f"box {(x, y, w, h)} needs width, height > 0")
+        raise chest_builder.Skip(chest_builder.BAD_BOX, patient, f"box {(x, y, w, h)} needs width, height > 0")
       boxes.append((x, y, x + w, y + h))
   if len(targets) > 1:
-    raise common.Skip(common.BAD_VALUE, patient, "rows disagree on Target")
+    raise chest_builder.Skip(chest_builder.BAD_VALUE, patient, "rows disagree on Target")
   return (1.0 if "1" in targets else 0.0), boxes
 
 
@@ -77,10 +77,10 @@ in the manual_dir:
       raise downstream.missing_file(self.name, os.path.join(manual_dir, IMAGE_DIR) + os.sep,
                                     self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     by_patient: dict[str, list[dict]] = {}
-    for number, row in enumerate(common.read_csv(path, COLUMNS), start=2):
+    for number, row in enumerate(chest_builder.read_csv(path, COLUMNS), start=2):
       pid = (row.get("patientId") or "").strip()
       if not pid:
-        self.skips.skip("none", common.Skip(common.MISSING_COLUMN, f"{path} line {number}",
+        self.skips.skip("none", chest_builder.Skip(chest_builder.MISSING_COLUMN, f"{path} line {number}",
                                             "no patientId"))
         continue
       by_patient.setdefault(pid, []).append(row)

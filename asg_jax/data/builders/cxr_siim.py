@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, downstream
+from asg_jax.data.builders import chest_builder, downstream
 
 RLE_CSV = "train-rle.csv"
 IMAGE_DIR = "dicom-images-train"
@@ -34,7 +34,7 @@ def union_mask(codes: list[str], height: int, width: int, image_id: str) -> np.n
     try:
       mask |= downstream.rle_decode(code, height, width)
     except ValueError as e:
-      raise common.Skip(downstream.BAD_MASK, image_id, str(e)) from e
+      raise chest_builder.Skip(downstream.BAD_MASK, image_id, str(e)) from e
   return mask
 
 
@@ -80,7 +80,7 @@ manual_dir:
     image_dir = os.path.join(manual_dir, IMAGE_DIR)
     if not os.path.isdir(image_dir):
       raise downstream.missing_file(self.name, image_dir + os.sep, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    with common.open_text(path) as f:
+    with chest_builder.open_text(path) as f:
       reader = csv.DictReader(f)
       header = [(h or "").strip() for h in (reader.fieldnames or [])]
       if not {"ImageId", "EncodedPixels"} <= set(header):
@@ -91,7 +91,7 @@ manual_dir:
     for number, row in enumerate(rows, start=2):
       image_id = row.get("ImageId") or ""
       if not image_id or row.get("EncodedPixels") is None:
-        self.skips.skip("none", common.Skip(common.MISSING_COLUMN, f"{path} line {number}",
+        self.skips.skip("none", chest_builder.Skip(chest_builder.MISSING_COLUMN, f"{path} line {number}",
                                             "no ImageId / EncodedPixels"))
         continue
       codes.setdefault(image_id, []).append(row["EncodedPixels"])
@@ -105,7 +105,7 @@ manual_dir:
       def make(image_id=image_id):
         rows = codes[image_id]
         if image_id not in images:
-          raise common.Skip(common.MISSING_IMAGE, image_id, f"no {image_id}.dcm below {IMAGE_DIR}/")
+          raise chest_builder.Skip(chest_builder.MISSING_IMAGE, image_id, f"no {image_id}.dcm below {IMAGE_DIR}/")
         positive = any(c.strip() not in ("", "-1") for c in rows)
         return self.make_example(
             image_path=images[image_id], image_id=image_id,

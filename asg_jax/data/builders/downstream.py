@@ -29,18 +29,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from asg_jax.data.builders import common
+from asg_jax.data.builders import chest_builder
 from asg_jax.data.reports.vocabulary import load_json
 
 CHEXPERT_5: tuple[str, ...] = tuple(load_json("vocab.json")["chexpert_competition_5"])
 NIH_14: tuple[str, ...] = tuple(load_json("vocab.json")["nih_chestxray14_classes"])
 INDEX_FILE = "example_index.json"
 
-# Skip reasons added by the downstream builders (besides common.SKIP_REASONS).
+# Skip reasons added by the downstream builders (besides chest_builder.SKIP_REASONS).
 BAD_MASK = "bad_mask"              # a run-length code that does not decode onto the image
 MISSING_LABEL = "missing_label"    # an image named by a split list without a label row
-DOWNSTREAM_SKIP_REASONS = (common.MISSING_IMAGE, common.CORRUPT_IMAGE, common.MISSING_COLUMN,
-                           common.BAD_VALUE, common.BAD_BOX, BAD_MASK, MISSING_LABEL)
+DOWNSTREAM_SKIP_REASONS = (chest_builder.MISSING_IMAGE, chest_builder.CORRUPT_IMAGE, chest_builder.MISSING_COLUMN,
+                           chest_builder.BAD_VALUE, chest_builder.BAD_BOX, BAD_MASK, MISSING_LABEL)
 
 
 # ------------------------------------------------------------------------- split rules
@@ -226,7 +226,7 @@ def balanced_ids(builder, split: str = "train", seed: int = 42, label: int = 0) 
 # --------------------------------------------------------------------------- the builder
 
 @dataclasses.dataclass(eq=False)
-class DownstreamConfig(common.ChestConfig):
+class DownstreamConfig(chest_builder.ChestConfig):
   """A downstream builder variant (the builder's docstring says which fields it reads)."""
   anatomy: bool = False
   subset: str = ""                  # "" or "5x200" (cxr_chexpert)
@@ -260,7 +260,7 @@ def index_files(root: str, suffixes: tuple[str, ...]) -> dict[str, str]:
   return out
 
 
-class DownstreamBuilder(common.ChestBuilder, skip_registration=True):
+class DownstreamBuilder(chest_builder.ChestBuilder, skip_registration=True):
   """Base of the downstream builders: features, `build_summary.json`, `example_index.json`."""
 
   SEGMENTATION = False
@@ -326,8 +326,8 @@ class DownstreamBuilder(common.ChestBuilder, skip_registration=True):
     """One stored example; raises Skip. `mask_fn(original (H, W)) -> {0,1} [H, W]`;
     `boxes` (x1, y1, x2, y2) in original pixels (stored scaled to the stored image)."""
     size = self.builder_config.image_size
-    pixels, original = common.read_image(image_path, target_size=size)
-    image = common.resize_longest(pixels, original, size)
+    pixels, original = chest_builder.read_image(image_path, target_size=size)
+    image = chest_builder.resize_longest(pixels, original, size)
     w, h = image.size
     example = {"image": np.asarray(image, np.uint8)[:, :, None], "image_id": image_id,
                "patient_id": patient_id, "labels": np.asarray(labels, np.float32),

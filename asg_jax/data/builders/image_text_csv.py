@@ -33,7 +33,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common
+from asg_jax.data.builders import chest_builder
 from asg_jax.data.reports import CHEXPERT, REGIONS
 
 PAIRS_CSV = "pairs.csv"
@@ -74,12 +74,12 @@ def parse_boxes(cell: str, file: str) -> dict[str, list[float]] | None:
   try:
     boxes = json.loads(cell)
   except ValueError as e:
-    raise common.Skip(common.BAD_BOX, file, f"boxes is not JSON: {e}") from e
+    raise chest_builder.Skip(chest_builder.BAD_BOX, file, f"boxes is not JSON: {e}") from e
   if not isinstance(boxes, dict):
-    raise common.Skip(common.BAD_BOX, file, "boxes must be a JSON object {region: [x1,y1,x2,y2]}")
+    raise chest_builder.Skip(chest_builder.BAD_BOX, file, "boxes must be a JSON object {region: [x1,y1,x2,y2]}")
   unknown = [r for r in boxes if r not in REGIONS]
   if unknown:
-    raise common.Skip(common.BAD_BOX, file, f"unknown region name(s) {unknown} in boxes; "
+    raise chest_builder.Skip(chest_builder.BAD_BOX, file, f"unknown region name(s) {unknown} in boxes; "
                       "expected names of vocab.json imagenome_regions_29")
   return boxes
 
@@ -94,10 +94,10 @@ def row_split(row: dict, header: set, where: str) -> str:
   if not missing:   # an empty cell is a missing value too
     missing = [c for c in ("image_path", "report") if not row[c].strip()]
   if missing:
-    raise common.Skip(common.MISSING_COLUMN, where, f"no value for column(s) {missing}")
+    raise chest_builder.Skip(chest_builder.MISSING_COLUMN, where, f"no value for column(s) {missing}")
   value = (row.get("split") or "").strip().lower()
   if value and value not in SPLIT_MAP:
-    raise common.Skip(common.BAD_VALUE, where, f"split {value!r} is not one of {sorted(SPLIT_MAP)}")
+    raise chest_builder.Skip(chest_builder.BAD_VALUE, where, f"split {value!r} is not one of {sorted(SPLIT_MAP)}")
   patient = first_value(row, PATIENT_COLUMNS)
   return SPLIT_MAP[value] if value else hash_split(patient or row["image_path"].strip())
 
@@ -107,19 +107,19 @@ def rows_per_split(manual_dir: str) -> dict[str, int]:
   missing value or a bad split), read from the CSV alone (no image or report is parsed):
   what a rerun names when pairs.csv changed under a trained workdir (asg_jax/lineage.py)."""
   path = os.path.join(manual_dir, PAIRS_CSV)
-  rows = common.read_csv(path, ("image_path", "report"))
+  rows = chest_builder.read_csv(path, ("image_path", "report"))
   header = set(rows[0]) if rows else set()
   counts = {"train": 0, "validation": 0}
   for number, row in enumerate(rows, start=2):
     try:
       split = row_split(row, header, f"{path} line {number}")
-    except common.Skip:
+    except chest_builder.Skip:
       split = "none"
     counts[split] = counts.get(split, 0) + 1
   return counts
 
 
-class ImageTextCsv(common.ChestBuilder):
+class ImageTextCsv(chest_builder.ChestBuilder):
   """Your own image–report pairs listed in pairs.csv (see the module docstring)."""
 
   VERSION = tfds.core.Version("1.2.0")
@@ -130,11 +130,11 @@ class ImageTextCsv(common.ChestBuilder):
                             "FINDINGS nor IMPRESSION keeps its whole text (was skipped as "
                             "empty_report); an empty report cell is missing_column."}
   BUILDER_CONFIGS = [
-      common.ChestConfig(name="default", image_size=256, anatomy=True,
+      chest_builder.ChestConfig(name="default", image_size=256, anatomy=True,
                          description="longest side 256, regions (annotation or atlas)"),
-      common.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
+      chest_builder.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
                          description="longest side 256, no regions stored (R = 0)"),
-      common.ChestConfig(name="all_views", image_size=256, anatomy=True, frontal_only=False,
+      chest_builder.ChestConfig(name="all_views", image_size=256, anatomy=True, frontal_only=False,
                          description="longest side 256, regions, lateral views kept"),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "default"
@@ -153,7 +153,7 @@ docs/data.md, "Train on your own image-report pairs".
       raise FileNotFoundError(
           f"image_text_csv: required file {path} not found: expected a CSV with columns "
           f"image_path, report (optional split, boxes, ids, CheXpert labels)")
-    rows = common.read_csv(path, ("image_path", "report"))
+    rows = chest_builder.read_csv(path, ("image_path", "report"))
     header = set(rows[0]) if rows else set()
     has_labels = all(c in header for c in CHEXPERT)
     has_view = any(c in header for c in VIEW_COLUMNS)
@@ -162,7 +162,7 @@ docs/data.md, "Train on your own image-report pairs".
       where = f"{path} line {number}"
       try:
         split = row_split(row, header, where)
-      except common.Skip as skip:
+      except chest_builder.Skip as skip:
         self.skips.skip("none", skip)
         continue
       view = first_value(row, VIEW_COLUMNS) if has_view else ""
@@ -185,14 +185,14 @@ docs/data.md, "Train on your own image-report pairs".
         chexpert = None
         if has_labels:
           try:
-            chexpert = np.asarray([common.parse_label(row[c]) for c in CHEXPERT], np.float32)
+            chexpert = np.asarray([chest_builder.parse_label(row[c]) for c in CHEXPERT], np.float32)
           except (TypeError, ValueError) as e:
-            raise common.Skip(common.BAD_VALUE, where, f"CheXpert labels: {e}") from e
+            raise chest_builder.Skip(chest_builder.BAD_VALUE, where, f"CheXpert labels: {e}") from e
         boxes = parse_boxes(row.get("boxes"), where) if config.anatomy else None
         ids = {"study_id": (row.get("study_id") or "").strip() or stem,
                "dicom_id": (row.get("dicom_id") or "").strip() or stem,
                "subject_id": first_value(row, PATIENT_COLUMNS)}
-        return common.assemble_example(
+        return chest_builder.assemble_example(
             file=where, report=row["report"], image_path=image_path,
             image_size=config.image_size, ids=ids,
             view_position=first_value(row, VIEW_COLUMNS), boxes=boxes,

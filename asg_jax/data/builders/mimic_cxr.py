@@ -33,7 +33,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asg_jax.data.builders import common, cxr_chexpert, downstream
+from asg_jax.data.builders import chest_builder, cxr_chexpert, downstream
 from asg_jax.data.reports import CHEXPERT
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
@@ -77,7 +77,7 @@ def read_scene_graph(path: str) -> dict[str, tuple[float, float, float, float]]:
           float(obj[f"original_{k}"]) for k in ("x1", "y1", "x2", "y2"))
     return boxes
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise common.Skip(common.BAD_SCENE_GRAPH, path, f"{type(e).__name__}: {e}") from e
+    raise chest_builder.Skip(chest_builder.BAD_SCENE_GRAPH, path, f"{type(e).__name__}: {e}") from e
 
 
 def _clean_id(value: str | None) -> str:
@@ -100,11 +100,11 @@ class MimicCxr(downstream.DownstreamBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release: frontal filter, MGCA/ASG cleaning, ASG tags, "
                             "Chest ImaGenome or atlas regions."}
   BUILDER_CONFIGS = [
-      common.ChestConfig(name="default", image_size=256, anatomy=True,
+      chest_builder.ChestConfig(name="default", image_size=256, anatomy=True,
                          description="longest side 256, regions (Chest ImaGenome or atlas)"),
-      common.ChestConfig(name="demo", image_size=128, anatomy=True,
+      chest_builder.ChestConfig(name="demo", image_size=128, anatomy=True,
                          description="longest side 128: the synthetic demo (asg_jax.data.demo.synthetic)"),
-      common.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
+      chest_builder.ChestConfig(name="no_anatomy", image_size=256, anatomy=False,
                          description="longest side 256, no regions stored (R = 0)"),
       downstream.DownstreamConfig(name="5x200", image_size=256, subset="5x200", per_task=200,
                                   description="MIMIC 5x200 (CheXpert's rule on the official "
@@ -144,7 +144,7 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
 
   def _info(self) -> tfds.core.DatasetInfo:
     if not self.is_5x200:
-      return common.ChestBuilder._info(self)
+      return chest_builder.ChestBuilder._info(self)
     info = downstream.DownstreamBuilder._info(self)
     feats = dict(info.features)
     feats.update(study_id=tfds.features.Text(),
@@ -155,12 +155,12 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
         metadata=tfds.core.MetadataDict(class_names=list(TASKS)))
 
   def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):  # pylint: disable=arguments-differ
-    base = downstream.DownstreamBuilder if self.is_5x200 else common.ChestBuilder
+    base = downstream.DownstreamBuilder if self.is_5x200 else chest_builder.ChestBuilder
     return base._download_and_prepare(self, dl_manager=dl_manager,   # pylint: disable=protected-access
                                       download_config=download_config, **kwargs)
 
   def guarded(self, split: str, key: str, make):
-    base = downstream.DownstreamBuilder if self.is_5x200 else common.ChestBuilder
+    base = downstream.DownstreamBuilder if self.is_5x200 else chest_builder.ChestBuilder
     yield from base.guarded(self, split, key, make)
 
   # ------------------------------------------------------------------- splits
@@ -181,7 +181,7 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
 
   def _split_generators_5x200(self, manual_dir: str):
     """The 5x200 set (module docstring): pool, candidates in CheXpert-CSV order, the draw."""
-    chx_path = common.find_file(
+    chx_path = chest_builder.find_file(
         manual_dir, CHEXPERT_CSV, f"the MIMIC-CXR-JPG CheXpert labels (subject_id, study_id + "
         f"the 14 observations), required by mimic_cxr/{self.builder_config.name}")
     index = self._index(manual_dir, SPLIT_MAP_5X200, read_chexpert=False)
@@ -192,7 +192,7 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
       else:
         self.skips.filtered("test", "other_frontal_image_of_study")
     rows, seen = [], set()
-    for number, row in enumerate(common.read_csv(chx_path, ("study_id",) + tuple(CHEXPERT)),
+    for number, row in enumerate(chest_builder.read_csv(chx_path, ("study_id",) + tuple(CHEXPERT)),
                                  start=2):
       study = _clean_id(row["study_id"])
       if study not in pool or study in seen:
@@ -201,7 +201,7 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
       try:
         obs = cxr_chexpert.parse_row(row)
       except (TypeError, ValueError) as e:
-        self.skips.skip("test", common.Skip(common.BAD_VALUE, f"{chx_path} line {number}",
+        self.skips.skip("test", chest_builder.Skip(chest_builder.BAD_VALUE, f"{chx_path} line {number}",
                                             f"study {study}: {e}"))
         continue
       rows.append(({"Path": pool[study]["dicom_id"]}, obs))
@@ -220,10 +220,10 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
       def make(item=item):
         report_path = os.path.join(manual_dir, report_relpath(item["subject_id"], item["study_id"]))
         if not os.path.isfile(report_path):
-          raise common.Skip(common.MISSING_REPORT, report_path, "report file not found")
+          raise chest_builder.Skip(chest_builder.MISSING_REPORT, report_path, "report file not found")
         with open(report_path, encoding="utf-8", errors="replace") as f:
           report = f.read()
-        ex = common.assemble_example(   # the pre-training report text, image and its size
+        ex = chest_builder.assemble_example(   # the pre-training report text, image and its size
             file=report_path, report=report, image_size=size, anatomy=False,
             image_path=os.path.join(manual_dir, image_relpath(
                 item["subject_id"], item["study_id"], item["dicom_id"])),
@@ -242,14 +242,14 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
              ) -> dict:
     """Read the CSVs: frontal images per split (`split_map`: official split -> ours, None =
     left out silently), CheXpert labels per study (when `read_chexpert`)."""
-    meta_path = common.find_file(manual_dir, METADATA_CSV,
+    meta_path = chest_builder.find_file(manual_dir, METADATA_CSV,
                                  "the MIMIC-CXR-JPG metadata CSV (dicom_id, subject_id, "
                                  "study_id, ViewPosition, ...)")
-    split_path = common.find_file(manual_dir, SPLIT_CSV,
+    split_path = chest_builder.find_file(manual_dir, SPLIT_CSV,
                                   "the MIMIC-CXR-JPG split CSV (dicom_id, study_id, subject_id, "
                                   "split in train/validate/test)")
     split_of, left_out = {}, set()
-    for row in common.read_csv(split_path, ("dicom_id", "split")):
+    for row in chest_builder.read_csv(split_path, ("dicom_id", "split")):
       value = (row["split"] or "").strip()
       if value not in split_map:
         raise ValueError(f"{split_path}: split {value!r} of dicom_id {row['dicom_id']!r} is not "
@@ -262,18 +262,18 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
     chx_path = None
     if read_chexpert:
       try:
-        chx_path = common.find_file(manual_dir, CHEXPERT_CSV, "")
+        chx_path = chest_builder.find_file(manual_dir, CHEXPERT_CSV, "")
       except FileNotFoundError:
         chx_path = None
     if chx_path:
-      for row in common.read_csv(chx_path, ("study_id",) + tuple(CHEXPERT)):
+      for row in chest_builder.read_csv(chx_path, ("study_id",) + tuple(CHEXPERT)):
         study = _clean_id(row["study_id"])
         try:
-          chexpert[study] = np.asarray([common.parse_label(row[c]) for c in CHEXPERT], np.float32)
+          chexpert[study] = np.asarray([chest_builder.parse_label(row[c]) for c in CHEXPERT], np.float32)
         except (TypeError, ValueError) as e:
           raise ValueError(f"{chx_path}: study {study}: {e}") from e
     splits: dict[str, list[dict]] = {s: [] for s in split_map.values() if s is not None}
-    for number, row in enumerate(common.read_csv(
+    for number, row in enumerate(chest_builder.read_csv(
         meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")), start=2):
       dicom = (row["dicom_id"] or "").strip()
       if dicom in left_out:
@@ -285,15 +285,15 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
       if item["view"] is None:   # a short row (csv gives None for absent trailing cells)
         empty.append("ViewPosition")
       if empty:
-        self.skips.skip(split or "none", common.Skip(
-            common.MISSING_COLUMN, f"{meta_path} line {number}", f"no value for column(s) {empty}"))
+        self.skips.skip(split or "none", chest_builder.Skip(
+            chest_builder.MISSING_COLUMN, f"{meta_path} line {number}", f"no value for column(s) {empty}"))
         continue
       item["view"] = item["view"].strip()
       if item["view"] not in FRONTAL:   # laterals and images without a view position
         self.skips.filtered(split or "none", f"view_{item['view'] or 'missing'}")
         continue
       if split is None:
-        self.skips.skip("none", common.Skip(common.NOT_IN_SPLIT, dicom,
+        self.skips.skip("none", chest_builder.Skip(chest_builder.NOT_IN_SPLIT, dicom,
                                             f"dicom_id not in {os.path.basename(split_path)}"))
         continue
       splits[split].append(item)
@@ -309,14 +309,14 @@ MIMIC-CXR needs PhysioNet credentialing; download by hand and put into the manua
         ids = {k: item[k] for k in ("study_id", "dicom_id", "subject_id")}
         report_path = os.path.join(manual_dir, report_relpath(item["subject_id"], item["study_id"]))
         if not os.path.isfile(report_path):
-          raise common.Skip(common.MISSING_REPORT, report_path, "report file not found")
+          raise chest_builder.Skip(chest_builder.MISSING_REPORT, report_path, "report file not found")
         with open(report_path, encoding="utf-8", errors="replace") as f:
           report = f.read()
         boxes, source = None, "atlas"
         graph_path = os.path.join(manual_dir, scene_graph_relpath(item["dicom_id"]))
         if config.anatomy and graphs_present and os.path.isfile(graph_path):
           boxes, source = read_scene_graph(graph_path), "imagenome"
-        return common.assemble_example(
+        return chest_builder.assemble_example(
             file=report_path, report=report,
             image_path=os.path.join(manual_dir, image_relpath(
                 item["subject_id"], item["study_id"], item["dicom_id"])),

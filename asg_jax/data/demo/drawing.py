@@ -86,7 +86,7 @@ def _bbox(mask, cv: _Canvas):
 
 def _geometry(rng, cardiomegaly: bool) -> dict:
   """Normalised anatomy of one frontal image: the atlas, scaled, shifted and jittered."""
-  from asg_jax.data.builders.common import load_atlas  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.builders.chest_builder import load_atlas  # pylint: disable=import-outside-toplevel
   atlas = load_atlas()
   s = rng.uniform(0.9, 1.04)
   dx, dy = rng.uniform(-0.03, 0.03, 2)
