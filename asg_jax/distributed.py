@@ -21,6 +21,8 @@ import contextlib
 import os
 from typing import Iterator, Mapping
 
+import jax
+
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
@@ -56,14 +58,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   kwargs = resolve(coordinator, num_processes, process_id)
   if kwargs is None:
     return False
-  import jax  # pylint: disable=import-outside-toplevel
   jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
   return True
 
 
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived (a no-op with one process)."""
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
@@ -73,7 +73,6 @@ def barrier(name: str) -> None:
 def first_process_only(name: str) -> Iterator[bool]:
   """Yields True on process 0 (which does the work inside) and False elsewhere; every
   process leaves the block only once process 0 has finished it."""
-  import jax  # pylint: disable=import-outside-toplevel
   try:
     yield jax.process_index() == 0
   finally:

@@ -44,9 +44,11 @@ import json
 import os
 from typing import Mapping
 
+import jax
 import ml_collections
 
 from asg_jax import checkpoints
+from asg_jax import distributed
 from asg_jax import workdir as workdir_lib
 from asg_jax.errors import ConfigError
 
@@ -153,7 +155,6 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Binding:
   settings = tokenizer_settings(config)
   step = trained_step(workdir)
   old = read(workdir)
-  from asg_jax import distributed  # pylint: disable=import-outside-toplevel
   distributed.barrier("asg_jax: lineage read")   # all have decided before anything moves
   make = lambda action, changes=(), kept=None: Binding(  # noqa: E731
       data, settings, action, tuple(changes), max(step, 0), kept, manual_dir)
@@ -191,7 +192,6 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Binding:
 
 
 def _say(line: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(line, flush=True)
 
@@ -200,7 +200,6 @@ def _move_aside(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Moves the run's files into `<workdir>/previous_<UTC time>/` (process 0; the others
   wait): everything but the dataset / manual_dir folders inside the workdir, earlier
   `previous_*` folders, hidden files and `*.lock` files. Returns the new folder."""
-  from asg_jax import distributed  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
   dest = os.path.join(workdir, PREVIOUS_PREFIX + stamp)
@@ -310,7 +309,6 @@ def record(workdir: str, binding: Binding, examples: Mapping[str, int] | None) -
   """Writes the record of the data this run trains on (process 0, after tokenizer.json is
   written): replaced for a new or retrained workdir, a history entry added on "continue"
   or adoption, left as it is when unchanged."""
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() != 0 or binding.data is None or binding.action == "unchanged":
     return
   old = read(workdir) or {}

@@ -31,6 +31,13 @@ from absl import app, flags, logging
 import numpy as np
 from ml_collections import config_flags
 
+from asg_jax import config as config_lib
+from asg_jax.errors import ConfigError
+
+# jax, TensorFlow and orbax (through os_errors) are imported inside the functions that need
+# them: `cli` first re-executes the process with the CPU allocator's settings, and a second
+# run on a held workdir is refused before the slow imports.
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ "
                                           "(optionally `file.py:arg`).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, logs, summary).")
@@ -67,8 +74,7 @@ def main(argv):
     print(f"ERROR: {problem}", file=sys.stderr)
     sys.exit(2)
   import jax  # pylint: disable=import-outside-toplevel
-  from asg_jax import config as config_lib, locking  # pylint: disable=import-outside-toplevel
-  from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from asg_jax import locking  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   try:
     config_lib.check_overrides_applied(config)
@@ -199,8 +205,6 @@ def run_transfer(spec: str, workdir: str) -> None:
 def check_command_line(argv: list[str]) -> None:
   """Exit with one line naming the key when a `--config.<key>` override is not a key of the
   config (ml_collections would raise a long chained traceback while parsing flags)."""
-  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from asg_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   spec, keys = None, []
   for i, arg in enumerate(argv[1:], start=1):
     if arg.startswith("--config="):

@@ -28,6 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from asg_jax import config as config_lib
+
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 CONSTANTS_FILE = "constants.npz"
@@ -67,7 +69,6 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]
   """`["train.num_steps: 500 -> 1500", ...]`: the keys whose value differs between
   `<workdir>/config.json` (the config the workdir was last run with) and `config`; keys only
   one side has are listed too. [] when there is no config.json."""
-  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     return []
@@ -103,7 +104,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The workdir's config, merged onto today's schema (`config.base_config`): keys a newer
   version added get their defaults, so older workdirs still load; keys the schema no longer
   has are dropped."""
-  from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
