@@ -195,7 +195,7 @@ def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_
   # the scores of the 5 query phrases in class order (the scorer itself is checked against
   # an independent decoder run in the test above)
   fn = fns.class_tag_logits(["atelectasis", "enlarged heart", "consolidation", "edema",
-                                 "pleural effusion"])
+                             "pleural effusion"])
   ref = np.concatenate([fn(state, split["image"][i:i + 2]) for i in range(0, 8, 2)])
   macro, _ = classification.macro_auroc(ref, split["labels"])
   assert len(split["image_id"]) == 8

@@ -40,7 +40,7 @@ def symmetric_cross_entropy(logits: jax.Array) -> jax.Array:
 
 
 def semantic_soft_targets(similarity: jax.Array | None, beta: float = 0.2,
-                 size: int | None = None) -> jax.Array:
+                          size: int | None = None) -> jax.Array:
   """Q = row-L1-normalise((1-β)·I + β·S) `[B, B]` (S clipped at 0; S None or β = 0: Q = I)."""
   if similarity is None or beta == 0:
     return jnp.eye(size if similarity is None else similarity.shape[0], dtype=jnp.float32)

@@ -52,16 +52,16 @@ def classification_rows(dataset: str, protocol: str, fractions: Sequence[float],
       if multiclass:
         accs.append(float(np.mean(sc.argmax(-1) == y.argmax(-1))))
     out.append(table.row(dataset, protocol, "auroc" + suffix, float(np.mean(aucs)), fraction=frac,
-                      std=std(aucs), chance=0.5, init=init))
+                         std=std(aucs), chance=0.5, init=init))
     if multiclass:
       majority = float(np.max(np.mean(y, axis=0)))
       out.append(table.row(dataset, protocol, "accuracy" + suffix, float(np.mean(accs)),
-                        fraction=frac, std=std(accs), chance=majority, init=init))
+                           fraction=frac, std=std(accs), chance=majority, init=init))
     per_class = np.asarray(per_class)
     for c, name in enumerate(names):
       col = per_class[:, c]
       out.append(table.row(dataset, protocol, f"auroc{suffix}[{name}]", float(np.mean(col)),
-                        fraction=frac, std=std(col), chance=0.5, init=init))
+                           fraction=frac, std=std(col), chance=0.5, init=init))
   return out
 
 

@@ -162,7 +162,7 @@ class Evaluator:
       b = downstream_input.builder(self.downstream, self.data_dir)
       self._builder = b
       self._data = {split: training.load_split(b, split, image_size=self.image_size,
-                                         resize=self.resize, max_examples=self.max_examples)
+                                               resize=self.resize, max_examples=self.max_examples)
                     if split in b.info.splits else None for split in self.splits}
       for split in (self.splits[0], self.splits[2]):
         if not self._data[split] or not self._data[split]["image_id"]:
@@ -176,7 +176,7 @@ class Evaluator:
   def fraction_rows(self, fraction: float) -> np.ndarray:
     train_ids = self.load()[self.splits[0]]["image_id"]
     return training.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
-                            self.fraction_seed, False, self.max_examples)
+                                  self.fraction_seed, False, self.max_examples)
 
   def _host_batch(self, data: dict):
     from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
@@ -207,8 +207,8 @@ class Evaluator:
 
   def mesh(self):
     return training.make_mesh(self.num_devices, {"batch_size": self.batch_size,
-                                           "eval_batch_size": self.eval_batch_size},
-                        "fine_tune")
+                                                 "eval_batch_size": self.eval_batch_size},
+                              "fine_tune")
 
   def eval_step(self):
     """(variables, batch) -> {"scores" [B, C] (sigmoid / softmax), "loss" (valid rows)}."""
@@ -219,14 +219,15 @@ class Evaluator:
         logits = model.apply(variables, batch, train=False)["logits"]
         y = batch["labels"].astype(jnp.float32)
         scores = jax.nn.softmax(logits) if multiclass else jax.nn.sigmoid(logits)
-        return {"scores": scores, "loss": classification.logits_loss(logits, y, batch["valid"], multiclass)}
+        loss = classification.logits_loss(logits, y, batch["valid"], multiclass)
+        return {"scores": scores, "loss": loss}
       self._evals["eval"] = jax.jit(fn)
     return self._evals["eval"]
 
   def evaluate(self, variables, data: dict, mesh) -> dict:
     """{"scores" [N, C], "loss" (mean over the split)}."""
     return training.predict(self.eval_step(), variables, data, self.eval_batch_size,
-                      self._host_batch(data), mesh)
+                            self._host_batch(data), mesh)
 
   def fit(self, state, rows: np.ndarray, seed: int, mesh) -> tuple[dict, dict]:
     """Train one run on the training rows; (best variables, info)."""
@@ -254,23 +255,24 @@ class Evaluator:
         scores.append([])
         for seed in self.seeds:
           features.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % = "
-                      f"{len(rows)} images, seed {seed}")
+                            f"{len(rows)} images, seed {seed}")
           variables, info = self.fit(state, rows, seed, mesh)
           sc = self.evaluate(variables, test, mesh)["scores"]
           scores[-1].append(sc)
           macro, _ = classification.macro_auroc(sc, test["labels"])
           info.update(fraction=frac, seed=seed, test_auroc=macro)
           runs.append(info)
-          features.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
-                      f"test AUROC {100 * macro:.1f} (best epoch {info['best_epoch']} of "
-                      f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
+          features.progress(f"  fine-tune {self.downstream} ({init}): {100 * frac:g} % "
+                            f"seed {seed}: "
+                            f"test AUROC {100 * macro:.1f} (best epoch {info['best_epoch']} of "
+                            f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
     self.history = runs
     self.timing.update(
         runs=[{k: v for k, v in r.items() if k != "history"} for r in runs],
         train_images_per_s=float(np.mean([r["images_per_s"] for r in runs])))
     names = features.class_names(self.downstream, self.data_dir)
     return classification.classification_rows(self.downstream, PROTOCOL, self.fractions, scores,
-                                  test["labels"], names, multiclass, init)
+                                              test["labels"], names, multiclass, init)
 
   def run(self, state):
     yield from table.yield_rows(self.rows(state, getattr(state, "init", "pretrained")))

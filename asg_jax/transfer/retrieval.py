@@ -84,7 +84,7 @@ def retrieval_rows(dataset: str, image_emb: np.ndarray, text_emb: np.ndarray,
       values, chance = precision_recall_at_k(s, np.asarray(qc), np.asarray(gc), ks)
       for key, v in values.items():
         out.append(table.row(dataset, PROTOCOL, f"{direction}_{prefix}{key}", v,
-                          chance=chance[key], init=init))
+                             chance=chance[key], init=init))
   return out
 
 
@@ -112,14 +112,15 @@ class Evaluator:
     self.prompts, self.max_prompts, self.prompt_seed = prompts, max_prompts_per_class, prompt_seed
     self.ks = tuple(int(k) for k in ks)
     self.extract_batch_size, self.cache_dir, self.max_examples = (extract_batch_size, cache_dir,
-                                                                   max_examples)
+                                                                  max_examples)
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
     names = features.class_names(self.downstream, self.data_dir)
-    feats = features.extract(self.fns, state, self.downstream, self.test_split, data_dir=self.data_dir,
-                       keys=("image_emb",), batch_size=self.extract_batch_size,
-                       cache_dir=self.cache_dir, tag=features.state_tag(state, init),
-                       max_examples=self.max_examples)
+    feats = features.extract(self.fns, state, self.downstream, self.test_split,
+                             data_dir=self.data_dir,
+                             keys=("image_emb",), batch_size=self.extract_batch_size,
+                             cache_dir=self.cache_dir, tag=features.state_tag(state, init),
+                             max_examples=self.max_examples)
     labels = np.asarray(feats["labels"])
     if not np.all(labels.sum(-1) == 1):
       raise ValueError(f"retrieval needs a single-label (one-hot) set; {self.downstream} "

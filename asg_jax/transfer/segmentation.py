@@ -75,8 +75,8 @@ def load_split(b, split: str, *, image_size: int, resize: int = 0,
   float32 [N, C], "image_id" [N] str}, in the stored order (`training.load_split`).
   """
   return training.load_split(b, split, image_size=image_size, resize=resize, ids=ids,
-                       max_examples=max_examples, with_mask=True,
-                       who="the segmentation evaluator")
+                             max_examples=max_examples, with_mask=True,
+                             who="the segmentation evaluator")
 
 
 training_ids = training.training_ids
@@ -168,8 +168,8 @@ class Evaluator:
 
   def mesh(self):
     return training.make_mesh(self.num_devices, {"batch_size": self.batch_size,
-                                           "eval_batch_size": self.eval_batch_size},
-                        "segmentation")
+                                                 "eval_batch_size": self.eval_batch_size},
+                              "segmentation")
 
   def _trainer(self) -> training.Trainer:
     s = self.image_size
@@ -226,7 +226,7 @@ class Evaluator:
     """Row positions in the loaded training split of a fraction's images."""
     train_ids = self.load()[self.splits[0]]["image_id"]
     return training.fraction_rows(self._builder, self.splits[0], train_ids, fraction,
-                            self.fraction_seed, self.balance, self.max_examples)
+                                  self.fraction_seed, self.balance, self.max_examples)
 
   # ------------------------------------------------------------------ fit / predict
 
@@ -237,7 +237,7 @@ class Evaluator:
   def evaluate(self, variables, data: dict, mesh) -> dict:
     """{"dice" [N], "loss" (mean over batches, weighted by valid rows), "pred" [N, S, S]}."""
     return training.predict(self.eval_step(), variables, data, self.eval_batch_size,
-                      self._host_batch(data), mesh)
+                            self._host_batch(data), mesh)
 
   def fit(self, state, rows: np.ndarray, seed: int, mesh) -> tuple[dict, dict]:
     """Train one run on the training rows; (best variables, info)."""
@@ -265,26 +265,28 @@ class Evaluator:
         dice, dice_pos = [], []
         for seed in self.seeds:
           features.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % = "
-                      f"{len(rows)} images, seed {seed}")
+                            f"{len(rows)} images, seed {seed}")
           variables, info = self.fit(state, rows, seed, mesh)
           res = self.evaluate(variables, test, mesh)
           dice.append(float(np.mean(res["dice"])))
           dice_pos.append(float(np.mean(res["dice"][~gt_empty])) if (~gt_empty).any() else np.nan)
           info.update(fraction=frac, seed=seed, test_dice=dice[-1])
           runs.append(info)
-          features.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % seed {seed}: "
-                      f"test Dice {100 * dice[-1]:.1f} (best epoch {info['best_epoch']} of "
-                      f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
+          features.progress(f"  segmentation {self.downstream} ({init}): {100 * frac:g} % "
+                            f"seed {seed}: "
+                            f"test Dice {100 * dice[-1]:.1f} (best epoch {info['best_epoch']} of "
+                            f"{info['epochs']}, {info['images_per_s']:.1f} train images/s)")
           last = (variables, res)
         std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None  # noqa: E731
         out.append(table.row(self.downstream, PROTOCOL, "dice", float(np.mean(dice)),
-                          fraction=frac, std=std(dice), chance=chance, init=init))
+                             fraction=frac, std=std(dice), chance=chance, init=init))
         if (~gt_empty).any():
           out.append(table.row(self.downstream, PROTOCOL, "dice_positive",
-                            float(np.nanmean(dice_pos)), fraction=frac, std=std(dice_pos),
-                            chance=0.0, init=init))
+                               float(np.nanmean(dice_pos)), fraction=frac, std=std(dice_pos),
+                               chance=0.0, init=init))
     if self.figures > 0 and self.figure_dir:
-      path = os.path.join(self.figure_dir, f"segmentation_{features._safe(self.downstream)}_{init}.png")  # pylint: disable=protected-access
+      name = features._safe(self.downstream)  # pylint: disable=protected-access
+      path = os.path.join(self.figure_dir, f"segmentation_{name}_{init}.png")
       if jax.process_index() == 0:   # several processes: one writes
         write_figure(path, test, last[1], self.figures,
                      title=f"{self.downstream} ({init}, {100 * self.fractions[-1]:g} % labels)")

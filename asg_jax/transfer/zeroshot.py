@@ -92,9 +92,9 @@ def classification_rows(dataset: str, protocol: str, scores: np.ndarray, labels:
       cf1.append(classification.chance_f1(labels[:, c]))
       cacc.append(classification.chance_accuracy(labels[:, c]))
     rows.append(table.row(dataset, protocol, "f1", float(np.mean(f1s)), chance=float(np.mean(cf1)),
-                       init=init))
+                          init=init))
     rows.append(table.row(dataset, protocol, "accuracy", float(np.mean(accs)),
-                       chance=float(np.mean(cacc)), init=init))
+                          chance=float(np.mean(cacc)), init=init))
   if num_classes > 1:
     for c, name in enumerate(class_names):
       rows.append(table.row(dataset, protocol, f"auroc[{name}]", per[c], chance=0.5, init=init))
@@ -128,14 +128,15 @@ class Evaluator:
     self.prompts, self.max_prompts, self.prompt_seed = prompts, max_prompts_per_class, prompt_seed
     self.protocols, self.tag_names = tuple(protocols), dict(tag_names or {})
     self.extract_batch_size, self.cache_dir, self.max_examples = (extract_batch_size, cache_dir,
-                                                                   max_examples)
+                                                                  max_examples)
 
   def _features(self, fns, state, split, init, tag_suffix=""):
-    keys = ["image_emb"] + (["tag_logits"] if fns.tag_logits is not None and self._tags_on() else [])
+    tags = fns.tag_logits is not None and self._tags_on()
+    keys = ["image_emb"] + (["tag_logits"] if tags else [])
+    tag = features.state_tag(state, init) + tag_suffix
     return features.extract(fns, state, self.downstream, split, data_dir=self.data_dir,
-                      keys=tuple(keys), batch_size=self.extract_batch_size,
-                      cache_dir=self.cache_dir, tag=features.state_tag(state, init) + tag_suffix,
-                      max_examples=self.max_examples)
+                            keys=tuple(keys), batch_size=self.extract_batch_size,
+                            cache_dir=self.cache_dir, tag=tag, max_examples=self.max_examples)
 
   def _tags_on(self) -> bool:
     return "tags" in self.protocols and self.fns.tag_logits is not None
@@ -146,7 +147,8 @@ class Evaluator:
     or None (skipped, with a message)."""
     from asg_jax.models.tag_queries import NoQueryEncoder  # pylint: disable=import-outside-toplevel
     if not self._tags_on():
-      features.progress(f"  zero-shot tags {self.downstream}: the model has no tag decoder; skipped")
+      features.progress(f"  zero-shot tags {self.downstream}: the model has no tag decoder; "
+                        "skipped")
       return None
     index = tag_index(names, self.tag_names)
     phrases = query_phrases(names, self.tag_names)
@@ -157,7 +159,7 @@ class Evaluator:
         fn = self.fns.class_tag_logits(ordered)
       except NoQueryEncoder as e:
         features.progress(f"  zero-shot tags {self.downstream}: {new} are not training tags and "
-                    f"{e}; scoring only {list(index) or 'nothing'}")
+                          f"{e}; scoring only {list(index) or 'nothing'}")
       else:
         digest = hashlib.sha1("|".join(ordered).encode("utf-8")).hexdigest()[:10]
         return {"fns": dataclasses.replace(self.fns, tag_logits=fn), "classes": list(range(len(names))),

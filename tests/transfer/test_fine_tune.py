@@ -105,8 +105,9 @@ def test_separable_classes_fine_tune_to_auroc_one(fixture, tuned):
   assert run["best_epoch"] == int(np.argmin(losses))
 
 
+@pytest.mark.slow
 def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, tuned,
-                                                                      encoder_state):
+                                                                       encoder_state):
   eight = tuned[0].fine_tune.history[0]["first_step"]
   # (no validation split: no eval program to compile)
   ev = _evaluator(fixture, max_epochs=1, num_devices=1, val_split="none").fine_tune
@@ -130,14 +131,15 @@ def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, 
   assert not np.allclose(v["params"]["head"]["kernel"], head0["kernel"])
 
 
+@pytest.mark.slow
 def test_fine_tune_entry_runs_through_run_transfer(fixture, tiny_pretrained, tmp_path):
   from asg_jax.transfer import config as transfer_config, inits, run, table
   c = transfer_config.base()
   c.data_dir = fixture
   c.inits = ("pretrained",)     # (a random init compiles the whole model's init once more)
   transfer_config.add(c, "ft", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
-               downstream=DATASET, fractions=(1.0,), seeds=(0,), max_epochs=2,
-               batch_size=8, extract_batch_size=8)
+                      downstream=DATASET, fractions=(1.0,), seeds=(0,), max_epochs=2,
+                      batch_size=8, extract_batch_size=8)
   results = run.run_transfer("", c, out_dir=str(tmp_path), pretrained=tiny_pretrained)
   got = {(r["protocol"], r["metric"], r["init"]) for r in results["rows"]}
   assert got == {("fine_tune", m, "pretrained") for m in ("auroc", "accuracy", *(f"auroc[{n}]" for n in THREE))}

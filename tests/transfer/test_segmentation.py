@@ -59,7 +59,7 @@ def fixtures(tmp_path_factory):
       lines.append(f"{image_id},{downstream.rle_encode(mask)}")
     truth[image_id] = mask
     write_dicom(str(siim / "dicom-images-train" / f"s{i}" / f"r{i}" / f"{image_id}.dcm"),
-           _film(rng, mask), f"siim-patient-{i}")
+                _film(rng, mask), f"siim-patient-{i}")
   (siim / "train-rle.csv").write_text("\n".join(lines) + "\n")
   rsna = root / "rsna"
   rows = ["patientId,x,y,width,height,Target"]
@@ -149,6 +149,7 @@ def _run_cli(monkeypatch, workdir, config, data_dir, dataset, out, *extra):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_siim_fixture_end_to_end_through_the_cli(fixtures, workdir, tmp_path, monkeypatch):
   data_dir, _ = fixtures
   wd, _, variables = workdir
@@ -180,6 +181,7 @@ def test_siim_fixture_end_to_end_through_the_cli(fixtures, workdir, tmp_path, mo
   assert "| cxr_siim/fixture | segmentation | dice | 100 % |" in md and "imagenet" in md
 
 
+@pytest.mark.slow
 def test_rsna_fixture_end_to_end_through_the_cli(fixtures, workdir, tmp_path, monkeypatch):
   data_dir, _ = fixtures
   wd, _, _ = workdir
@@ -225,6 +227,7 @@ def _evaluator(data_dir, num_devices, **kw):
   return Evaluator(info, downstream="cxr_siim/fixture", data_dir=data_dir, **args)
 
 
+@pytest.mark.slow
 def test_one_device_equals_eight_and_the_frozen_encoder_does_not_move(fixtures, workdir):
   data_dir, _ = fixtures
   _, _, variables = workdir

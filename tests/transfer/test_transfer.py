@@ -43,7 +43,7 @@ def test_f1_accuracy_and_validation_threshold():
   assert classification.chance_f1(y) == pytest.approx(skm.f1_score(y, np.ones_like(y)))
   # the threshold is the validation one: applied to test data it is not re-fitted
   rows = zeroshot.classification_rows("d", "zero_shot_prompt", s[:, None] + 10,
-                                               y[:, None], "pretrained", s[:, None], y[:, None])
+                                      y[:, None], "pretrained", s[:, None], y[:, None])
   by = {r["metric"]: r for r in rows}
   assert by["accuracy"]["value"] == pytest.approx(np.mean(y))   # all predicted positive
   assert by["accuracy"]["chance"] == pytest.approx(max(np.mean(y), 1 - np.mean(y)))
@@ -127,7 +127,7 @@ def test_retrieval_is_perfect_when_image_and_text_embeddings_coincide(monkeypatc
   _planted(monkeypatch, {"test": {"image_emb": np.eye(8, dtype=np.float32)[cls],
                                   "labels": np.eye(5, dtype=np.float32)[cls]}})
   ev = retrieval.Evaluator(_toy_fns(pos), downstream="x", max_prompts_per_class=6,
-                                    ks=(1, 5))
+                           ks=(1, 5))
   rows = ev.rows(state=None)
   assert {r["metric"] for r in rows} == {f"{d}_{m}@{k}" for d in ("i2t", "t2i")
                                          for m in ("precision", "recall") for k in (1, 5)}
@@ -151,6 +151,7 @@ def test_retrieval_chance_matches_random_rankings():
 
 # `tiny_pretrained`: tests/conftest.py
 
+@pytest.mark.slow
 def test_evaluate_runs_on_the_demo_fixture_and_writes_results(tmp_path, tiny_pretrained):
   from asg_jax.transfer import config as transfer_config, run, table
   from asg_jax.data.pipeline import downstream_input
@@ -223,7 +224,7 @@ def test_feature_cache_is_reused_only_for_the_same_build(tmp_path):
 
   def extract(data_dir):
     return features.extract(fns, None, "cxr_chexpert/demo", "test", data_dir=data_dir,
-                      batch_size=8, cache_dir=cache, tag="pretrained_step1")
+                            batch_size=8, cache_dir=cache, tag="pretrained_step1")
 
   small, large = str(tmp_path / "a" / "tfds"), str(tmp_path / "b" / "tfds")
   downstream_demo.prepare(small, str(tmp_path / "a" / "raw"), num_images=24, num_siim=2)

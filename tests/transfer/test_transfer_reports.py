@@ -26,7 +26,7 @@ def test_exact_and_class_hits_known_answers():
   cls = np.repeat(np.arange(5), 12)
   emb = np.eye(8)[cls] + 0.1 * rng.normal(size=(60, 8)) * (np.arange(8) >= 5)
   rows = _by(retrieval.retrieval_rows("d", emb, emb, cls, cls, (1, 5, 10), "pretrained",
-                                               exact=True))
+                                      exact=True))
   for d in ("i2t", "t2i"):
     for k in (1, 5, 10):
       assert rows[f"{d}_precision@{k}"]["value"] == 1.0
@@ -40,7 +40,7 @@ def test_exact_and_class_hits_known_answers():
   # reports shifted by one within each class: class hits stay perfect, exact hits vanish
   shifted = np.concatenate([np.roll(np.arange(12), 1) + 12 * c for c in range(5)])
   rows = _by(retrieval.retrieval_rows("d", emb, emb[shifted], cls, cls, (1,), "x",
-                                               exact=True))
+                                      exact=True))
   assert rows["i2t_precision@1"]["value"] == 1.0
   assert rows["i2t_exact_recall@1"]["value"] == 0.0 and rows["t2i_exact_recall@1"]["value"] == 0.0
 
@@ -79,7 +79,7 @@ def _identical_fns(data_dir):
 def test_identical_embeddings_give_perfect_report_retrieval(built):
   fns, split = _identical_fns(built)
   ev = retrieval.Evaluator(fns, downstream="mimic_cxr/demo_5x200", data_dir=built,
-                                    texts="reports", ks=(1, 5, 10), extract_batch_size=4)
+                           texts="reports", ks=(1, 5, 10), extract_batch_size=4)
   rows = _by(ev.rows(state=None))
   # demo_5x200 keeps every candidate: A1, A2, A3, C1, K1, K2, E1, P3 (test_mimic_5x200.py)
   assert len(split["image_id"]) == 8
