@@ -11,7 +11,8 @@
     model.zero_shot(images, {"fibrosis": [], "effusion": ["pleural effusion"]}, protocol="tags")
     model.heatmap(image, "left lower lobe opacity")            # [gh, gw] word–patch map
 
-`images` are uint8 arrays `[H, W]`, `[H, W, 1]` or `[H, W, 3]` of any size (a list, or one
+`images` are file paths (PNG / JPEG / DICOM, read as the builders read them), PIL images or
+arrays `[H, W]`, `[H, W, 1..4]` of uint8 / 16-bit pixels, of any size (a list, or one
 stacked array): they go through the evaluation geometry of training (longest side to
 `config.data.resize`, zero pad, centre crop `config.data.image_size`, the configured
 normalisation). Texts are cleaned like training captions (lower case, `\\w+` tokens).
@@ -112,26 +113,34 @@ class Pretrained:
 
   # ------------------------------------------------------------------------ inputs
   def preprocess_images(self, images) -> np.ndarray:
-    """uint8 images of any size -> float32 `[N, S, S, 3]` (evaluation geometry)."""
+    """Images of any size -> float32 `[N, S, S, 3]` (evaluation geometry).
+
+    `images`: one image or a list of them, each a file path (PNG / JPEG / DICOM, as the
+    builders read it: `asg_jax.data.images`), a PIL image, or an array `[H, W]`, `[H, W, 1]`,
+    `[H, W, 2]` (grey + alpha), `[H, W, 3]` (RGB) or `[H, W, 4]` (RGBA) of uint8 or of
+    integers (16-bit: windowed min-max to 8 bits); or one stacked array `[N, H, W(, C)]`.
+    Colour becomes luminance (ITU-R 601), alpha is dropped. Float pixels are refused (their
+    scale is unknown).
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from asg_jax.data import geometry  # pylint: disable=import-outside-toplevel
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from asg_jax.data import geometry, images as images_lib  # pylint: disable=import-outside-toplevel
     dc = self.config.data
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (
-        images.ndim == 2 or images.shape[-1] not in (1, 3)):
-      images = [images]                     # one image [H, W] / [H, W, C>3 impossible]
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+      images = [images]
+    elif isinstance(images, np.ndarray) and (images.ndim == 2 or (
+        images.ndim == 3 and images.shape[-1] not in (1, 2, 3, 4))):
+      images = [images]                     # one image [H, W] / [H, W, C]
     out = []
     for i, image in enumerate(images):
-      image = np.asarray(image)
-      if image.dtype != np.uint8:
-        raise ValueError(f"image {i}: expected uint8 pixels, got {image.dtype}")
-      if image.ndim == 2:
-        image = image[..., None]
-      if image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(f"image {i}: expected [H, W], [H, W, 1] or [H, W, 3], got "
-                         f"{image.shape}")
-      if image.shape[-1] == 3:
-        image = np.round(image.astype(np.float32).mean(-1, keepdims=True)).astype(np.uint8)
-      x, _, _ = geometry.transform(tf.constant(image), tf.zeros((0, 4), tf.float32),
+      if not isinstance(image, (str, os.PathLike, Image.Image)):
+        image = np.asarray(image)
+        if not (image.dtype == np.uint8 or np.issubdtype(image.dtype, np.integer)
+                or image.dtype == np.bool_):
+          raise ValueError(f"image {i}: expected uint8 (or 16-bit integer) pixels, got "
+                           f"{image.dtype}")
+      grey = images_lib.load(image, where=f"image {i}")[..., None]
+      x, _, _ = geometry.transform(tf.constant(grey), tf.zeros((0, 4), tf.float32),
                                    resize=dc.resize, image_size=dc.image_size, train=False,
                                    normalization=dc.normalization)
       out.append(x.numpy())

@@ -21,9 +21,11 @@ from asg_jax.data.builders.cxr_nih14 import CxrNih14
 from asg_jax.data.builders.cxr_rsna import CxrRsna
 from asg_jax.data.builders.cxr_siim import CxrSiim
 from asg_jax.data.builders.downstream import balanced_ids, fraction_ids
+# Your own labelled images (a CSV or class folders): labelled_images.prepare(source, data_dir)
+from asg_jax.data.builders.labelled_images import LabelledImages
 from asg_jax.data.builders.mimic_cxr import MimicCxr
 
 __all__ = ["ChestConfig", "ImageTextCsv", "MimicCxr", "SKIP_REASONS", "SUMMARY_FILE", "Skip",
            "load_atlas", "read_image", "read_summary",
-           "CxrChexpert", "CxrCovidx", "CxrNih14", "CxrRsna", "CxrSiim", "balanced_ids",
-           "fraction_ids"]
+           "CxrChexpert", "CxrCovidx", "CxrNih14", "CxrRsna", "CxrSiim", "LabelledImages",
+           "balanced_ids", "fraction_ids"]

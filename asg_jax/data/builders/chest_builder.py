@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from asg_jax.data import images
 from asg_jax.data.reports import CHEXPERT, REGIONS, TAGS, parse_report, report_text
 
 logger = logging.getLogger(__name__)
@@ -66,78 +67,25 @@ class Skip(Exception):
 
 # ------------------------------------------------------------------------------ images
 
-def _to_uint8(arr: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
-  """Float/int image -> uint8 by linear windowing (min-max when `window` is None)."""
-  arr = np.asarray(arr, dtype=np.float64)
-  if window is None:
-    lo, hi = float(np.min(arr)), float(np.max(arr))
-  else:
-    lo, hi = window
-  if not (math.isfinite(lo) and math.isfinite(hi)):
-    raise ValueError("image has non-finite pixel values")
-  if hi <= lo:
-    return np.zeros(arr.shape, np.uint8)
-  return np.clip(np.round((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-
-
-def _read_dicom(path: str) -> np.ndarray:
-  """DICOM -> uint8 [H, W]: modality LUT, VOI window (else min-max), MONOCHROME1 inverted."""
-  import pydicom  # pylint: disable=import-outside-toplevel
-  from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pylint: disable=import-outside-toplevel
-  ds = pydicom.dcmread(path)
-  arr = ds.pixel_array
-  if arr.ndim >= 3 and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-    arr = arr[0]   # multi-frame: the first frame
-  photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-  if arr.ndim == 3:   # colour DICOM (rare for CXR): luminance
-    arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return _to_uint8(arr)
-  arr = apply_modality_lut(arr, ds)
-  if "WindowCenter" in ds and "WindowWidth" in ds:
-    arr = apply_voi_lut(arr, ds)
-  out = _to_uint8(arr)
-  if photometric == "MONOCHROME1":
-    out = 255 - out
-  return out
-
-
 def read_image(path: str, target_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-  """Read a radiograph as grayscale uint8.
+  """Read a radiograph as grayscale uint8 with the project's one decoder
+  (`asg_jax.data.images.read_grey`: JPEG / PNG / DICOM, any mode, EXIF orientation).
 
   Args:
-    path: JPEG / PNG (8- or 16-bit, any mode) / DICOM (`.dcm`, or any file with the DICM
-      preamble) file.
+    path: the image file.
     target_size: if given, JPEGs are decoded at a reduced scale no smaller than this
-      (PIL draft mode; much faster for 3000 px MIMIC images).
+      (PIL draft mode; much faster for 3000 px MIMIC images), very large images are
+      reduced right after decoding.
   Returns:
     (pixels uint8 [h, w], (H, W) = the ORIGINAL full-resolution height and width).
   Raises:
     Skip(MISSING_IMAGE) when the file does not exist, Skip(CORRUPT_IMAGE) when it cannot
-    be decoded.
+    be decoded (empty, not an image, truncated, ...: the detail starts with the kind).
   """
-  if not os.path.isfile(path):
-    raise Skip(MISSING_IMAGE, path, "file not found")
   try:
-    with open(path, "rb") as f:
-      head = f.read(132)
-    if path.lower().endswith((".dcm", ".dicom")) or head[128:132] == b"DICM":
-      arr = _read_dicom(path)
-      return arr, (int(arr.shape[0]), int(arr.shape[1]))
-    with Image.open(path) as im:
-      width, height = im.size
-      if im.format == "JPEG" and target_size:
-        im.draft("L", (target_size, target_size))
-      if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = _to_uint8(np.asarray(im))
-      else:
-        arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    if arr.ndim != 2 or arr.size == 0:
-      raise ValueError(f"unexpected decoded shape {arr.shape}")
-    return arr, (int(height), int(width))
-  except Skip:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise Skip(CORRUPT_IMAGE, path, f"{type(e).__name__}: {e}") from e
+    return images.read_grey(path, target_size)
+  except images.ImageReadError as e:
+    raise Skip(e.reason, path, e.detail) from e
 
 
 def stored_size(height: int, width: int, image_size: int) -> tuple[int, int]:
@@ -376,6 +324,7 @@ class SkipLog:
   def __init__(self):
     self.splits: dict[str, dict] = {}
     self.skipped_files: list[dict] = []
+    self.corrupt_kinds: dict[str, int] = {}
 
   def _split(self, split: str) -> dict:
     return self.splits.setdefault(split, {"examples": 0, "skipped": {}, "filtered": {}})
@@ -386,7 +335,12 @@ class SkipLog:
   def skip(self, split: str, skip: Skip) -> None:
     counts = self._split(split)["skipped"]
     counts[skip.reason] = counts.get(skip.reason, 0) + 1
-    logger.warning("skipping example (%s): %s %s", skip.reason, skip.file, skip.detail)
+    kind = skip.detail.split(":", 1)[0] if skip.reason == CORRUPT_IMAGE else ""
+    if kind in images.KINDS:   # what was wrong with an unreadable file, counted too
+      self.corrupt_kinds[kind] = self.corrupt_kinds.get(kind, 0) + 1
+    # one line per file only in the debug log: a partial release (1,000 of NIH's 112,120
+    # images) would print 111,120 lines; the build prints one summary line instead
+    logger.debug("skipping example (%s): %s %s", skip.reason, skip.file, skip.detail)
     if len(self.skipped_files) < MAX_LOGGED_SKIPS:
       self.skipped_files.append({"split": split, "reason": skip.reason, "file": skip.file,
                                  "detail": skip.detail})
@@ -400,8 +354,33 @@ class SkipLog:
     for s in self.splits.values():
       for k, v in s["skipped"].items():
         total[k] = total.get(k, 0) + v
+    filtered: dict[str, int] = {}
+    for s in self.splits.values():
+      for k, v in s["filtered"].items():
+        filtered[k] = filtered.get(k, 0) + v
     return {"splits": self.splits, "skipped_total": total,
-            "num_skipped": sum(total.values()), "skipped_files": self.skipped_files}
+            "num_skipped": sum(total.values()), "corrupt_image_kinds": dict(self.corrupt_kinds),
+            "filtered_total": filtered, "skipped_files": self.skipped_files}
+
+
+def summary_line(name: str, summary: Mapping, path: str = "") -> str:
+  """The ONE console line of a build: examples per split, skips and filtered rows by reason
+  (largest first), where the per-file list is."""
+  built = {k: v["examples"] for k, v in summary["splits"].items() if v["examples"]}
+  parts = [f"{name}: built {sum(built.values()):,} examples (" + ", ".join(
+      f"{k} {v:,}" for k, v in sorted(built.items())) + ")"]
+  def counts(d):
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))
+  if summary.get("num_skipped"):
+    kinds = summary.get("corrupt_image_kinds") or {}
+    parts.append(f"skipped {summary['num_skipped']:,} ({counts(summary['skipped_total'])}"
+                 + (f"; corrupt: {counts(kinds)}" if kinds else "") + ")")
+  else:
+    parts.append("skipped none")
+  if summary.get("filtered_total"):
+    parts.append(f"filtered {sum(summary['filtered_total'].values()):,} "
+                 f"({counts(summary['filtered_total'])})")
+  return "; ".join(parts) + (f"; details in {path}" if path else "")
 
 
 class ChestBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -446,9 +425,12 @@ class ChestBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     path = os.path.join(directory, SUMMARY_FILE)
     with open(path, "w") as f:
       json.dump(summary, f, indent=1)
-    logger.info("%s/%s built: %s; skipped %s", self.name, self.builder_config.name,
-                {k: v["examples"] for k, v in summary["splits"].items()},
-                summary["skipped_total"] or "none")
+    final = re.sub(r"incomplete\.[A-Za-z0-9]+_", "", path)   # where tfds moves the build
+    line = summary_line(f"{self.name}/{self.builder_config.name}", summary, final)
+    if summary["num_skipped"]:
+      logger.warning("%s", line)
+    else:
+      logger.info("%s", line)
     return summary
 
   def guarded(self, split: str, key: str, make) -> Iterable[tuple[str, dict]]:
