@@ -73,9 +73,9 @@ LONGEST_FIRST = ("tests/test_main_job_devices.py", "tests/test_crash_consistency
                  "tests/test_notebooks.py", "tests/test_own_data.py",
                  "tests/data/test_downstream_builders.py", "tests/test_precision_and_feed.py",
                  "tests/test_inference.py", "tests/test_visualize.py",
-                 "tests/evaluators/test_segmentation.py", "tests/models/test_remat_scan.py",
-                 "tests/evaluators/test_fine_tune.py", "tests/evaluators/test_transfer.py",
-                 "tests/evaluators/test_linear_probe.py")
+                 "tests/transfer/test_segmentation.py", "tests/models/test_remat_scan.py",
+                 "tests/transfer/test_fine_tune.py", "tests/transfer/test_transfer.py",
+                 "tests/transfer/test_linear_probe.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,6 +29,7 @@ def _error_line(proc) -> str:
   return lines[0]
 
 
+@pytest.mark.slow
 def test_a_missing_or_non_folder_manual_dir_is_one_line_and_nothing_is_written(tmp_path):
   workdir = tmp_path / "w"
   main = ["-m", "asg_jax.main", "--config", "configs/own_data.py", "--workdir", workdir]
@@ -43,6 +44,7 @@ def test_a_missing_or_non_folder_manual_dir_is_one_line_and_nothing_is_written(t
       f"ERROR: --workdir {workdir} is a file, not a folder"
 
 
+@pytest.mark.slow
 def test_a_read_only_workdir_is_one_line():
   """A read-only file system (a tmpfs mounted read-only in a private mount namespace)."""
   probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
@@ -60,6 +62,7 @@ def test_a_read_only_workdir_is_one_line():
           f"ERROR: --workdir {workdir} {what}: it is on a read-only file system"
 
 
+@pytest.mark.slow
 def test_a_wrapped_disk_full_error_is_one_line_and_verbosity_brings_the_traceback(tmp_path):
   """ENOSPC raised under a RuntimeError (as libraries wrap it), before the model is built."""
   workdir = tmp_path / "w"
@@ -72,6 +75,7 @@ def test_a_wrapped_disk_full_error_is_one_line_and_verbosity_brings_the_tracebac
   assert "No space left on device" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path):
   """The second checkpoint's orbax writes fail with ENOSPC (in orbax's own threads, wrapped
   by it); then, with space again, the same command resumes from the first."""

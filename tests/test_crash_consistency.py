@@ -25,6 +25,8 @@ from asg_jax import checkpoints, parallel, train
 from tests import workdir_worker
 from tests.helpers import FakeData, build
 
+pytestmark = pytest.mark.slow   # the whole file: see pyproject.toml's `slow` marker
+
 WORKER = pathlib.Path(workdir_worker.__file__)
 CONFIG = workdir_worker.get_config()
 

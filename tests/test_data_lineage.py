@@ -91,6 +91,7 @@ def drop_train_rows(folder, n=3):
 CHANGE = r"pairs\.csv: 3 rows fewer in train \(18 -> 15\) \(sha256 [0-9a-f]{8} -> [0-9a-f]{8}\)"
 
 
+@pytest.mark.slow
 def test_unchanged_rerun_and_reevaluate_keep_the_numbers_and_the_vocabulary(fresh, capsys):
   folder, workdir = fresh
   record = json.loads((workdir / lineage.LINEAGE_FILE).read_text())
@@ -108,6 +109,7 @@ def test_unchanged_rerun_and_reevaluate_keep_the_numbers_and_the_vocabulary(fres
     assert after[name] == before[name]
 
 
+@pytest.mark.slow
 def test_changed_data_is_refused_saying_what_changed(fresh):
   folder, workdir = fresh
   drop_train_rows(folder)
@@ -131,6 +133,7 @@ def test_changed_data_is_refused_saying_what_changed(fresh):
   assert run_files(workdir) == before
 
 
+@pytest.mark.slow
 def test_continue_keeps_the_vocabulary_and_trains_on_the_new_rows(fresh, capsys):
   folder, workdir = fresh
   vocabulary = (workdir / "tokenizer.json").read_bytes()
@@ -158,6 +161,7 @@ def test_continue_keeps_the_vocabulary_and_trains_on_the_new_rows(fresh, capsys)
   assert "Already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_retrain_keeps_the_old_run_aside_and_starts_over(fresh, capsys):
   from asg_jax.inference import Pretrained
   folder, workdir = fresh
@@ -183,6 +187,7 @@ def test_retrain_keeps_the_old_run_aside_and_starts_over(fresh, capsys):
   assert embedding.shape == (1, model.config.model.embed_dim) and np.all(np.isfinite(embedding))
 
 
+@pytest.mark.slow
 def test_a_workdir_without_checkpoints_is_not_bound(fresh):
   folder, workdir = fresh
   empty = workdir.parent / "untrained"

@@ -24,6 +24,7 @@ def pretrained(workdir):
   return inference.Pretrained.from_workdir(str(path), tokenizer=FakeData(config).tokenizer)
 
 
+@pytest.mark.slow
 def test_best_and_latest_checkpoints_load_and_hold_trained_params(workdir, pretrained):
   path, config = workdir
   latest = inference.Pretrained.from_workdir(str(path), checkpoint="latest",
@@ -43,6 +44,7 @@ def test_caption_cleaning_matches_training_captions():
   assert inference.caption_of("Small L. effusion!\nNo PTX.") == "small l effusion no ptx"
 
 
+@pytest.mark.slow
 def test_embeddings_similarity_zero_shot_and_heatmap_agree_with_numpy(pretrained):
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 255, size=(150, 120), dtype=np.uint8),
@@ -77,6 +79,7 @@ def test_embeddings_similarity_zero_shot_and_heatmap_agree_with_numpy(pretrained
   assert tags.shape == (2, 40) and np.all((tags > 0) & (tags < 1))
 
 
+@pytest.mark.slow
 def test_grey_and_rgb_inputs_give_the_same_embedding(pretrained):
   grey = np.random.default_rng(1).integers(0, 255, size=(100, 130), dtype=np.uint8)
   rgb = np.repeat(grey[..., None], 3, axis=-1)
@@ -86,6 +89,7 @@ def test_grey_and_rgb_inputs_give_the_same_embedding(pretrained):
     pretrained.embed_images([grey.astype(np.float32)])
 
 
+@pytest.mark.slow
 def test_preprocessing_is_the_eval_geometry(pretrained):
   """A constant 64x128 image: longest side to `resize` (128x64 → 128 wide, 64 high), centred
   zero padding, centre crop 112: rows outside the image are the normalised zero value."""
@@ -107,6 +111,7 @@ def _images():
           rng.integers(0, 255, size=(80, 140), dtype=np.uint8)]
 
 
+@pytest.mark.slow
 def test_new_class_names_are_queried_like_the_training_tags(pretrained):
   saved = pretrained.constants["tag_queries"]
   assert tag_queries.TAG_QUERY_RNG in pretrained.constants      # written by training
@@ -159,6 +164,7 @@ def old_pretrained(workdir, tmp_path_factory):
   return loaded, out.getvalue()
 
 
+@pytest.mark.slow
 def test_workdir_without_query_rng_loads_and_answers_the_40_tags(old_pretrained, pretrained):
   old, printed = old_pretrained
   assert "predates `tag_query_rng`" in printed and "40 training tags" in printed
@@ -169,6 +175,7 @@ def test_workdir_without_query_rng_loads_and_answers_the_40_tags(old_pretrained,
     old.tag_logits(images, ["fibrosis"])
 
 
+@pytest.mark.slow
 def test_transfer_zeroshot_tags_score_new_names(pretrained, old_pretrained, tmp_path):
   """The transfer zeroshot's tag protocol on mimic_cxr/demo_5x200 (the fixture of
   tests/data/test_mimic_5x200.py): Cardiomegaly queried as "enlarged heart" (not a tag) makes

@@ -26,6 +26,8 @@ import pytest
 
 from asg_jax import inference
 
+pytestmark = pytest.mark.slow   # the whole file: see pyproject.toml's `slow` marker
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
 TRANSFER = "configs/transfer/demo.py:tiny"

@@ -109,6 +109,7 @@ def table(markdown: str) -> list[list[str]]:
   return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
 
 
+@pytest.mark.slow
 def test_pretrain_notebook_trains_into_the_workdir_and_shows_its_metrics(executed):
   workdir, nbs = executed
   nb = nbs["pretrain"]
@@ -127,6 +128,7 @@ def test_pretrain_notebook_trains_into_the_workdir_and_shows_its_metrics(execute
   assert_figures(nb, workdir, FIGURES["pretrain"])
 
 
+@pytest.mark.slow
 def test_explore_notebook_answers_zero_shot_and_draws_the_figures(executed):
   workdir, nbs = executed
   nb = nbs["explore"]
@@ -145,6 +147,7 @@ def test_explore_notebook_answers_zero_shot_and_draws_the_figures(executed):
   assert_figures(nb, workdir, FIGURES["explore"])
 
 
+@pytest.mark.slow
 def test_transfer_notebook_shows_the_results_it_wrote(executed):
   from asg_jax.transfer import table
   workdir, nbs = executed

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from asg_jax import train
 from asg_jax.data.demo import synthetic
@@ -51,6 +52,7 @@ def make_pairs(tmp_path, realdata_dir) -> tuple[pathlib.Path, int]:
   return folder, laterals
 
 
+@pytest.mark.slow
 def test_own_data_recipe_end_to_end(tmp_path, realdata_dir, capsys):
   from asg_jax.inference import Pretrained
   folder, laterals = make_pairs(tmp_path, realdata_dir)

@@ -164,6 +164,7 @@ def test_bfloat16_forward_matches_float32_outputs():
   assert 0 < diff.max() < 0.01                           # measured 0.002 of ±0.4 logits
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_close_to_float32():
   f32, _ = _train_losses("float32")
   bf16, runner = _train_losses("bfloat16")

@@ -134,6 +134,7 @@ def test_a_trace_without_the_module_is_an_error(tmp_path):
     ps.summarize(str(tmp_path / "nothing"), HLO, "jit_train_step", steps=1)
 
 
+@pytest.mark.slow
 def test_the_tiny_train_step_profile_names_its_parts(tmp_path):
   """A real trace from this jax: nearly every op event is found in the compiled HLO, and
   the parts the tiny ASG step runs all appear, forward and backward."""

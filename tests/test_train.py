@@ -22,6 +22,7 @@ def _latest_params(workdir, config):
   return step, jax.device_get(restored.params)
 
 
+@pytest.mark.slow
 def test_nan_guard_names_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
   # one device: the train-step programs of tests/test_inference.py's, test_visualize's and
   # the notebooks' fixtures (the shared compile cache); 1 == 8 devices: test_train_devices.py
@@ -60,6 +61,7 @@ def run_evals(config, mesh, data):
   return values, state, model, evaluators, constants
 
 
+@pytest.mark.slow
 def test_partial_batch_val_loss_is_the_per_example_mean():
   # the full ASG objective (the programs test_grounding_... also compiles): its IRA term is
   # the symmetric in-batch cross-entropy computed here in NumPy
@@ -84,6 +86,7 @@ def test_partial_batch_val_loss_is_the_per_example_mean():
   assert np.isfinite(values["val_loss"]) and values["val_loss"] > values["val_ira"]
 
 
+@pytest.mark.slow
 def test_grounding_is_absent_without_annotated_boxes():
   config = demo_config("runlocal,image=vit", evals=("loss", "grounding"))
   mesh = parallel.make_mesh(8)
@@ -115,6 +118,7 @@ class SignalledData(FakeData):
       yield batch
 
 
+@pytest.mark.slow
 def test_preempt_and_resume_equals_uninterrupted_with_patience_and_a_toy_evaluator(tmp_path, capsys):
   """One scenario (each train_and_evaluate costs seconds of tracing): a toy evaluator
   declared through config alone runs on its own schedule, one model pass per split and

@@ -13,6 +13,7 @@ from tests.helpers import demo_config, run_steps
 # against one device, values and gradients, in tests/losses/test_reclf_sharded.py; the
 # whole main job across 2 processes x 4 devices in tests/test_main_job_devices.py.
 @pytest.mark.parametrize("objective,image", [("asg", "vit")])
+@pytest.mark.slow
 def test_step_compiles_once_and_one_device_equals_eight(objective, image):
   config = demo_config(f"runlocal,objective={objective},image={image}")
   jitted8, state8, hist8 = run_steps(config, parallel.make_mesh(8), 3)

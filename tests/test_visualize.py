@@ -126,6 +126,7 @@ def colour_fraction(rgb, hex_colour, tol=30):
   return float((np.abs(rgb - target).max(-1) < tol).mean())
 
 
+@pytest.mark.slow
 def test_cli_writes_the_four_figures(workdir, tmp_path, capsys):
   out = tmp_path / "figures"
   written = visualize.main(["--workdir", str(workdir), "--out", str(out), "--split", "train",
@@ -146,6 +147,7 @@ def test_cli_writes_the_four_figures(workdir, tmp_path, capsys):
   assert saturated_fraction(curves_png) > 0.0002             # coloured lines
 
 
+@pytest.mark.slow
 def test_curves_read_back_what_training_wrote(workdir):
   scalars = curves.read_scalars(str(workdir))
   steps, loss = scalars["train/loss"]
@@ -156,6 +158,7 @@ def test_curves_read_back_what_training_wrote(workdir):
   np.testing.assert_allclose(val[-1], summary["metrics"]["val_loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_phrases_on_given_images(workdir, tmp_path):
   from asg_jax import inference
   from asg_jax.data.demo import drawing as demo_drawing
@@ -171,6 +174,7 @@ def test_phrases_on_given_images(workdir, tmp_path):
     examples_lib.read_image(str(tmp_path / "missing.png"))
 
 
+@pytest.mark.slow
 def test_grounding_is_skipped_with_a_reason_without_boxes_of_their_own(workdir, tmp_path):
   """Atlas-only or region-less examples (own data without a boxes column): no numpy reshape
   error, the grounding figure is skipped with one line; the others are still drawn."""

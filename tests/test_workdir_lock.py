@@ -40,6 +40,7 @@ def _holder(code: str) -> subprocess.Popen:
   return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_naming_the_first_which_finishes_and_the_workdir_resumes(
     tmp_path, capsys):
   workdir = tmp_path / "w"

@@ -536,6 +536,7 @@ def test_covidx_missing_list(tmp_path):
 
 # ------------------------------------------------------- transfer recipes on the fixtures
 
+@pytest.mark.slow
 def test_every_transfer_recipe_runs_on_its_builder_fixture(chexpert, nih, rsna, covidx,
                                                            tiny_pretrained, tmp_path, monkeypatch):
   """`configs/transfer/<dataset>.py:runlocal` through `run.run_transfer` (what

@@ -258,6 +258,7 @@ def _global_batches(src, tokenizer, processes, n, **over):
           for s in range(len(per_proc[0]))]
 
 
+@pytest.mark.slow
 def test_global_batches_are_the_same_for_any_number_of_processes(tokenizer):
   exs = make_examples(51, seed=2)
   src = source_of(exs, num_shards=4)

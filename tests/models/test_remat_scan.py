@@ -100,10 +100,12 @@ def _check_tower(make, args):
                                    err_msg=f"{what}: grad {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow
 def test_vit_remat_scan_parity():
   _check_tower(lambda r, s: vit.ViT(**VIT, remat=r, scan=s), (_images(),))
 
 
+@pytest.mark.slow
 def test_bert_remat_scan_parity():
   _check_tower(lambda r, s: bert.BertEncoder(**BERT, remat=r, scan=s), _text())
 

@@ -89,6 +89,7 @@ def tuned(fixture, encoder_state):
   return lp, {r["metric"]: r for r in lp.rows(encoder_state, "pretrained")}
 
 
+@pytest.mark.slow
 def test_separable_classes_fine_tune_to_auroc_one(fixture, tuned):
   lp, rows = tuned
   assert {r["protocol"] for r in rows.values()} == {"fine_tune"}
@@ -105,6 +106,7 @@ def test_separable_classes_fine_tune_to_auroc_one(fixture, tuned):
   assert run["best_epoch"] == int(np.argmin(losses))
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, tuned,
                                                                        encoder_state):
@@ -131,6 +133,7 @@ def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, 
   assert not np.allclose(v["params"]["head"]["kernel"], head0["kernel"])
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_fine_tune_entry_runs_through_run_transfer(fixture, tiny_pretrained, tmp_path):
   from asg_jax.transfer import config as transfer_config, inits, run, table
