@@ -107,7 +107,6 @@ def test_separable_classes_fine_tune_to_auroc_one(fixture, tuned):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, tuned,
                                                                        encoder_state):
   eight = tuned[0].fine_tune.history[0]["first_step"]
@@ -133,7 +132,6 @@ def test_one_device_equals_eight_and_encoder_lr_zero_freezes_the_tower(fixture, 
   assert not np.allclose(v["params"]["head"]["kernel"], head0["kernel"])
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_fine_tune_entry_runs_through_run_transfer(fixture, tiny_pretrained, tmp_path):
   from asg_jax.transfer import config as transfer_config, inits, run, table

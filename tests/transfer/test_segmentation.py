@@ -150,7 +150,6 @@ def _run_cli(monkeypatch, workdir, config, data_dir, dataset, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_siim_fixture_end_to_end_through_the_cli(fixtures, workdir, tmp_path, monkeypatch):
   data_dir, _ = fixtures
   wd, _, variables = workdir
@@ -182,7 +181,6 @@ def test_siim_fixture_end_to_end_through_the_cli(fixtures, workdir, tmp_path, mo
   assert "| cxr_siim/fixture | segmentation | dice | 100 % |" in md and "imagenet" in md
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_rsna_fixture_end_to_end_through_the_cli(fixtures, workdir, tmp_path, monkeypatch):
   data_dir, _ = fixtures
@@ -229,7 +227,6 @@ def _evaluator(data_dir, num_devices, **kw):
   return Evaluator(info, downstream="cxr_siim/fixture", data_dir=data_dir, **args)
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_one_device_equals_eight_and_the_frozen_encoder_does_not_move(fixtures, workdir):
   data_dir, _ = fixtures

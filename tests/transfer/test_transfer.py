@@ -152,7 +152,6 @@ def test_retrieval_chance_matches_random_rankings():
 # `tiny_pretrained`: tests/conftest.py
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_evaluate_runs_on_the_demo_fixture_and_writes_results(tmp_path, tiny_pretrained):
   from asg_jax.transfer import config as transfer_config, run, table
   from asg_jax.data.pipeline import downstream_input
