@@ -209,6 +209,9 @@ class Evaluator:
     extract_batch_size, cache_dir ("" = no cache), max_examples (> 0: first N of each split).
     standardize: z-score the features with the training split's mean/std (not the papers'
       protocol; off by default — docs/transfer.md shows why it matters on the demo).
+    solver: "adamw" (default: the papers' protocol above) or "lbfgs" (converged full-batch
+      L2 logistic regression, C chosen on validation from `cs`, `max_iter` iterations at
+      most: asg_jax/transfer/lbfgs_probe.py; rows of protocol `linear_probe_lbfgs`).
     fine_tune: train the encoder too (`asg_jax.transfer.fine_tune`: protocol
       "fine_tune", encoder lr `encoder_lr`, head lr `lr`, on the images; `extract_batch_size`
       is its eval batch, `num_devices` its mesh (0 = all)).
@@ -222,8 +225,18 @@ class Evaluator:
                patience: int = 10, dropout: float = 0.0, task: str = "auto",
                feature: str = "image_feature", extract_batch_size: int = 64,
                cache_dir: str = "", max_examples: int = 0, standardize: bool = False,
-               fine_tune: bool = False, encoder_lr: float = 1e-5, num_devices: int = 0):
+               fine_tune: bool = False, encoder_lr: float = 1e-5, num_devices: int = 0,
+               solver: str = "adamw", cs: Sequence[float] = (), max_iter: int = 500):
     del data                    # the pre-training SplitPass: not used
+    if solver not in ("adamw", "lbfgs"):
+      raise ValueError(f"linear_probe: solver={solver!r}; expected 'adamw' (the papers' "
+                       "protocol) or 'lbfgs' (converged L2 logistic regression)")
+    if solver == "lbfgs" and fine_tune:
+      raise ValueError("linear_probe: solver='lbfgs' fits cached features; fine_tune=True "
+                       "trains the encoder with AdamW")
+    self.solver, self.max_iter = solver, int(max_iter)
+    from asg_jax.transfer import lbfgs_probe  # pylint: disable=import-outside-toplevel
+    self.cs = tuple(float(c) for c in (cs or lbfgs_probe.DEFAULT_GRID))
     self.fine_tune = None
     if fine_tune:               # the encoder trains too: asg_jax/evaluators/fine_tune.py
       if standardize or feature != "image_feature":
@@ -294,6 +307,8 @@ class Evaluator:
     keys = jnp.stack([jax.random.PRNGKey(s) for _ in range(nf) for s in self.seeds])
     features.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
                 f"seeds = {nf * ns} probes on {tr[self.feature].shape} features")
+    if self.solver == "lbfgs":
+      return self._rows_lbfgs(tr, va, te, masks, keys, multiclass, fmask, init, t0, t1)
     fit = fit_probes(jnp.asarray(tr[self.feature]), jnp.asarray(tr["labels"]), jnp.asarray(masks),
                      keys, jnp.asarray(va[self.feature]), jnp.asarray(va["labels"]),
                      multiclass=multiclass, **self.recipe)
@@ -313,6 +328,36 @@ class Evaluator:
                    "epochs": [int(e) for e in fit["epochs"]]}
     features.progress(f"  linear probe {self.downstream} ({init}): fit {t2 - t1:.1f}s, epochs run "
                 f"{self.timing['epochs']}")
+    return out
+
+  def _rows_lbfgs(self, tr, va, te, masks, keys, multiclass, fmask, init, t0, t1):
+    """`solver="lbfgs"`: every fraction × seed × C in one fit (asg_jax/transfer/lbfgs_probe.py),
+    C chosen per run on the validation loss; rows of protocol `linear_probe_lbfgs`."""
+    from asg_jax.transfer import lbfgs_probe  # pylint: disable=import-outside-toplevel
+    nf, ns = len(self.fractions), len(self.seeds)
+    features.progress(f"  linear probe {self.downstream} ({init}): L-BFGS, {nf} fractions x {ns} "
+                      f"seeds x {len(self.cs)} C = {nf * ns * len(self.cs)} fits on "
+                      f"{tr[self.feature].shape} features")
+    fit = jax.device_get(lbfgs_probe.fit_lbfgs(
+        tr[self.feature], tr["labels"], jnp.asarray(masks), keys, self.cs,
+        multiclass=multiclass, max_iter=self.max_iter))
+    val = lbfgs_probe.validation_losses(fit, va[self.feature], va["labels"], multiclass)
+    chosen, best = lbfgs_probe.select(fit, val)
+    t2 = time.time()
+    scores = lbfgs_probe.probabilities(chosen["w"], chosen["b"], te[self.feature], multiclass)
+    names = features.class_names(self.downstream, self.data_dir)
+    out = classification_rows(self.downstream, PROTOCOL + "_lbfgs", self.fractions,
+                              [[scores[f * ns + s] for s in range(ns)] for f in range(nf)],
+                              te["labels"], names, multiclass, init,
+                              suffix="_zscored" if self.standardize else "")
+    self.fit = dict(fit, val_loss=val, chosen=best)
+    self.timing = {"extract_s": t1 - t0, "fit_s": t2 - t1, "num_fits": int(np.prod(val.shape)),
+                   "train_examples": int(tr[self.feature].shape[0]),
+                   "examples_per_fraction": [int(m.sum()) for m in fmask],
+                   "c": [self.cs[i] for i in best],
+                   "iterations_max": int(np.max(fit["iterations"]))}
+    features.progress(f"  linear probe {self.downstream} ({init}): L-BFGS fit {t2 - t1:.1f}s, C "
+                      f"chosen {self.timing['c']}, iterations <= {self.timing['iterations_max']}")
     return out
 
   def run(self, state):
