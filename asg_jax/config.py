@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.scan = False       # ViT: nn.scan over the identical blocks (faster compiles)
   c.model.image.resnet_stage_sizes = (3, 4, 6, 3)
   c.model.image.resnet_width = 64
+  c.model.image.patch_importance = False  # ViT: the output `patch_importance` (MGCA, peers.md)
 
   c.model.text = ml_collections.ConfigDict()
   c.model.text.name = "bert"       # a text tower of asg_jax/registry.py
@@ -118,10 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.local_head.word_softmax_first = False  # GLoRIA code's extra softmax over words
   c.model.local_head.remat = True             # rematerialise each block in the backward pass
   c.model.local_head.shard = True             # shard_map by image rows when a mesh is active
+  # MGCA's prototype layer, the parameter `prototypes [K, embed_dim]` (0 = none; docs/peers.md)
+  c.model.num_prototypes = 0
 
   # ----------------------------------------------------------------- loss
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "asg"              # an objective of asg_jax/registry.py: ira|asg|reclf|gloria
+  c.loss.name = "asg"              # an objective of asg_jax/registry.py: ira|asg|reclf|gloria|
+                                   # mgca|convirt
   c.loss.temperature = 0.07
   c.loss.global_batch = True       # IRA/ERL over the global batch (False: per device, as released)
   c.loss.use_ira = True
@@ -140,6 +144,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.label_source = "tags"     # "tags" | "chexpert" | "embedding" | "auto" (what the batch has)
   c.loss.gamma3 = 10.0             # GLoRIA local logit scale
   c.loss.semantic_local = True     # soft targets also on the local branch (False: hard)
+  # MGCA (loss.name = "mgca"; ITA uses loss.temperature, docs/peers.md)
+  c.loss.mgca = ml_collections.ConfigDict()
+  c.loss.mgca.lambdas = (1.0, 0.7, 0.5)  # λ1 ITA, λ2 token (CTA), λ3 prototype (CPA) level
+  c.loss.mgca.use_ita = True
+  c.loss.mgca.use_local = True
+  c.loss.mgca.use_proto = True
+  c.loss.mgca.bidirectional = True       # + the patch->word half of the token level
+  c.loss.mgca.local_temperature = 0.1
+  c.loss.mgca.proto_temperature = 0.2
+  c.loss.mgca.epsilon = 0.05             # Sinkhorn-Knopp ε and iterations
+  c.loss.mgca.sinkhorn_iterations = 3
+  c.loss.mgca.clip = (0.1, 0.9)          # quantiles of the [CLS]-attention weight clip
+  # ConVIRT (loss.name = "convirt"): scale·(λ·ℓ(image→text) + (1−λ)·ℓ(text→image)) at τ
+  c.loss.convirt = ml_collections.ConfigDict()
+  c.loss.convirt.temperature = 0.1
+  c.loss.convirt.lam = 0.75
+  c.loss.convirt.scale = 1.0
 
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -184,6 +205,10 @@ def base_config() -> ml_collections.ConfigDict:
   # {top-level params key (e.g. "tag_decoder"): m}: that subtree's AdamW updates × m, as a
   # PyTorch param group with lr·m (weight decay too); empty = none (the plain optimizer)
   c.train.lr_multipliers = ml_collections.ConfigDict()
+  # {top-level params key: f}: that subtree is frozen for the first f·num_steps steps, skipped
+  # by AdamW (moments, step count, weight decay), as PyTorch skips a parameter whose grad is
+  # None (MGCA: {"prototypes": 0.02}, its first epoch of 50); empty = none
+  c.train.freeze = ml_collections.ConfigDict()
   c.train.log_every = 50           # also how often the step's measurements are fetched
   c.train.device_prefetch = 2      # sharded batches transferred ahead of the step (0 = none)
   c.train.dropout_prng = "threefry"  # the dropout keys' PRNG: "threefry" | "rbg" (cheaper bits
@@ -371,6 +396,9 @@ def _check(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("set config.train.num_steps or config.train.num_epochs (> 0)")
   from asg_jax import state  # pylint: disable=import-outside-toplevel
   state.lr_multipliers(c.train)    # values: numbers > 0 (names: checked against the params)
+  state.freeze_fractions(c.train)  # values in [0, 1] (names: checked against the params)
+  from asg_jax import objectives  # pylint: disable=import-outside-toplevel
+  objectives.check_config(c)       # the outputs and parameters the objective reads exist
   from asg_jax.evaluators import plugins  # pylint: disable=import-outside-toplevel
   for name in c.evals:
     plugins.check_entry(name, c.evals[name])

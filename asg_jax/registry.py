@@ -34,6 +34,8 @@ OBJECTIVES = {
     "asg": "asg_jax.objectives:make_asg_objective",
     "reclf": "asg_jax.objectives:make_reclf_objective",
     "gloria": "asg_jax.objectives:make_reclf_objective",
+    "mgca": "asg_jax.objectives:make_mgca_objective",
+    "convirt": "asg_jax.objectives:make_convirt_objective",
 }
 EVALUATORS = {
     "grounding": "asg_jax.evaluators.grounding",

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -59,10 +59,22 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
 
   `train_cfg.lr_multipliers` ({top-level params key: m}, empty = none) scales the AdamW
   updates of those subtrees by m — a PyTorch parameter group with lr·m (the decoupled weight
-  decay scaled the same way). Empty: exactly the plain AdamW (same opt_state structure)."""
+  decay scaled the same way). `train_cfg.freeze` ({top-level params key: f}, empty = none)
+  holds those subtrees for the first round(f·num_steps) steps (`hold_for`). Both empty:
+  exactly the plain AdamW (same opt_state structure)."""
   schedule = lr_schedule(train_cfg, num_steps)
   tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
                    weight_decay=train_cfg.weight_decay)
+  freeze = {k: int(round(f * num_steps)) for k, f in freeze_fractions(train_cfg).items()}
+  if freeze:
+    # a frozen subtree: its own AdamW (own moments and bias-correction count) held for its
+    # first steps; the learning rate follows the global step
+    adam = lambda: optax.chain(  # noqa: E731
+        optax.scale_by_adam(b1=train_cfg.b1, b2=train_cfg.b2),
+        optax.add_decayed_weights(train_cfg.weight_decay))
+    transforms = {k: optax.chain(hold_for(adam(), steps), optax.scale_by_learning_rate(schedule))
+                  for k, steps in freeze.items()}
+    tx = optax.multi_transform(dict(transforms, **{_UNSCALED: tx}), _subtree_labels(freeze, "freeze"))
   multipliers = lr_multipliers(train_cfg)
   if multipliers:
     tx = optax.chain(tx, scale_subtrees(multipliers))
@@ -82,12 +94,47 @@ def lr_multipliers(train_cfg: ml_collections.ConfigDict) -> dict[str, float]:
   return out
 
 
-def check_multiplier_names(multipliers, params) -> None:
+def freeze_fractions(train_cfg: ml_collections.ConfigDict) -> dict[str, float]:
+  """`config.train.freeze` as a plain {name: fraction of all steps} (absent or empty: {})."""
+  out = {}
+  for name, f in dict(train_cfg.get("freeze", None) or {}).items():
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+      raise ConfigError(f"config.train.freeze[{name!r}] = {f!r}; expected a fraction of the "
+                        "steps in [0, 1]")
+    out[str(name)] = float(f)
+  return out
+
+
+class HoldState(NamedTuple):
+  count: jax.Array    # int32 steps seen
+  inner: Any
+
+
+def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+  """`inner`, except that during its first `steps` updates it passes zero updates and keeps
+  its state unchanged: PyTorch's optimizer skipping a parameter whose `.grad` is None (no
+  moment, no step count, no weight decay), in the jitted step."""
+
+  def init(params):
+    return HoldState(jnp.zeros((), jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    held = state.count < steps
+    pick = lambda old, new: jnp.where(held, old, new)  # noqa: E731
+    new_updates = jax.tree.map(lambda u: jnp.where(held, jnp.zeros_like(u), u), new_updates)
+    return new_updates, HoldState(state.count + 1,
+                                  jax.tree.map(pick, state.inner, new_inner))
+
+  return optax.GradientTransformation(init, update)
+
+
+def check_multiplier_names(multipliers, params, key: str = "lr_multipliers") -> None:
   """ConfigError naming every multiplier that is not a top-level key of `params`."""
   keys = sorted(params.keys())
   unknown = sorted(set(multipliers) - set(keys))
   if unknown:
-    raise ConfigError(f"config.train.lr_multipliers: {', '.join(map(repr, unknown))} "
+    raise ConfigError(f"config.train.{key}: {', '.join(map(repr, unknown))} "
                       f"{'is not a' if len(unknown) == 1 else 'are not'} top-level parameter "
                       f"subtree{'' if len(unknown) == 1 else 's'}; the model's are {keys}")
 
@@ -100,14 +147,20 @@ def scale_subtrees(multipliers: dict[str, float]) -> optax.GradientTransformatio
   `multipliers[name]` (`optax.scale`), the others unchanged; the names are checked against
   the tree (`check_multiplier_names`) when the labels are made, at `init` and `update`."""
 
-  def labels(tree):
-    check_multiplier_names(multipliers, tree)
-    return {k: jax.tree.map(lambda _, k=k: k if k in multipliers else _UNSCALED, v)
-            for k, v in tree.items()}
-
   transforms = {k: optax.scale(m) for k, m in multipliers.items()}
   transforms[_UNSCALED] = optax.identity()
-  return optax.multi_transform(transforms, labels)
+  return optax.multi_transform(transforms, _subtree_labels(multipliers))
+
+
+def _subtree_labels(names, key: str = "lr_multipliers"):
+  """`multi_transform` labels: a top-level subtree's name if in `names`, else `_UNSCALED`
+  (`names` checked against the tree, naming `config.train.<key>`)."""
+
+  def labels(tree):
+    check_multiplier_names(names, tree, key)
+    return {k: jax.tree.map(lambda _, k=k: k if k in names else _UNSCALED, v)
+            for k, v in tree.items()}
+  return labels
 
 
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}

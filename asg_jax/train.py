@@ -45,13 +45,19 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
   `apply_kwargs`: extra keyword arguments of `model.apply` (e.g. `local=False`: the model
   skips what the objective does not read).
 
+  An objective's `prepare_params` (objectives.py: MGCA's prototype normalisation) is applied
+  to the parameters before the forward and the update.
+
   A step whose loss, any loss term or gradient norm is non-finite leaves the state
   unchanged (so a checkpoint never holds a poisoned state); `measurements['finite']` says
   which happened, and the host loop stops naming the step and the terms.
   """
 
+  prepare = getattr(objective, "prepare_params", None)
+
   def train_step(state: state_lib.TrainState, batch, constants):
     rng = jax.random.fold_in(base_rng, state.step)
+    params = state.params if prepare is None else prepare(state.params)
 
     def loss_fn(params):
       outputs, mutated = model.apply(
@@ -63,10 +69,10 @@ def make_train_step(model: vlp.VisionLanguageModel, tx, schedule, objective: Cal
       return loss, (measurements, mutated["batch_stats"])
 
     (loss, (measurements, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        loss_fn, has_aux=True)(params)
     with jax.named_scope("update"):
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
+      updates, opt_state = tx.update(grads, state.opt_state, params)
+      params = optax.apply_updates(params, updates)
       grad_norm = optax.tree.norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       for value in measurements.values():

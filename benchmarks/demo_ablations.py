@@ -1,7 +1,9 @@
-"""Ablation tables on the demo data: the ASG rows and the RECLF ladder, same steps and seed.
+"""Ablation tables on the demo data: the ASG rows, the RECLF ladder and the methods, same
+steps and seeds.
 
     .venv/bin/python benchmarks/demo_ablations.py --suite asg   [--steps 500] [--root runs/abl]
     .venv/bin/python benchmarks/demo_ablations.py --suite reclf [--steps 500]
+    .venv/bin/python benchmarks/demo_ablations.py --suite methods --steps 1500 --seeds 0,1,2
 
 Each row is one `python -m asg_jax.main --config configs/demo.py:<row>` run in its own
 process (a fresh workdir, one shared generated dataset and vocabulary, the same seed and
@@ -17,12 +19,21 @@ reads each row's `transfer/results.json`: linear-probe macro AUROC on raw and on
 features at 1 / 10 / 100 % as mean ± std over the 3 probe seeds, zero-shot AUROC (prompts,
 tag decoder) and 5×200 image→prompt P@1, with the random-init encoder and chance as the
 last rows.
+
+`--suite methods` pre-trains ConVIRT, GLoRIA, MGCA, ASG and RECLF (configs/demo.py's
+`objective=`) at the same steps for every seed of `--seeds` (`config.seed`) and writes
+`<root>/methods.md`: one table in the shape of results.md's Table 1 (one row per method,
+linear probe at 1 / 10 / 100 %, then zero-shot and retrieval), each cell the mean ± std over
+the pre-training seeds of the run's value (a probe's value is already the mean of its 3
+probe seeds), then the validation table. `--seg` also runs configs/transfer/demo_seg.py on
+every workdir (`<workdir>/transfer_seg`, ~5 min each on 2 cores) and adds its Dice columns.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +48,10 @@ SUITES = {
               ("+ IRM", "objective=reclf,rung=irm"),
               ("+ IRM + SRM", "objective=reclf,rung=irm_srm"),
               ("RECLF (+ semantic targets)", "objective=reclf,rung=full")],
+    # the methods of the papers' Table 1 (results.md), each at its configs/demo.py defaults
+    "methods": [("ConVIRT", "objective=convirt"), ("GLoRIA", "objective=gloria"),
+                ("MGCA", "objective=mgca"), ("ASG", "objective=asg"),
+                ("RECLF", "objective=reclf")],
 }
 COLUMNS = [("R@1", "top1"), ("R@5", "top5"), ("R@10", "top10"),
            ("ZS AUROC (prompts)", "zs_prompt_auroc"), ("ZS AUROC (tags)", "zs_tag_auroc"),
@@ -123,10 +138,19 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--suite", choices=sorted(SUITES), required=True)
   parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--seeds", default="0", help="pre-training seeds (methods suite)")
+  parser.add_argument("--seg", action="store_true", help="methods: + demo_seg.py Dice")
   parser.add_argument("--root", default="runs/ablations")
   parser.add_argument("extra", nargs="*", help="more --config.x=y overrides for every row")
   args = parser.parse_args(argv)
   data_dir = os.path.abspath(os.path.join(args.root, "data"))
+  if args.suite == "methods":
+    seeds = [int(s) for s in args.seeds.split(",")]
+    text = methods_suite(args.root, data_dir, args.steps, seeds, args.seg, args.extra)
+    print(text)
+    with open(os.path.join(args.root, "methods.md"), "w") as f:
+      f.write(text)
+    return
   rows, workdirs = [], []
   for name, arg in SUITES[args.suite]:
     workdir = os.path.join(args.root, args.suite, arg.replace(",", "_").replace("=", "-"))
@@ -142,6 +166,122 @@ def main(argv=None) -> None:
   print(text)
   with open(os.path.join(args.root, f"{args.suite}.md"), "w") as f:
     f.write(text)
+
+
+# ---------------------------------------------------------------------- methods suite
+
+# (column, key): a transfer row (protocol, metric, fraction, dataset) or ("val", metric)
+METHOD_COLUMNS = [
+    ("z-probe 1 %", ("linear_probe", "auroc_zscored", 0.01, "cxr_chexpert/demo")),
+    ("z-probe 10 %", ("linear_probe", "auroc_zscored", 0.1, "cxr_chexpert/demo")),
+    ("z-probe 100 %", ("linear_probe", "auroc_zscored", 1.0, "cxr_chexpert/demo")),
+    ("probe 1 %", ("linear_probe", "auroc", 0.01, "cxr_chexpert/demo")),
+    ("probe 10 %", ("linear_probe", "auroc", 0.1, "cxr_chexpert/demo")),
+    ("probe 100 %", ("linear_probe", "auroc", 1.0, "cxr_chexpert/demo")),
+    ("ZS AUROC (prompts)", ("zero_shot_prompt", "auroc", None, "cxr_chexpert/demo")),
+    ("5×200 i2t P@1", ("retrieval", "i2t_precision@1", None, "cxr_chexpert/demo_5x200")),
+]
+SEG_COLUMNS = [(f"Dice {f} %", ("segmentation", "dice", f / 100, "cxr_siim/demo"))
+               for f in (1, 10, 100)]
+VAL_COLUMNS = [("val R@1", "top1"), ("val R@10", "top10"), ("val ZS AUROC", "zs_prompt_auroc"),
+               ("grounding", "grounding_acc")]
+
+
+def _transfer_value(results: dict | None, init: str, key) -> tuple[float | None, float | None]:
+  """(value, chance) of the row `key` = (protocol, metric, fraction, dataset) for `init`."""
+  protocol, metric, fraction, dataset = key
+  for r in (results or {}).get("rows", []):
+    if (r["protocol"], r["metric"], r["dataset"], r["init"]) == (protocol, metric, dataset, init) \
+        and (r["fraction"] == fraction or (fraction is not None and r["fraction"] is not None
+                                           and abs(r["fraction"] - fraction) < 1e-9)):
+      return r["value"], r.get("chance")
+  return None, None
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _cell(values: list, scale: float = 100.0, digits: int = 1) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "—"
+  mean = f"{scale * statistics.mean(values):.{digits}f}"
+  if len(values) < 2:
+    return mean
+  return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def methods_table(runs: dict[str, list[str]], seg: bool) -> str:
+  """Markdown: one row per method, each cell mean ± std over its workdirs (the seeds)."""
+  columns = METHOD_COLUMNS + (SEG_COLUMNS if seg else [])
+  lines = ["| method | " + " | ".join(c for c, _ in columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+  random_row, chance = {}, {}
+  for i, (name, workdirs) in enumerate(runs.items()):
+    cells = []
+    for col, key in columns:
+      values = []
+      for w in workdirs:
+        sub = "transfer_seg" if key[0] == "segmentation" else "transfer"
+        results = _read_json(os.path.join(w, sub, "results.json"))
+        value, c = _transfer_value(results, "pretrained", key)
+        values.append(value)
+        if c is not None:
+          chance[col] = c
+        if i == 0:   # the random-init encoder is every method's: the first method's runs
+          random_row.setdefault(col, []).append(_transfer_value(results, "random", key)[0])
+      cells.append(_cell(values))
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("| *random init* | " + " | ".join(_cell(random_row.get(c, []))
+                                                  for c, _ in columns) + " |")
+  lines.append("| *chance* | " + " | ".join(
+      "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
+  lines += ["", "Validation (the pre-training split):", "",
+            "| method | " + " | ".join(c for c, _ in VAL_COLUMNS) + " |",
+            "|---|" + "---:|" * len(VAL_COLUMNS)]
+  val_chance = {}
+  for name, workdirs in runs.items():
+    summaries = [_read_json(os.path.join(w, "summary.json")) or {} for w in workdirs]
+    for s in summaries:
+      val_chance.update(s.get("chance", {}))
+    lines.append(f"| {name} | " + " | ".join(
+        _cell([s.get("metrics", {}).get(k) for s in summaries], 1.0, 3)
+        for _, k in VAL_COLUMNS) + " |")
+  lines.append("| *chance* | " + " | ".join(
+      "—" if val_chance.get(k) is None else f"{val_chance[k]:.3f}" for _, k in VAL_COLUMNS)
+      + " |")
+  return "\n".join(lines)
+
+
+def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: bool,
+                  extra: list[str]) -> str:
+  """Pre-trains every method for every seed (reusing finished workdirs), then the table."""
+  runs: dict[str, list[str]] = {}
+  t0 = time.time()
+  for seed in seeds:
+    for name, arg in SUITES["methods"]:
+      workdir = os.path.join(root, "methods", f"{arg.split('=')[1]}_seed{seed}")
+      run_row(arg, workdir, data_dir, steps, [f"--config.seed={seed}", *extra])
+      if seg and not os.path.exists(os.path.join(workdir, "transfer_seg", "results.json")):
+        cmd = [sys.executable, "-m", "asg_jax.evaluate", f"--workdir={workdir}",
+               "--config=configs/transfer/demo_seg.py",
+               f"--out={os.path.join(workdir, 'transfer_seg')}"]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+      runs.setdefault(name, []).append(workdir)
+  n = len(seeds)
+  text = (f"Methods on the demo: {steps} steps each, pre-training seeds {seeds} "
+          f"({time.strftime('%Y-%m-%d %H:%M')}, {time.time() - t0:.0f} s for the runs not "
+          "already finished). Downstream %: configs/transfer/demo.py on the CheXpert-layout "
+          "stand-in; each cell "
+          + ("the mean ± std over the pre-training seeds" if n > 1 else "one pre-training seed")
+          + " (a probe cell: the mean of its 3 probe seeds). z-probe = probe on z-scored "
+          "features.\n\n")
+  return text + methods_table(runs, seg) + "\n"
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
     python -m asg_jax.main --config configs/demo.py --workdir workdir/demo
     python -m asg_jax.main --config configs/demo.py:objective=reclf --workdir workdir/demo_reclf
+    python -m asg_jax.main --config configs/demo.py:objective=mgca --workdir workdir/demo_mgca
 
 Arguments (after the colon, comma-separated):
-  objective=asg|ira|reclf|gloria   which method to train (default asg)
+  objective=asg|ira|reclf|gloria|mgca|convirt   which method to train (default asg)
   ablation=full|ira|ira_arsa|ira_irl|ira_irl_erl   ASG ablation row (objective=asg)
   rung=full|gloria|irm|irm_srm      RECLF ablation-ladder rung (objective=reclf)
+  mgca_ablation=full|ita|ita_local  MGCA's levels (objective=mgca; docs/peers.md)
   image=resnet|vit                  the image tower (default resnet, see below)
   runlocal                          an even smaller, faster variant (tests, smoke runs)
 
@@ -21,7 +23,7 @@ from asg_jax import config as config_lib
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, objective="asg", ablation="full", rung="full", image="resnet",
-                              runlocal=False)
+                              mgca_ablation="full", runlocal=False)
   c = config_lib.base_config()
   c.name = f"demo_{args['objective']}"
   c.seed = 0
@@ -85,8 +87,17 @@ def get_config(arg=None):
     c.loss.name = "ira"
   elif objective in ("reclf", "gloria"):
     config_lib.apply_reclf_rung(c, "gloria" if objective == "gloria" else args["rung"])
+  elif objective == "mgca":
+    # prototypes frozen for the first 2 % of the steps: MGCA's 1 of 50 epochs; here 30 of
+    # 1500 steps, about the demo's first epoch (825 / 32)
+    from asg_jax import objectives  # pylint: disable=import-outside-toplevel
+    objectives.apply_mgca(c, args["mgca_ablation"])
+  elif objective == "convirt":
+    from asg_jax import objectives  # pylint: disable=import-outside-toplevel
+    objectives.apply_convirt(c)
   else:
-    raise config_lib.ConfigError(f"objective={objective!r}; expected asg, ira, reclf or gloria")
+    raise config_lib.ConfigError(f"objective={objective!r}; expected asg, ira, reclf, gloria, "
+                                 "mgca or convirt")
 
   if args["runlocal"]:
     c.data.demo_num_studies = 96

@@ -36,18 +36,25 @@ class SelfAttention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"    # asg_jax/models/attention.py
+  cls_attention: bool = False       # a fused impl also returns the [CLS] row
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """`x [B, N, D]` -> (context `[B, N, D]`, probabilities `[B, heads, N, N]` float32 with
-    the "einsum" implementation, else None: nothing in the model reads the ViT's)."""
+    the "einsum" implementation; with another, the [CLS] row `[B, heads, 1, N]` if
+    `cls_attention` (MGCA's patch weights), else None)."""
     b, n = x.shape[:2]
     heads = lambda name, cls=nn.Dense: cls(self.hidden_size, dtype=self.dtype, kernel_init=_INIT,
                                            name=name)(x).reshape(b, n, self.num_heads, -1)
     q, k, v = heads("query"), heads("key", KeyDense), heads("value")  # key bias: zero gradient
     ctx, probs = attention.attend(q, k, v, impl=self.attention_impl, dtype=self.dtype,
-                                  want="all" if self.attention_impl == "einsum" else "none")
+                                  want=_want(self.attention_impl, self.cls_attention))
     return ctx.reshape(b, n, self.hidden_size), probs
+
+
+def _want(impl: str, cls_attention: bool) -> str:
+  """The probabilities `attention.attend` returns: all ("einsum"), the [CLS] row or none."""
+  return "all" if impl == "einsum" else ("cls" if cls_attention else "none")
 
 
 class _Dense(nn.Module):
@@ -66,11 +73,12 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     ctx, probs = SelfAttention(self.hidden_size, self.num_heads, self.dtype,
-                               self.attention_impl, name="attention")(x)
+                               self.attention_impl, self.cls_attention, name="attention")(x)
     return _Dense(self.hidden_size, self.dtype, name="output")(ctx), probs
 
 
@@ -82,17 +90,19 @@ class EncoderBlock(nn.Module):
   dropout: float
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array | None]:
-    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]` or None).
+    """`x [B, N, D]` -> (`[B, N, D]`, attention probabilities `[B, heads, N, N]`, the [CLS]
+    row `[B, heads, 1, N]` or None: `SelfAttention`).
 
     `train` (dropout on) may be passed positionally: `nn.remat` marks it static by position.
     """
     drop = nn.Dropout(self.dropout, deterministic=not train)
     h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_before")(x)
     h, probs = Attention(self.hidden_size, self.num_heads, self.dtype, self.attention_impl,
-                         name="attention")(h)
+                         self.cls_attention, name="attention")(h)
     x = x + drop(h)
     h = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm_after")(x)
     h = _Dense(self.mlp_dim, self.dtype, name="intermediate")(h)
@@ -150,16 +160,17 @@ class Encoder(nn.Module):
   attention_impl: str = "einsum"
   remat: str = "none"
   scan: bool = False
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
     block = remat_lib.layer_stack(EncoderBlock, self.remat, self.scan, self.num_layers, 1)
     args = (self.hidden_size, self.num_heads, self.mlp_dim, self.dropout, self.dtype,
-            self.attention_impl)
+            self.attention_impl, self.cls_attention)
     if self.scan:
       b, n = x.shape[:2]   # the carry's probabilities: zeros of one block's output shape
-      probs0 = (jnp.zeros((b, self.num_heads, n, n), jnp.float32)
-                if self.attention_impl == "einsum" else None)
+      rows = {"all": n, "cls": 1}.get(_want(self.attention_impl, self.cls_attention))
+      probs0 = None if rows is None else jnp.zeros((b, self.num_heads, rows, n), jnp.float32)
       (x, probs), _ = block(*args, name=remat_lib.SCANNED)((x, probs0), train)
       return x, probs
     probs = None
@@ -178,6 +189,8 @@ class ViT(nn.Module):
     attention_impl: asg_jax/models/attention.py ("einsum" | "auto" | "xla" | "cudnn").
     remat: rematerialisation of each encoder block, "none" | "block" | "dots_saveable"
       (asg_jax/models/remat.py; changes memory / compute of the backward pass, not values).
+    cls_attention: with a fused `attention_impl`, still return the last block's [CLS] row
+      of the probabilities (`config.model.image.patch_importance`: MGCA's patch weights).
     scan: run the `num_layers` blocks with `nn.scan` (one compiled block; the parameters are
       `encoder/layers/...` with a leading [num_layers] axis instead of `encoder/layer_{i}`,
       see `remat.stack_layers` / `unstack_layers`; the HF loader handles both layouts).
@@ -192,6 +205,7 @@ class ViT(nn.Module):
   attention_impl: str = "einsum"
   remat: str = "none"
   scan: bool = False
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -201,7 +215,8 @@ class ViT(nn.Module):
     Returns:
       `cls [B, D]` (CLS after the final LayerNorm), `patch_tokens [B, M, D]` (after the final
       norm, M = (H/p)*(W/p), row-major over the patch grid), `attention [B, heads, 1+M, 1+M]`
-      (the last block's softmax probabilities, float32; only with attention_impl "einsum").
+      (the last block's softmax probabilities, float32; only with attention_impl "einsum"; with
+      another impl and `cls_attention`, only their [CLS] row `[B, heads, 1, 1+M]`).
       The same with any `remat` / `scan` setting.
     """
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -217,7 +232,7 @@ class ViT(nn.Module):
                    name="embeddings")(images.astype(self.dtype), train=train)
     x, probs = Encoder(self.num_layers, self.hidden_size, self.num_heads, self.mlp_dim,
                        self.dropout, self.dtype, self.attention_impl, self.remat, self.scan,
-                       name="encoder")(x, train=train)
+                       self.cls_attention, name="encoder")(x, train=train)
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm")(x)
     out = {"cls": x[:, 0], "patch_tokens": x[:, 1:]}
     if probs is not None:
@@ -235,7 +250,8 @@ def build(cfg, dtype, name: str = "image_encoder") -> ViT:
   return ViT(patch_size=cfg.patch_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
              num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
              attention_impl=cfg.get("attention_impl", "einsum"), remat=cfg.get("remat", "none"),
-             scan=cfg.get("scan", False), name=name)
+             scan=cfg.get("scan", False), cls_attention=cfg.get("patch_importance", False),
+             name=name)
 
 
 def features(out: dict) -> tuple[jax.Array, jax.Array]:

@@ -20,7 +20,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class VisionLanguageModel(nn.Module):
-  """ASG / RECLF dual encoder.
+  """ASG / RECLF / MGCA / ConVIRT dual encoder.
 
   Attributes:
     config: the `config.model` section (a FrozenConfigDict, see `frozen_model_config`).
@@ -45,11 +45,18 @@ class VisionLanguageModel(nn.Module):
           dropout=cfg.tag_decoder.dropout, dtype=dtype)
     if cfg.local_head.mode:
       self.local_head = local_head_from_config(cfg.local_head, dtype)
+    if cfg.get("num_prototypes", 0):   # MGCA's prototype layer (PyTorch Linear init, no bias)
+      bound = cfg.embed_dim ** -0.5
+      self.prototypes = self.param(
+          "prototypes", lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound,
+                                                              bound),
+          (cfg.num_prototypes, cfg.embed_dim))
 
   def encode_image(self, images: jax.Array, *, train: bool, local: bool = True
                    ) -> dict[str, jax.Array]:
     """`images` -> image_feature, patch_tokens, image_emb, patch_emb (`local=False`: no
-    patch_emb, the local head does not run).
+    patch_emb, the local head does not run), and with `config.image.patch_importance` (a ViT)
+    patch_importance `[B, M]`: the last block's [CLS]→patch attention, mean over heads.
 
     `images`: uint8 `[B,S,S,1|3]` pixels (the pre-training feed), normalised here on device
     with `config.input_normalization` (exactly the host's numbers, data/normalization.py),
@@ -60,13 +67,15 @@ class VisionLanguageModel(nn.Module):
       size = cfg.image.input_resize
       images = jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]),
                                 method="bilinear")
-    image_feature, patch_tokens = registry.image_tower(cfg.image.name).features(
-        self.image_encoder(images, train=train))
+    encoded = self.image_encoder(images, train=train)
+    image_feature, patch_tokens = registry.image_tower(cfg.image.name).features(encoded)
     out = {"image_feature": image_feature.astype(jnp.float32),
            "patch_tokens": patch_tokens.astype(jnp.float32)}
     out["image_emb"] = self.image_global_head(out["image_feature"], train=train)
     if local:
       out["patch_emb"] = self.image_local_head(out["patch_tokens"], train=train)
+      if cfg.image.get("patch_importance", False):
+        out["patch_importance"] = jnp.mean(encoded["attention"][:, :, 0, 1:], axis=1)
     return out
 
   def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, word_ids: jax.Array,
@@ -95,11 +104,13 @@ class VisionLanguageModel(nn.Module):
         `input_ids/attention_mask/word_ids [B,L]` (interfaces.md §2).
       train: dropout on, BatchNorm in batch-statistics mode.
       tag_queries: `[T, Dq]` constant tag-phrase features (needed if the tag decoder is on).
-      local: run the local heads (patch_emb, word_emb, word_mask, word_importance). The
-        train step passes False when its objective reads none of them (ASG without ARSA,
-        IRA alone: `objectives.needs_local_outputs`); their parameters exist either way.
+      local: run the local heads (patch_emb, word_emb, word_mask, word_importance,
+        patch_importance). The train step passes False when its objective reads none of them
+        (ASG without ARSA, IRA alone: `objectives.needs_local_outputs`); their parameters
+        exist either way.
     Returns:
-      dict of named outputs (interfaces.md §3).
+      dict of named outputs (interfaces.md §3); with `config.num_prototypes` also the raw
+      prototype weights `prototypes [K, E]` (MGCA; normalised by the loss and the train step).
     """
     if self.config.local_head.mode and not local:
       raise ValueError("the local-matching head needs the local outputs (local=True)")
@@ -114,6 +125,8 @@ class VisionLanguageModel(nn.Module):
     if self.config.local_head.mode:
       out["local_logits"] = self.local_head(out["patch_emb"], out["word_emb"], out["word_mask"],
                                             out["word_importance"])
+    if self.config.get("num_prototypes", 0):
+      out["prototypes"] = self.prototypes
     return out
 
 
