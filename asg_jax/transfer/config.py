@@ -21,6 +21,7 @@ import ml_collections
 from asg_jax import config as config_lib
 
 INITS = ("pretrained", "random")
+OWN = "own"   # the `downstream` of evaluators reading `config.own.path` (transfer/own.py)
 
 # the papers' probe protocol: 1 / 10 / 100 % of the training labels, 3 seeds
 PROBE_PROTOCOL = dict(fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2))
@@ -40,8 +41,30 @@ def base() -> ml_collections.ConfigDict:
   c.out = ""                  # "" = <workdir>/transfer
   c.demo = ml_collections.ConfigDict({"prepare": False, "num_images": 2400, "num_siim": 400,
                                       "seed": 0, "dir": ""})
+  c.manual_dir = ""           # set: build every evaluator's downstream dataset that is not
+                              # built in data_dir from this manual download (transfer/own.py)
+  c.own = own_config()        # your own labelled images (configs/transfer/own_labels.py)
   c.evals = ml_collections.ConfigDict()
   return c
+
+
+def own_config() -> ml_collections.ConfigDict:
+  """`config.own`: the user's labelled images (asg_jax/transfer/own.py; the builder
+  asg_jax/data/builders/labelled_images.py). Used when an evaluator's downstream is "own"."""
+  return ml_collections.ConfigDict({
+      "path": "",                  # a labels CSV or a folder with one sub-folder per class
+      "name": "",                  # dataset name ("" = the folder's)
+      "task": "auto",              # auto (the layout's) | multilabel | multiclass
+      "image_size": 256,           # stored longest side
+      "uncertain": "zeros",        # -1 cells: zeros | ones | ignore (the row is filtered)
+      "all_views": False,          # keep non-frontal views (a view column's other values)
+      "split_seed": 0,             # the seeded split by patient (no split column)
+      "validation_fraction": 0.1,  # of the patients
+      "test_fraction": 0.2,
+      "label_columns": (),         # () = every column that is not a known optional one
+      "rebuild": "auto",           # auto | never | always
+      "data_dir": "",              # "" = <out>/tfds
+  })
 
 
 def add(c: ml_collections.ConfigDict, name: str, *, type: str, **kwargs) -> None:  # pylint: disable=redefined-builtin

@@ -96,6 +96,8 @@ def run_transfer(workdir: str, config: ml_collections.ConfigDict, *, out_dir: st
     with distributed.first_process_only("prepare the demo stand-ins") as mine:
       if mine:
         prepare_demo(config, workdir)
+  from asg_jax.transfer import own  # pylint: disable=import-outside-toplevel
+  own.prepare(config, out_dir)   # own labelled images / downstream builds from manual_dir
   start = time.time()
   step = _step_of(workdir, config.checkpoint)
   evaluators = build(config, pretrained.fns, out_dir)

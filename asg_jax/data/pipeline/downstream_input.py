@@ -37,9 +37,11 @@ def builder(dataset: str, data_dir: str | None):
   b = tfds.builder(dataset, data_dir=data_dir or None)
   if not b.is_prepared():
     raise FileNotFoundError(
-        f"downstream dataset {dataset!r} is not built in {b.data_dir}: build it first with "
-        f"tfds.builder({dataset!r}, data_dir=...).download_and_prepare(download_config="
-        f"tfds.download.DownloadConfig(manual_dir=...)) (docs/data.md \"Downstream datasets\")")
+        f"downstream dataset {dataset!r} is not built in {b.data_dir}: build it from its "
+        f"manual download with `python -m asg_jax.evaluate ... --config.manual_dir=PATH` "
+        f"(the folder in the layout of docs/data.md \"Downstream datasets\"; built into "
+        f"--config.data_dir), or from Python with asg_jax.data.builders.build.prepare("
+        f"{dataset.split('/')[0]!r}, ..., manual_dir=PATH)")
   return b
 
 

@@ -1,0 +1,133 @@
+"""`python -m asg_jax.evaluate --config configs/transfer/own_labels.py:runlocal
+--config.own.path=PATH` end to end on real X-rays (../shared/realdata, skipped with a message
+where absent): the NIH sample as a CSV (`labels` column, multi-label) and as class folders
+(No Finding / Pneumonia, one-hot), on a tiny pre-trained workdir with a tag decoder; plus
+the recipe's config (unknown keys stay errors, prompts from class names)."""
+import csv
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from asg_jax.transfer import config as transfer_config, own, table
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+RECIPE = os.path.join(REPO, "configs", "transfer", "own_labels.py")
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A tiny pre-trained workdir as training writes it (config, tokenizer, constants with the
+  tag queries, best checkpoint), its variables drawn with NumPy."""
+  from asg_jax import checkpoints, state as state_lib, workdir as workdir_lib
+  from asg_jax.data.reports import tokenization
+  from asg_jax.inference import dummy_batch
+  from asg_jax.models import tag_queries, vlp
+  from asg_jax.transfer import inits
+  from tests.helpers import demo_config
+  config = demo_config("runlocal", **{"data.image_size": SIZE, "data.resize": SIZE})
+  path = tmp_path_factory.mktemp("own_workdir")
+  vocab = tokenization.build_wordpiece_vocab(
+      ["no acute cardiopulmonary process", "there is pneumonia", "pleural effusion",
+       "findings consistent with infiltration"], 60, str(path / "vocab" / "vocab.txt"))
+  tok = tokenization.load_tokenizer(vocab, config.data.max_length, True)
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+  constants = tag_queries.make_constants(config, tok, jax.random.PRNGKey(1))
+  shapes = state_lib.abstract_variables(model, dummy_batch(config), constants)
+  rng = np.random.default_rng(5)
+  variables = {"params": jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
+                                      shapes["params"]),
+               "batch_stats": jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
+                                           shapes["batch_stats"])}
+  workdir_lib.write_config(config, str(path))
+  workdir_lib.save_inference_files(str(path), tok, constants)
+  manager = checkpoints.Manager(str(path), 1)
+  manager.save_best(3, inits.TransferState(variables["params"], variables["batch_stats"]),
+                    {"step": 3, "metric": "val_loss", "value": 1.0})
+  manager.wait()
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def nih_rows(realdata_dir):
+  root = realdata_dir / "nih-sample"
+  with open(root / "Data_Entry_2017_v2020.sample.csv", newline="") as f:
+    return root / "images", list(csv.DictReader(f))
+
+
+def _evaluate(monkeypatch, workdir, path, out, *extra):
+  from asg_jax import evaluate
+  argv = ["evaluate", f"--workdir={workdir}", f"--config={RECIPE}:runlocal",
+          f"--config.own.path={path}", f"--out={out}", *extra]
+  monkeypatch.setattr("sys.argv", argv)
+  assert evaluate.main(argv) == 0
+  with open(os.path.join(out, table.RESULTS_JSON)) as f:
+    return json.load(f)
+
+
+def _kinds(results):
+  return {(r["protocol"], r["metric"], r["fraction"], r["init"]) for r in results["rows"]}
+
+
+@pytest.mark.slow
+def test_own_labels_end_to_end_on_a_csv_and_on_class_folders(nih_rows, workdir, tmp_path,
+                                                             monkeypatch, capsys):
+  folder, rows = nih_rows
+  mine = tmp_path / "nih sample"
+  os.makedirs(mine)
+  with open(mine / "labels.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image_path", "labels", "patient_id", "view"])
+    for r in rows[:48]:
+      w.writerow([str(folder / r["Image Index"]), r["Finding Labels"], r["Patient ID"],
+                  r["View Position"]])
+  results = _evaluate(monkeypatch, workdir, mine / "labels.csv", tmp_path / "out_csv")
+  err = capsys.readouterr().err
+  assert "building labelled_images/nih_sample" in err and "features labelled_images" in err
+  kinds = _kinds(results)
+  for init in ("pretrained", "random"):
+    for frac in (0.01, 0.1, 1.0):
+      assert ("linear_probe_lbfgs", "auroc", frac, init) in kinds
+    for proto in ("zero_shot_prompt", "zero_shot_tags"):
+      assert (proto, "auroc", None, init) in kinds and (proto, "f1", None, init) in kinds
+  assert {r["dataset"] for r in results["rows"]} == {"labelled_images/nih_sample"}
+  assert any("[Pneumonia]" in r["metric"] for r in results["rows"])
+  md = (tmp_path / "out_csv" / table.RESULTS_MD).read_text()
+  assert "| labelled_images/nih_sample | linear_probe_lbfgs | auroc | 1 % |" in md
+  # class folders: one-hot, accuracy rows, top-1 zero-shot
+  root = tmp_path / "by class"
+  for cls, keep in (("No Finding", lambda r: r["Finding Labels"] == "No Finding"),
+                    ("Pneumonia", lambda r: "Pneumonia" in r["Finding Labels"])):
+    os.makedirs(root / cls)
+    for r in [r for r in rows if keep(r)][:12]:
+      shutil.copy(folder / r["Image Index"], root / cls / r["Image Index"])
+  results = _evaluate(monkeypatch, workdir, root, tmp_path / "out_dirs")
+  kinds = _kinds(results)
+  assert ("linear_probe_lbfgs", "accuracy", 1.0, "pretrained") in kinds
+  assert ("zero_shot_prompt", "top1", None, "random") in kinds
+  prompts = json.loads((tmp_path / "out_dirs" / own.PROMPTS_FILE).read_text())
+  assert prompts["classes"]["Pneumonia"]["text"][1] == "there is pneumonia"
+  assert prompts["classes"]["No Finding"]["text"] == list(own.NORMAL_PROMPTS)
+
+
+def test_recipe_keys_and_errors(tmp_path):
+  c = transfer_config.load(f"{RECIPE}:runlocal")
+  assert c.evals.probe.solver == "lbfgs" and c.evals.probe.downstream == transfer_config.OWN
+  assert "fine_tune" in transfer_config.load(f"{RECIPE}:runlocal,fine_tune").evals
+  with pytest.raises(ValueError, match="unknown argument"):
+    transfer_config.load(f"{RECIPE}:nope")
+  c.lock()
+  with pytest.raises(AttributeError):
+    c.own.pathh = "x"          # unknown keys stay errors (the command line's too)
+  import ml_collections
+  c = ml_collections.ConfigDict(c.to_dict())
+  from asg_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="--config.own.path"):
+    own.prepare(c, str(tmp_path))
+  c.own.path = str(tmp_path / "absent.csv")
+  with pytest.raises(ConfigError, match="does not exist"):
+    own.prepare(c, str(tmp_path))
