@@ -305,10 +305,10 @@ class Evaluator:
     nf, ns = len(self.fractions), len(self.seeds)
     masks = np.repeat(fmask, ns, axis=0)                              # [F*S, N]
     keys = jnp.stack([jax.random.PRNGKey(s) for _ in range(nf) for s in self.seeds])
-    features.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
-                f"seeds = {nf * ns} probes on {tr[self.feature].shape} features")
     if self.solver == "lbfgs":
       return self._rows_lbfgs(tr, va, te, masks, keys, multiclass, fmask, init, t0, t1)
+    features.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
+                f"seeds = {nf * ns} probes on {tr[self.feature].shape} features")
     fit = fit_probes(jnp.asarray(tr[self.feature]), jnp.asarray(tr["labels"]), jnp.asarray(masks),
                      keys, jnp.asarray(va[self.feature]), jnp.asarray(va["labels"]),
                      multiclass=multiclass, **self.recipe)

@@ -34,7 +34,9 @@ def get_config(arg=None):
   batch = 16 if runlocal else 64
   transfer_config.add(c, "probe", type="linear_probe", downstream=OWN, solver="lbfgs",
                       fractions=transfer_config.PROBE_PROTOCOL["fractions"], seeds=seeds,
-                      extract_batch_size=batch, max_iter=200 if runlocal else 500)
+                      extract_batch_size=batch, max_iter=100 if runlocal else 500)
+  if runlocal:
+    c.evals.probe.cs = (0.01, 1.0, 100.0)
   if "adamw" in args:
     transfer_config.add(c, "probe_adamw", type="linear_probe", downstream=OWN,
                         fractions=transfer_config.PROBE_PROTOCOL["fractions"], seeds=seeds,

@@ -205,3 +205,33 @@ def test_one_decoder_for_odd_files_and_arrays(realdata_dir, tmp_path):
   with pytest.raises(ValueError, match="not_an_image"):
     images.load(str(tmp_path / "t.png"))
   assert json.dumps(images.KINDS)
+
+
+def test_nih14_partial_release_gz_without_lists(nih, tmp_path, caplog):
+  """cxr_nih14 from the released Data_Entry_2017_v2020.csv.gz, no split lists, 30 of the 200
+  PNGs present: the documented 20 %-of-patients test rule, absent images counted in ONE
+  summary line (not one line per file)."""
+  import gzip
+  import logging
+  import tensorflow_datasets as tfds
+  from asg_jax.data.builders import downstream
+  folder, rows = nih
+  manual = tmp_path / "nih"
+  os.makedirs(manual / "images")
+  src = folder.parent / "Data_Entry_2017_v2020.sample.csv"
+  with gzip.open(manual / "Data_Entry_2017_v2020.csv.gz", "wb") as f:
+    f.write(src.read_bytes())
+  for r in rows[:30]:
+    shutil.copy(folder / r["Image Index"], manual / "images" / r["Image Index"])
+  b = cxr_nih14.CxrNih14(config=downstream.DownstreamConfig(name="part", image_size=SIZE),
+                         data_dir=str(tmp_path / "tfds"))
+  with caplog.at_level(logging.DEBUG, logger="asg_jax"):
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  with open(os.path.join(b.data_dir, chest_builder.SUMMARY_FILE)) as f:
+    s = json.load(f)
+  assert s["lists"]["rule"].startswith("no lists") and s["lists"]["train_val"] + s["lists"]["test"] == 200
+  assert s["skipped_total"] == {"missing_image": 170}
+  assert sum(v["examples"] for v in s["splits"].values()) == 30
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert len([m for m in warnings if "missing_image" in m]) == 1
+  assert any("built 30 examples" in m and "skipped 170 (missing_image 170)" in m for m in warnings)

@@ -325,6 +325,7 @@ class SkipLog:
     self.splits: dict[str, dict] = {}
     self.skipped_files: list[dict] = []
     self.corrupt_kinds: dict[str, int] = {}
+    self.extra: dict = {}          # builder-specific entries of build_summary.json
 
   def _split(self, split: str) -> dict:
     return self.splits.setdefault(split, {"examples": 0, "skipped": {}, "filtered": {}})
@@ -360,7 +361,7 @@ class SkipLog:
         filtered[k] = filtered.get(k, 0) + v
     return {"splits": self.splits, "skipped_total": total,
             "num_skipped": sum(total.values()), "corrupt_image_kinds": dict(self.corrupt_kinds),
-            "filtered_total": filtered, "skipped_files": self.skipped_files}
+            "filtered_total": filtered, **self.extra, "skipped_files": self.skipped_files}
 
 
 def summary_line(name: str, summary: Mapping, path: str = "") -> str:
