@@ -29,6 +29,7 @@ a one-line notice. Readers that take no lock (inference, evaluation) read the st
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -155,6 +156,24 @@ def _notify(notices: list[str]) -> list[str]:
   return notices
 
 
+class _ReadOnlyNotice(logging.Filter):
+  """Drops orbax's "Given directory is read only" warning: reading a workdir read-only is
+  what inference and evaluation ask for, not news for the console."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Given directory is read only" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  notice, logger = _ReadOnlyNotice(), logging.getLogger("absl")
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
+
+
 class Manager:
   """`<workdir>/checkpoints` (the latest `keep`) and `<workdir>/best` (see the module).
 
@@ -170,14 +189,17 @@ class Manager:
       with distributed.first_process_only("repair_checkpoints") as mine:
         if mine:
           repair_workdir(workdir, keep)
-    # read_only (inference, evaluation): nothing is created or deleted in the workdir
-    self._latest = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only))
-    # every best is kept until no committed checkpoint names it (`_flush_best`)
-    self._best = ocp.CheckpointManager(
-        self.best_directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=not read_only, read_only=read_only))
+    # read_only (inference, evaluation): nothing is created or deleted in the workdir; the
+    # options orbax would override (with a warning each) are given as it wants them
+    def options(max_to_keep):
+      if read_only:
+        return ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
+                                            create=False, read_only=True)
+      return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    with _without_read_only_notice():
+      self._latest = ocp.CheckpointManager(self.directory, options=options(keep))
+      # every best is kept until no committed checkpoint names it (`_flush_best`)
+      self._best = ocp.CheckpointManager(self.best_directory, options=options(None))
     self._saved_best = None      # the best step the latest save's `loop` names
     self._pending_record = None  # best.json to write once its `best/<step>` is committed
 
