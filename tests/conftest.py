@@ -86,3 +86,16 @@ def pytest_collection_modifyitems(config, items):
     path = pathlib.Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
     return rank.get(path, len(rank))
   items.sort(key=key)   # stable: the order within a file and among the rest is kept
+
+
+def pytest_configure(config):
+  """PyPI's torchvision for torch 2.13 (a test-only dependency, for timm and the ResNet-50
+  layout) is a CUDA build whose ops library does not load against the CPU torch wheel, and
+  `import torchvision` then fails — also inside transformers, which imports it for its model
+  classes. `torch_zoo.import_torchvision` makes the pure-Python part importable, once per
+  test process, before any test imports transformers."""
+  del config
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("torchvision") is not None:
+    from tests.models import torch_zoo  # pylint: disable=import-outside-toplevel
+    torch_zoo.import_torchvision()
