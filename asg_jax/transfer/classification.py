@@ -44,6 +44,7 @@ def classification_rows(dataset: str, protocol: str, fractions: Sequence[float],
   out = []
   std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else None  # noqa: E731
   for frac, runs in zip(fractions, scores):
+    first = len(out)
     aucs, per_class, accs = [], [], []
     for sc in runs:
       macro, per = macro_auroc(sc, y)
@@ -62,6 +63,7 @@ def classification_rows(dataset: str, protocol: str, fractions: Sequence[float],
       col = per_class[:, c]
       out.append(table.row(dataset, protocol, f"auroc{suffix}[{name}]", float(np.mean(col)),
                            fraction=frac, std=std(col), chance=0.5, init=init))
+    table.annotate(out[first:], runs, y, names, suffix=suffix)   # test n, positives, 95 % CI
   return out
 
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 ROW_KEYS = ("dataset", "protocol", "metric", "fraction", "init", "value", "std", "chance",
-            "published")
+            "published", "n", "positives", "ci95")
+BOOTSTRAP = 1000          # test-set resamples of the 95 % intervals (200 above BIG_TEST)
+BIG_TEST = 5000
+FEW_POSITIVES = 10        # per-class rows with fewer test positives are flagged
 
 
 def base_name(dataset: str) -> str:
@@ -28,11 +32,90 @@ def base_name(dataset: str) -> str:
 def row(dataset: str, protocol: str, metric: str, value: float, *, fraction: float | None = None,
         std: float | None = None, chance: float | None = None, init: str = "",
         published: float | None = None) -> dict:
+  """One results row; `n` (test examples), `positives` (a per-class row's test positives)
+  and `ci95` ([lo, hi], bootstrap of the test set) are filled by `annotate`."""
   def num(x):
     return None if x is None or not np.isfinite(x) else float(x)
   return {"dataset": dataset, "protocol": protocol, "metric": metric,
           "fraction": None if fraction is None else float(fraction), "init": init,
-          "value": num(value), "std": num(std), "chance": num(chance), "published": num(published)}
+          "value": num(value), "std": num(std), "chance": num(chance), "published": num(published),
+          "n": None, "positives": None, "ci95": None}
+
+
+# ------------------------------------------------------------------ test-set intervals
+
+def _counts(n: int, num: int, seed: int):
+  """[num, n] multinomial resampling counts (a bootstrap of n examples), in chunks."""
+  rng = np.random.default_rng(seed)
+  for start in range(0, num, 100):
+    yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, num - start)).astype(np.float64)
+
+
+def weighted_auroc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+  """[B] AUROC of `scores` [N] against bool `labels` [N] with example weights `counts`
+  [B, N] (Mann-Whitney with ties as 1/2; NaN where a resample lacks a class)."""
+  order = np.argsort(scores, kind="stable")
+  s, y, w = scores[order], labels[order], counts[:, order]
+  starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+  pos = np.add.reduceat(w * y, starts, axis=1)
+  neg = np.add.reduceat(w * ~y, starts, axis=1)
+  below = np.cumsum(neg, axis=1) - neg
+  wp, wn = pos.sum(1), neg.sum(1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return ((pos * (below + 0.5 * neg)).sum(1) / (wp * wn))
+
+
+def bootstrap(runs, y: np.ndarray, *, accuracy: bool, num: int = 0, seed: int = 0) -> dict:
+  """95 % percentile intervals over test-set resamples of the seed-mean metrics of `runs`
+  (score arrays [N, C] of the seeds) against 0/1 labels y [N, C]: "auroc" (macro over the
+  classes both labels of which the resample has), "auroc[<c>]" (class index c), "accuracy"
+  (top-1). The same resamples for every metric (paired)."""
+  y = np.asarray(y) > 0.5
+  n, num_classes = y.shape
+  num = num or (BOOTSTRAP if n <= BIG_TEST else 200)
+  runs = [np.asarray(r, np.float64) for r in runs]
+  macro, per, acc = [], [], []
+  for counts in _counts(n, num, seed):
+    aucs = np.stack([[weighted_auroc(r[:, c], y[:, c], counts) for c in range(num_classes)]
+                     for r in runs])                                    # [S, C, b]
+    with warnings.catch_warnings():   # a resample without one class' positives: NaN
+      warnings.simplefilter("ignore", RuntimeWarning)
+      per.append(np.nanmean(aucs, 0) if len(runs) > 1 else aucs[0])    # [C, b]
+      macro.append(np.nanmean(np.nanmean(aucs, 1), 0))                 # [b]
+    if accuracy:
+      hits = np.stack([(r.argmax(-1) == y.argmax(-1)) for r in runs]).astype(np.float64)
+      acc.append(np.mean(hits @ counts.T / n, 0))
+  def ci(values):
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return None if len(v) < 20 else [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+  out = {"auroc": ci(np.concatenate(macro))}
+  per = np.concatenate(per, axis=1)
+  for c in range(num_classes):
+    out[f"auroc[{c}]"] = ci(per[c])
+  if accuracy:
+    out["accuracy"] = ci(np.concatenate(acc))
+  return out
+
+
+def annotate(rows: Sequence[dict], runs, y: np.ndarray, names: Sequence[str], *,
+             accuracy_metrics=("accuracy", "top1"), suffix: str = "") -> None:
+  """Fill `n`, `positives` and `ci95` of the rows of ONE fraction / protocol made from the
+  test scores `runs` (seeds, [N, C] each) and labels y [N, C] (in place)."""
+  y = np.asarray(y)
+  accuracy = any(r["metric"] in {m + suffix for m in accuracy_metrics} for r in rows)
+  cis = bootstrap(runs, y, accuracy=accuracy)
+  index = {f"auroc{suffix}[{name}]": c for c, name in enumerate(names)}
+  for r in rows:
+    r["n"] = int(y.shape[0])
+    if r["metric"] in index:
+      c = index[r["metric"]]
+      r["positives"] = int(np.sum(y[:, c] > 0.5))
+      r["ci95"] = cis[f"auroc[{c}]"]
+    elif r["metric"] == "auroc" + suffix:
+      r["ci95"] = cis["auroc"]
+    elif r["metric"] in {m + suffix for m in accuracy_metrics}:
+      r["ci95"] = cis.get("accuracy")
 
 
 def metric_name(r: Mapping) -> str:
@@ -122,38 +205,48 @@ def tower_of(config) -> str:
 
 # ------------------------------------------------------------------------- the table
 
-def _fmt(v, std=None) -> str:
+def _fmt(v, std=None, ci=None) -> str:
   if v is None:
     return "–"
   s = f"{100 * v:.1f}"
-  return s + (f" ± {100 * std:.1f}" if std is not None else "")
+  s += f" ± {100 * std:.1f}" if std is not None else ""
+  return s + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
 
 def format_table(rows: list[dict], per_class: bool = False) -> str:
   """Markdown: one line per (dataset, protocol, metric, fraction), a column per init, the
   chance level and the published numbers (pretrained / random), all in %."""
   inits = [i for i in ("pretrained", "random", "imagenet") if any(r["init"] == i for r in rows)]
-  keys, cell, chance, pub = [], {}, {}, {}
+  keys, cell, chance, pub, tests = [], {}, {}, {}, {}
   for r in rows:
     if ("[" in r["metric"]) != per_class:
       continue
     key = (r["dataset"], r["protocol"], r["metric"], r["fraction"])
     if key not in chance:
       keys.append(key)
-    cell[key + (r["init"],)] = _fmt(r["value"], r["std"])
+    cell[key + (r["init"],)] = _fmt(r["value"], r["std"], r.get("ci95"))
+    if r.get("n") is not None:
+      tests[key] = (r["n"], r.get("positives"))
     chance[key] = r["chance"] if chance.get(key) is None else chance[key]
     if r["published"] is not None:
       pub[key + (r["init"],)] = _fmt(r["published"])
+  extra = ["test n"] + (["positives"] if per_class else []) if tests else []
   head = ["dataset", "protocol", "metric", "labels"] + inits + ["chance"] + [
-      f"published ({i})" for i in inits]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (2 * len(inits) + 1)]
+      f"published ({i})" for i in inits] + extra
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "---|" * 4 + "---:|" * (2 * len(inits) + 1 + len(extra))]
   for key in keys:
     dataset, protocol, metric, fraction = key
     frac = "" if fraction is None else f"{100 * fraction:g} %"
     vals = [cell.get(key + (i,), "–") for i in inits]
     pubs = [pub.get(key + (i,), "–") for i in inits]
+    n, positives = tests.get(key, (None, None))
+    more = [] if not extra else ["–" if n is None else f"{n:,}"]
+    if extra and per_class:
+      more.append("–" if positives is None else f"{positives:,}" + (
+          f" ⚠ < {FEW_POSITIVES}" if positives < FEW_POSITIVES else ""))
     lines.append("| " + " | ".join([dataset, protocol, metric, frac] + vals +
-                                   [_fmt(chance[key])] + pubs) + " |")
+                                   [_fmt(chance[key])] + pubs + more) + " |")
   return "\n".join(lines)
 
 
@@ -164,7 +257,11 @@ def write_results(out_dir: str, results: dict) -> None:
         f"Workdir `{results.get('workdir', '')}` (step {results.get('step')}, "
         f"{results.get('tower')} tower). Values in %, mean ± sample std over the probe seeds "
         f"where several; `published` = ../shared/reference/results.md (ASG's row for "
-        f"pretrained) where the paper has this dataset and protocol.", "",
+        f"pretrained) where the paper has this dataset and protocol; [lo, hi] = 95 % "
+        f"bootstrap interval over test-set resamples (CheXzero's; {BOOTSTRAP} resamples, 200 "
+        f"above {BIG_TEST:,} test images) of the seed mean; `test n` = test images, "
+        f"`positives` = a class's test positives, ⚠ where fewer than {FEW_POSITIVES} (such an "
+        f"AUROC is anecdotal).", "",
         format_table(results["rows"]), ""]
   if any("[" in r["metric"] for r in results["rows"]):
     md += ["## Per class", "", format_table(results["rows"], per_class=True), ""]

@@ -98,6 +98,8 @@ def classification_rows(dataset: str, protocol: str, scores: np.ndarray, labels:
   if num_classes > 1:
     for c, name in enumerate(class_names):
       rows.append(table.row(dataset, protocol, f"auroc[{name}]", per[c], chance=0.5, init=init))
+  table.annotate(rows, [scores], labels, class_names if num_classes > 1 else [],
+                 accuracy_metrics=("top1",) if single else ())   # test n, positives, 95 % CI
   return rows
 
 

@@ -131,3 +131,21 @@ def test_recipe_keys_and_errors(tmp_path):
   c.own.path = str(tmp_path / "absent.csv")
   with pytest.raises(ConfigError, match="does not exist"):
     own.prepare(c, str(tmp_path))
+
+
+def test_results_md_gives_test_n_positives_and_bootstrap_intervals():
+  from asg_jax.transfer import classification
+  rng = np.random.default_rng(0)
+  y = np.stack([rng.random(300) < 0.3, rng.random(300) < 0.02], 1).astype(np.float32)
+  s = np.round(rng.normal(size=(300, 2)) + y, 1)              # ties
+  np.testing.assert_allclose(table.weighted_auroc(s[:, 0], y[:, 0] > 0.5, np.ones((1, 300))),
+                             classification.macro_auroc(s, y)[1][0], rtol=1e-12)
+  rows = classification.classification_rows("d", "linear_probe", (1.0,), [[s, s + 0.01]], y,
+                                            ["Effusion", "Hernia"], False, "pretrained")
+  by = {r["metric"]: r for r in rows}
+  assert by["auroc"]["n"] == 300 and by["auroc[Hernia]"]["positives"] == int(y[:, 1].sum())
+  lo, hi = by["auroc[Effusion]"]["ci95"]
+  assert lo < by["auroc[Effusion]"]["value"] < hi and hi - lo < 0.2
+  md = table.format_table(rows, per_class=True)
+  assert "test n | positives |" in md and f"| {int(y[:, 1].sum())} ⚠ < 10 |" in md
+  assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in md
