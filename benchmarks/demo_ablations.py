@@ -178,6 +178,7 @@ METHOD_COLUMNS = [
     ("probe 1 %", ("linear_probe", "auroc", 0.01, "cxr_chexpert/demo")),
     ("probe 10 %", ("linear_probe", "auroc", 0.1, "cxr_chexpert/demo")),
     ("probe 100 %", ("linear_probe", "auroc", 1.0, "cxr_chexpert/demo")),
+    ("fine-tune 100 %", ("fine_tune", "auroc", 1.0, "cxr_chexpert/demo")),
     ("ZS AUROC (prompts)", ("zero_shot_prompt", "auroc", None, "cxr_chexpert/demo")),
     ("5×200 i2t P@1", ("retrieval", "i2t_precision@1", None, "cxr_chexpert/demo_5x200")),
 ]

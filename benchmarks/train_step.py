@@ -1,13 +1,15 @@
 """Speed of the real pre-training step: compile time, memory, step time, pairs/s, FLOPs, MFU.
 
     .venv/bin/python benchmarks/train_step.py [--size tiny|base] [--batch 8] [--steps 10]
-        [--dtype float32|bfloat16] [--ablation full|ira|...] [--loss asg|reclf]
+        [--dtype float32|bfloat16] [--ablation full|ira|...] [--loss asg|reclf|mgca|convirt]
         [--attention einsum|auto|xla|cudnn] [--remat none|block|dots_saveable]
         [--scan] [--devices N] [--json] [--profile DIR [--profile-steps 3]]
 
 Builds the step exactly as pre-training does (`asg_jax.train.build_train_step`: the recipe's
 model, objective and AdamW, state replicated and donated, batch sharded over the `data`
-mesh) from `configs/asg_vit_b16.py` (`--loss reclf`: `configs/reclf_vit_b16.py`) with
+mesh) from `configs/asg_vit_b16.py` (`--loss reclf`: `configs/reclf_vit_b16.py`, `mgca`:
+`configs/mgca_vit_b16.py`, `convirt`: `configs/convirt_resnet50.py`; `--ablation` is the
+ASG row, the RECLF rung or the MGCA levels) with
 random initialisation (no checkpoint is read) on a random batch in the interfaces.md §2
 layout (`asg_jax.data.pipeline.random_batch`: full-length captions, every region valid). `--size
 tiny` is the recipe's `runlocal` architecture. Reports:
@@ -49,7 +51,7 @@ def _parse(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--ablation", default="full")
-  p.add_argument("--loss", choices=("asg", "reclf"), default="asg")
+  p.add_argument("--loss", choices=tuple(RECIPES), default="asg")
   p.add_argument("--attention", default="einsum")
   p.add_argument("--remat", default="none")
   p.add_argument("--scan", action="store_true")
@@ -69,16 +71,21 @@ def _profile_summary():
   return profile_summary
 
 
+# --loss -> (recipe, the name of its ablation argument or None)
+RECIPES = {"asg": ("asg_vit_b16", "ablation"), "reclf": ("reclf_vit_b16", "rung"),
+           "mgca": ("mgca_vit_b16", "ablation"), "convirt": ("convirt_resnet50", None)}
+
+
 def make_config(*, size: str = "tiny", dtype: str = "float32", ablation: str = "full",
                 loss: str = "asg", attention: str = "einsum", remat: str = "none",
                 scan: bool = False, batch: int = 8):
   """The recipe's config as the benchmark runs it (random init, no data, no evaluation)."""
-  args = [f"ablation={ablation}" if loss == "asg" else f"rung={ablation}"]
+  recipe, ablation_key = RECIPES[loss]
+  args = [f"{ablation_key}={ablation}"] if ablation_key else []
   if size == "tiny":
     args.append("runlocal")
   from asg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   arg = ",".join(a for a in args if not a.endswith("=full"))
-  recipe = "asg_vit_b16" if loss == "asg" else "reclf_vit_b16"
   config = config_lib.load_recipe(os.path.join(REPO, "configs", f"{recipe}.py") +
                                   (f":{arg}" if arg else ""))
   with config.unlocked():
