@@ -251,14 +251,10 @@ def eval_programs(config, mesh, batch_size: int) -> dict[str, tuple[Callable, tu
     name = f"eval_pass[{','.join(x.name for x in evaluators if x.data is e.data)}]"
     out[name] = (e.data._step(), (state, batch, constants))   # pylint: disable=protected-access
   # what the transfer evaluators call on batches of images (the optimizer state unused)
-  out["encode_images"] = (jax.jit(fns["encode_images"]),
+  out["encode_images"] = (jax.jit(fns.encode_images),
                           (state.replace(opt_state=None), batch["image"]))
-  model = program.model
-  encode_text = jax.jit(lambda v, i, m, w: model.apply(
-      v, i, m, w, train=False, method="encode_text")["text_emb"])   # as predict.py's
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  out["encode_text"] = (encode_text, (variables, batch["input_ids"], batch["attention_mask"],
-                                      batch["word_ids"]))
+  tokens = {k: batch[k] for k in ("input_ids", "attention_mask", "word_ids")}
+  out["encode_text"] = (jax.jit(fns.encode_texts), (state.replace(opt_state=None), tokens))
   return out
 
 

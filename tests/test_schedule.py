@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from asg_jax import config as config_lib
-from asg_jax.train import lr_schedule
+from asg_jax.state import lr_schedule
 
 
 def test_warmup_then_cosine_to_end_lr():
