@@ -188,15 +188,17 @@ VAL_COLUMNS = [("val R@1", "top1"), ("val R@10", "top10"), ("val ZS AUROC", "zs_
                ("grounding", "grounding_acc")]
 
 
-def _transfer_value(results: dict | None, init: str, key) -> tuple[float | None, float | None]:
-  """(value, chance) of the row `key` = (protocol, metric, fraction, dataset) for `init`."""
+def _transfer_value(results: dict | None, init: str, key,
+                    with_std: bool = False) -> tuple[float | None, ...]:
+  """(value, chance[, std]) of the row `key` = (protocol, metric, fraction, dataset) for
+  `init`; std = the row's own (a probe's over its probe seeds)."""
   protocol, metric, fraction, dataset = key
   for r in (results or {}).get("rows", []):
     if (r["protocol"], r["metric"], r["dataset"], r["init"]) == (protocol, metric, dataset, init) \
         and (r["fraction"] == fraction or (fraction is not None and r["fraction"] is not None
                                            and abs(r["fraction"] - fraction) < 1e-9)):
-      return r["value"], r.get("chance")
-  return None, None
+      return (r["value"], r.get("chance")) + ((r.get("std"),) if with_std else ())
+  return (None, None) + ((None,) if with_std else ())
 
 
 def _read_json(path: str) -> dict | None:
@@ -206,13 +208,14 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def _cell(values: list, scale: float = 100.0, digits: int = 1) -> str:
+def _cell(values: list, scale: float = 100.0, digits: int = 1, own_std=None) -> str:
+  """Mean ± std over the seeds; one seed: its value (± `own_std`, the probe seeds', if any)."""
   values = [v for v in values if v is not None]
   if not values:
     return "—"
   mean = f"{scale * statistics.mean(values):.{digits}f}"
   if len(values) < 2:
-    return mean
+    return mean + (f" ± {scale * own_std:.{digits}f}" if own_std is not None else "")
   return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
@@ -225,20 +228,24 @@ def methods_table(runs: dict[str, list[str]], seg: bool) -> str:
   for i, (name, workdirs) in enumerate(runs.items()):
     cells = []
     for col, key in columns:
-      values = []
+      values, stds = [], []
       for w in workdirs:
         sub = "transfer_seg" if key[0] == "segmentation" else "transfer"
         results = _read_json(os.path.join(w, sub, "results.json"))
-        value, c = _transfer_value(results, "pretrained", key)
+        value, c, std = _transfer_value(results, "pretrained", key, with_std=True)
         values.append(value)
+        stds.append(std)
         if c is not None:
           chance[col] = c
         if i == 0:   # the random-init encoder is every method's: the first method's runs
-          random_row.setdefault(col, []).append(_transfer_value(results, "random", key)[0])
-      cells.append(_cell(values))
+          random_row.setdefault(col, []).append(
+              _transfer_value(results, "random", key, with_std=True))
+      cells.append(_cell(values, own_std=stds[0] if len(workdirs) == 1 else None))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines.append("| *random init* | " + " | ".join(_cell(random_row.get(c, []))
-                                                  for c, _ in columns) + " |")
+  lines.append("| *random init* | " + " | ".join(_cell(
+      [v[0] for v in random_row.get(c, [])],
+      own_std=random_row[c][0][2] if len(random_row.get(c, [])) == 1 else None)
+      for c, _ in columns) + " |")
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
   lines += ["", "Validation (the pre-training split):", "",
@@ -279,9 +286,10 @@ def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: b
           f"({time.strftime('%Y-%m-%d %H:%M')}, {time.time() - t0:.0f} s for the runs not "
           "already finished). Downstream %: configs/transfer/demo.py on the CheXpert-layout "
           "stand-in; each cell "
-          + ("the mean ± std over the pre-training seeds" if n > 1 else "one pre-training seed")
-          + " (a probe cell: the mean of its 3 probe seeds). z-probe = probe on z-scored "
-          "features.\n\n")
+          + ("the mean ± std over the pre-training seeds (a probe cell: of the means of its 3 "
+             "probe seeds)" if n > 1 else "one pre-training seed: a probe cell is the mean ± "
+             "std over its 3 probe seeds, the other cells have no ±")
+          + ". z-probe = probe on z-scored features.\n\n")
   return text + methods_table(runs, seg) + "\n"
 
 
