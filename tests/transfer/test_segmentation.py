@@ -92,30 +92,11 @@ def _tiny_config():
 def workdir(tmp_path_factory):
   """A tiny pre-trained workdir as training writes it (config, tokenizer, best checkpoint),
   its encoder drawn with NumPy (no compiled init)."""
-  from asg_jax import checkpoints, state as state_lib
-  from asg_jax import workdir as workdir_lib
-  from asg_jax.data.reports import tokenization
-  from asg_jax.inference import dummy_batch
-  from asg_jax.models import vlp
+  from tests.helpers import numpy_workdir
   config = _tiny_config()
   path = tmp_path_factory.mktemp("seg_workdir")
-  vocab = tokenization.build_wordpiece_vocab(["no acute cardiopulmonary process",
-                                              "small left pneumothorax"], 40,
-                                             str(path / "vocab" / "vocab.txt"))
-  tok = tokenization.load_tokenizer(vocab, config.data.max_length, True)
-  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  shapes = state_lib.abstract_variables(model, dummy_batch(config), {})
-  rng = np.random.default_rng(5)
-  variables = {"params": jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
-                                      shapes["params"]),
-               "batch_stats": jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-                                           shapes["batch_stats"])}
-  workdir_lib.write_config(config, str(path))
-  workdir_lib.save_inference_files(str(path), tok, {})
-  manager = checkpoints.Manager(str(path), 1)
-  manager.save_best(3, inits.TransferState(variables["params"], variables["batch_stats"]),
-                    {"step": 3, "metric": "val_loss", "value": 1.0})
-  manager.wait()
+  variables = numpy_workdir(path, config, ["no acute cardiopulmonary process",
+                                           "small left pneumothorax"], 40)
   return str(path), config, variables
 
 
