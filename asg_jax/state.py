@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import jax
@@ -60,7 +60,8 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
   `train_cfg.lr_multipliers` ({top-level params key: m}, empty = none) scales the AdamW
   updates of those subtrees by m — a PyTorch parameter group with lr·m (the decoupled weight
   decay scaled the same way). `train_cfg.freeze` ({top-level params key: f}, empty = none)
-  holds those subtrees for the first round(f·num_steps) steps (`hold_for`). Both empty:
+  holds those subtrees for the first round(f·num_steps) steps (`optax.conditionally_mask`:
+  zero updates and the inner state kept, as PyTorch skipping a parameter without `.grad`). Both empty:
   exactly the plain AdamW (same opt_state structure)."""
   schedule = lr_schedule(train_cfg, num_steps)
   tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
@@ -72,7 +73,8 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int):
     adam = lambda: optax.chain(  # noqa: E731
         optax.scale_by_adam(b1=train_cfg.b1, b2=train_cfg.b2),
         optax.add_decayed_weights(train_cfg.weight_decay))
-    transforms = {k: optax.chain(hold_for(adam(), steps), optax.scale_by_learning_rate(schedule))
+    held = lambda steps: optax.conditionally_mask(adam(), lambda n: n >= steps)  # noqa: E731
+    transforms = {k: optax.chain(held(steps), optax.scale_by_learning_rate(schedule))
                   for k, steps in freeze.items()}
     tx = optax.multi_transform(dict(transforms, **{_UNSCALED: tx}), _subtree_labels(freeze, "freeze"))
   multipliers = lr_multipliers(train_cfg)
@@ -103,30 +105,6 @@ def freeze_fractions(train_cfg: ml_collections.ConfigDict) -> dict[str, float]:
                         "steps in [0, 1]")
     out[str(name)] = float(f)
   return out
-
-
-class HoldState(NamedTuple):
-  count: jax.Array    # int32 steps seen
-  inner: Any
-
-
-def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
-  """`inner`, except that during its first `steps` updates it passes zero updates and keeps
-  its state unchanged: PyTorch's optimizer skipping a parameter whose `.grad` is None (no
-  moment, no step count, no weight decay), in the jitted step."""
-
-  def init(params):
-    return HoldState(jnp.zeros((), jnp.int32), inner.init(params))
-
-  def update(updates, state, params=None):
-    new_updates, new_inner = inner.update(updates, state.inner, params)
-    held = state.count < steps
-    pick = lambda old, new: jnp.where(held, old, new)  # noqa: E731
-    new_updates = jax.tree.map(lambda u: jnp.where(held, jnp.zeros_like(u), u), new_updates)
-    return new_updates, HoldState(state.count + 1,
-                                  jax.tree.map(pick, state.inner, new_inner))
-
-  return optax.GradientTransformation(init, update)
 
 
 def check_multiplier_names(multipliers, params, key: str = "lr_multipliers") -> None:
