@@ -97,9 +97,19 @@ def test_mgca_vit_train_step_freezes_then_normalises_the_prototypes():
   data, state, constants, step_fn = build(config, mesh)   # 10 steps: frozen for the first 2
   model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
   batch = data.example_batch()
-  out = jax.eval_shape(lambda v, b: model.apply(v, b, train=False), state.variables, batch)
+  out = jax.device_get(model.apply(state.variables, batch, train=False))
   m = config.data.image_size // config.model.image.patch_size
-  assert out["patch_importance"].shape == (batch["image"].shape[0], m * m)
+  importance = out["patch_importance"]                  # [B, M]: mean over heads, [CLS] row
+  assert importance.shape == (batch["image"].shape[0], m * m)
+  # the [CLS] row without its own slot: positive, below 1 in sum; and the fused attention's
+  # separately computed [CLS] row gives the same weights as the full einsum probabilities
+  assert np.all(importance > 0) and np.all(importance.sum(-1) < 1)
+  fused_config = demo_config("runlocal,objective=mgca,image=vit",
+                             **{"model.image.attention_impl": "xla"})
+  fused = vlp.VisionLanguageModel(vlp.frozen_model_config(fused_config))
+  np.testing.assert_allclose(
+      jax.device_get(fused.apply(state.variables, batch, train=False)["patch_importance"]),
+      importance, rtol=1e-5, atol=1e-6)
   assert out["prototypes"].shape == (500, config.model.embed_dim)
   init = np.asarray(state.params["prototypes"])
   unit = init / np.linalg.norm(init, axis=1, keepdims=True)
