@@ -42,6 +42,15 @@ import orbax.checkpoint as ocp
 logger = logging.getLogger(__name__)
 
 TMP_MARK = ".orbax-checkpoint-tmp"   # orbax's suffix of a step folder being written
+# Orbax writes an array replicated over D devices as D slices, one per replica
+# ("replica-parallel"), when it runs on CPU or TPU. For a small model on one host that is
+# D eager slice dispatches per array for nothing (1000 arrays x 8 simulated devices: 8400
+# slices, 6.3 of a 3-step demo job's 26 s; 1.1 s with this). Arrays whose per-replica
+# slice would be under 1 MiB are written whole by replica 0; larger ones stay parallel.
+REPLICA_PARALLEL_MIN_SLICE_BYTES = 1 << 20
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_SLICE_BYTES), override=True)
 
 
 def _abstract(tree):
