@@ -48,9 +48,6 @@ TMP_MARK = ".orbax-checkpoint-tmp"   # orbax's suffix of a step folder being wri
 # slices, 6.3 of a 3-step demo job's 26 s; 1.1 s with this). Arrays whose per-replica
 # slice would be under 1 MiB are written whole by replica 0; larger ones stay parallel.
 REPLICA_PARALLEL_MIN_SLICE_BYTES = 1 << 20
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(
-        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_SLICE_BYTES), override=True)
 
 
 def _abstract(tree):
@@ -165,22 +162,37 @@ def _notify(notices: list[str]) -> list[str]:
   return notices
 
 
-class _ReadOnlyNotice(logging.Filter):
-  """Drops orbax's "Given directory is read only" warning: reading a workdir read-only is
-  what inference and evaluation ask for, not news for the console."""
+class _Notice(logging.Filter):
+  """Drops the absl log records that contain `text`."""
+
+  def __init__(self, text: str):
+    super().__init__()
+    self.text = text
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return "Given directory is read only" not in record.getMessage()
+    return self.text not in record.getMessage()
 
 
 @contextlib.contextmanager
-def _without_read_only_notice():
-  notice, logger = _ReadOnlyNotice(), logging.getLogger("absl")
+def _without_notice(text: str):
+  notice, logger = _Notice(text), logging.getLogger("absl")
   logger.addFilter(notice)
   try:
     yield
   finally:
     logger.removeFilter(notice)
+
+
+def _without_read_only_notice():
+  """Without orbax's "Given directory is read only" warning: reading a workdir read-only is
+  what inference and evaluation ask for, not news for the console."""
+  return _without_notice("Given directory is read only")
+
+
+with _without_notice("Type handler registry"):    # "... overriding jax.Array": we mean it
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_SLICE_BYTES), override=True)
 
 
 class Manager:
