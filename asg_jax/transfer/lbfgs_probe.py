@@ -113,6 +113,38 @@ def fit_lbfgs(x_train, y_train, masks, run_keys, cs, *, multiclass: bool = False
   return {"w": w, "b": b, "iterations": it, "grad_norm": g}
 
 
+def fit_runs(x_train, y_train, masks, run_keys, cs, *, multiclass: bool = False,
+             max_iter: int = 500, tol: float = 1e-6) -> dict:
+  """`fit_lbfgs` of every run, each fitted on its own rows only: runs with equal row
+  counts (one label fraction) form one vmapped fit over the union of their rows (at 1 % of
+  a 1,700-film split: 69 rows, not 1,700 masked ones), and runs with the same rows (every
+  seed at 100 %) are fitted once. The same minimisers as one `fit_lbfgs` over all rows
+  (each run's objective reads its rows only; convex, so the initial point does not
+  matter), at a fraction of the work.
+
+  Args / returns: as `fit_lbfgs` (NumPy arrays on the host); masks bool [R, N].
+  """
+  x_train, y_train = np.asarray(x_train, np.float32), np.asarray(y_train, np.float32)
+  masks = np.asarray(masks, bool)
+  unique, first, inverse = np.unique(masks, axis=0, return_index=True, return_inverse=True)
+  inverse = np.ravel(inverse)
+  keys = np.asarray(run_keys)[first]
+  out: dict | None = None
+  counts = unique.sum(1)
+  for count in np.unique(counts):
+    group = np.flatnonzero(counts == count)                  # unique runs of this size
+    rows = np.flatnonzero(unique[group].any(0))
+    fit = jax.device_get(fit_lbfgs(x_train[rows], y_train[rows], unique[group][:, rows],
+                                   keys[group], cs, multiclass=multiclass,
+                                   max_iter=max_iter, tol=tol))
+    if out is None:
+      out = {k: np.zeros((len(unique),) + np.shape(v)[1:], np.asarray(v).dtype)
+             for k, v in fit.items()}
+    for k, v in fit.items():
+      out[k][group] = v
+  return {k: v[inverse] for k, v in out.items()}
+
+
 def probabilities(w, b, x, multiclass: bool) -> np.ndarray:
   """[..., N, C] probabilities of weights w [..., D, C], b [..., C] on features x [N, D]."""
   logits = jnp.einsum("nd,...dc->...nc", jnp.asarray(x, jnp.float32), w) + b[..., None, :]

@@ -272,8 +272,10 @@ class Evaluator:
                               max_examples=self.max_examples)
             for split in self.splits}
 
-  def run_masks(self, train_ids: Sequence[str]) -> np.ndarray:
-    """bool [F, N]: the rows of each fraction (fraction_ids of the built split)."""
+  def run_masks(self, train_ids: Sequence[str], fraction_seed: int | None = None) -> np.ndarray:
+    """bool [F, N]: the rows of each fraction (fraction_ids of the built split, drawn with
+    `fraction_seed`, the recipe's by default)."""
+    fraction_seed = self.fraction_seed if fraction_seed is None else fraction_seed
     from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
     from asg_jax.data.builders import downstream as ds_lib  # pylint: disable=import-outside-toplevel
     b = downstream_input.builder(self.downstream, self.data_dir)
@@ -283,7 +285,7 @@ class Evaluator:
     out = np.zeros((len(self.fractions), len(train_ids)), bool)
     present = set(train_ids)
     for f, frac in enumerate(self.fractions):
-      wanted = [i for i in ds_lib.select_fraction(all_ids, frac, self.fraction_seed) if i in present]
+      wanted = [i for i in ds_lib.select_fraction(all_ids, frac, fraction_seed) if i in present]
       out[f, downstream_input.select_rows(train_ids, wanted)] = True
     return out
 
@@ -301,12 +303,17 @@ class Evaluator:
       for f in (tr, va, te):
         f[self.feature] = (f[self.feature] - mean) / sd
     multiclass = is_multiclass(tr["labels"], self.task)
-    fmask = self.run_masks(tr["image_id"])
     nf, ns = len(self.fractions), len(self.seeds)
-    masks = np.repeat(fmask, ns, axis=0)                              # [F*S, N]
     keys = jnp.stack([jax.random.PRNGKey(s) for _ in range(nf) for s in self.seeds])
     if self.solver == "lbfgs":
-      return self._rows_lbfgs(tr, va, te, masks, keys, multiclass, fmask, init, t0, t1)
+      # a converged convex fit does not depend on its seed's initial point: seed s draws
+      # the fraction's rows instead (fraction_seed + s), so the seed std is the spread over
+      # label subsets (0 at 100 %: every seed has the same rows)
+      per_seed = [self.run_masks(tr["image_id"], self.fraction_seed + s) for s in self.seeds]
+      masks = np.stack([per_seed[j][f] for f in range(nf) for j in range(ns)])   # [F*S, N]
+      return self._rows_lbfgs(tr, va, te, masks, keys, multiclass, init, t0, t1)
+    fmask = self.run_masks(tr["image_id"])
+    masks = np.repeat(fmask, ns, axis=0)                              # [F*S, N]
     features.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
                 f"seeds = {nf * ns} probes on {tr[self.feature].shape} features")
     fit = fit_probes(jnp.asarray(tr[self.feature]), jnp.asarray(tr["labels"]), jnp.asarray(masks),
@@ -330,17 +337,17 @@ class Evaluator:
                 f"{self.timing['epochs']}")
     return out
 
-  def _rows_lbfgs(self, tr, va, te, masks, keys, multiclass, fmask, init, t0, t1):
-    """`solver="lbfgs"`: every fraction × seed × C in one fit (asg_jax/transfer/lbfgs_probe.py),
-    C chosen per run on the validation loss; rows of protocol `linear_probe_lbfgs`."""
+  def _rows_lbfgs(self, tr, va, te, masks, keys, multiclass, init, t0, t1):
+    """`solver="lbfgs"`: every fraction × seed × C fitted (asg_jax/transfer/lbfgs_probe.py:
+    one vmapped fit per fraction on its own rows, equal row sets once), C chosen per run on
+    the validation loss; rows of protocol `linear_probe_lbfgs`."""
     from asg_jax.transfer import lbfgs_probe  # pylint: disable=import-outside-toplevel
     nf, ns = len(self.fractions), len(self.seeds)
     features.progress(f"  linear probe {self.downstream} ({init}): L-BFGS, {nf} fractions x {ns} "
                       f"seeds x {len(self.cs)} C = {nf * ns * len(self.cs)} fits on "
                       f"{tr[self.feature].shape} features")
-    fit = jax.device_get(lbfgs_probe.fit_lbfgs(
-        tr[self.feature], tr["labels"], jnp.asarray(masks), keys, self.cs,
-        multiclass=multiclass, max_iter=self.max_iter))
+    fit = lbfgs_probe.fit_runs(tr[self.feature], tr["labels"], masks, keys, self.cs,
+                               multiclass=multiclass, max_iter=self.max_iter)
     val = lbfgs_probe.validation_losses(fit, va[self.feature], va["labels"], multiclass)
     chosen, best = lbfgs_probe.select(fit, val)
     t2 = time.time()
@@ -353,7 +360,7 @@ class Evaluator:
     self.fit = dict(fit, val_loss=val, chosen=best)
     self.timing = {"extract_s": t1 - t0, "fit_s": t2 - t1, "num_fits": int(np.prod(val.shape)),
                    "train_examples": int(tr[self.feature].shape[0]),
-                   "examples_per_fraction": [int(m.sum()) for m in fmask],
+                   "examples_per_fraction": [int(masks[f * ns].sum()) for f in range(nf)],
                    "c": [self.cs[i] for i in best],
                    "iterations_max": int(np.max(fit["iterations"]))}
     features.progress(f"  linear probe {self.downstream} ({init}): L-BFGS fit {t2 - t1:.1f}s, C "

@@ -54,3 +54,32 @@ def test_lbfgs_equals_scikit_learn_logistic_regression(multiclass):
   chosen, best = lb.select(fit, val)
   assert val.shape == (2, len(CS)) and list(best) == list(np.argmin(val, 1))
   np.testing.assert_array_equal(chosen["w"][1], fit["w"][1, best[1]])
+
+
+def test_fit_runs_fits_each_fraction_on_its_own_rows_and_equal_row_sets_once(monkeypatch):
+  x, y = _data(False, n=90, d=6)
+  rng = np.random.default_rng(3)
+  masks = np.zeros((6, len(x)), bool)
+  for s in range(3):                        # 3 seeds: 12-row subsets of their own, then all rows
+    masks[s, rng.choice(len(x), 12, replace=False)] = True
+    masks[3 + s] = True
+  keys = jnp.stack([jax.random.PRNGKey(s) for s in range(6)])
+  whole = jax.device_get(lb.fit_lbfgs(x, y, jnp.asarray(masks), keys, CS, tol=1e-7))
+  calls = []
+  fit_lbfgs = lb.fit_lbfgs
+
+  def counting(x_rows, y_rows, run_masks, *args, **kwargs):
+    calls.append((len(x_rows), len(run_masks)))
+    return fit_lbfgs(x_rows, y_rows, run_masks, *args, **kwargs)
+
+  monkeypatch.setattr(lb, "fit_lbfgs", counting)
+  grouped = lb.fit_runs(x, y, masks, keys, CS, tol=1e-7)
+  # one fit of the three subsets on their union (<= 36 rows), one of all rows for the 3 seeds
+  assert sorted(calls) == sorted([(int(masks[:3].any(0).sum()), 3), (90, 1)]), calls
+  assert grouped["w"].shape == whole["w"].shape == (6, len(CS), 6, 3)
+  np.testing.assert_array_equal(grouped["w"][3], grouped["w"][5])
+  for r in range(6):
+    for k in range(len(CS)):
+      np.testing.assert_allclose(
+          lb.probabilities(grouped["w"][r, k], grouped["b"][r, k], x, False),
+          lb.probabilities(whole["w"][r, k], whole["b"][r, k], x, False), atol=1e-4)
