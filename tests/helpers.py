@@ -181,20 +181,25 @@ def build(config, mesh):
   return data, state, constants, step
 
 
-def run_steps(config, mesh, n):
-  """`n` jitted train steps on FakeData: (the jitted step, the state, per-step measurements)."""
+def run_steps(config, mesh, n, observe=None):
+  """`n` jitted train steps on FakeData: (the jitted step, the state, per-step measurements),
+  and with `observe` the list of `observe(state)` before the first step and after each as a
+  fourth element."""
   data, state, constants, step_fn = build(config, mesh)
   sharding = jax.tree.map(lambda x: x.sharding, state)
   jitted = jax.jit(step_fn, in_shardings=(sharding, parallel.batch_sharding(mesh),
                                           parallel.replicated(mesh)),
                    out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=(0,))
   history = []
+  observed = [] if observe is None else [observe(state)]
   with jax.set_mesh(mesh):
     it = data.train_batches(0)
     for _ in range(n):
       state, m = jitted(state, parallel.shard_batch(next(it), mesh), constants)
       history.append(jax.device_get(m))
-  return jitted, state, history
+      if observe is not None:
+        observed.append(observe(state))
+  return (jitted, state, history) if observe is None else (jitted, state, history, observed)
 
 
 # ----------------------------------------------------------------------------- files

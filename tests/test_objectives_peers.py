@@ -1,8 +1,8 @@
 """The peers through the registry (docs/peers.md): MGCA and ConVIRT recipes and their config
 checks, the optimizer's freeze (`train.freeze`: PyTorch's AdamW skipping a parameter without
 gradient), and MGCA's train step on the ViT path: `patch_importance`, the prototypes frozen
-then normalised at every step. 1 vs 8 devices for MGCA's whole step is the slow test here
-(its losses sharded == single device: tests/losses/test_mgca.py, test_convirt.py)."""
+then normalised at every step, and the whole step on 1 and 8 devices (its losses sharded ==
+single device: tests/losses/test_mgca.py, test_convirt.py)."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,7 +14,7 @@ from asg_jax import config as config_lib, objectives, parallel
 from asg_jax import state as state_lib
 from asg_jax.errors import ConfigError
 from asg_jax.models import vlp
-from tests.helpers import FakeData, build, demo_config, recipe
+from tests.helpers import FakeData, build, demo_config, recipe, run_steps
 
 
 def test_recipes_ablations_and_checks():
@@ -90,41 +90,47 @@ def test_freeze_skips_adamw_then_starts_it_fresh_at_the_global_learning_rate():
     state_lib.make_optimizer(bad, 10)[0].init(params)
 
 
-def test_mgca_vit_train_step_freezes_then_normalises_the_prototypes():
+@pytest.mark.slow
+def test_mgca_vit_step_freezes_normalises_and_one_device_equals_eight():
   config = demo_config("runlocal,objective=mgca,image=vit",
                        **{"train.freeze": ml_collections.ConfigDict({"prototypes": 0.2})})
-  mesh = parallel.make_mesh(1)
-  data, state, constants, step_fn = build(config, mesh)   # 10 steps: frozen for the first 2
-  model = vlp.VisionLanguageModel(vlp.frozen_model_config(config))
-  batch = data.example_batch()
-  out = jax.device_get(model.apply(state.variables, batch, train=False))
-  m = config.data.image_size // config.model.image.patch_size
-  importance = out["patch_importance"]                  # [B, M]: mean over heads, [CLS] row
-  assert importance.shape == (batch["image"].shape[0], m * m)
-  # the [CLS] row without its own slot: positive, below 1 in sum; and the fused attention's
-  # separately computed [CLS] row gives the same weights as the full einsum probabilities
-  assert np.all(importance > 0) and np.all(importance.sum(-1) < 1)
-  fused_config = demo_config("runlocal,objective=mgca,image=vit",
-                             **{"model.image.attention_impl": "xla"})
-  fused = vlp.VisionLanguageModel(vlp.frozen_model_config(fused_config))
-  np.testing.assert_allclose(
-      jax.device_get(fused.apply(state.variables, batch, train=False)["patch_importance"]),
-      importance, rtol=1e-5, atol=1e-6)
-  assert out["prototypes"].shape == (500, config.model.embed_dim)
-  init = np.asarray(state.params["prototypes"])
+  # 10 steps in the recipe: the prototypes frozen for the first 2; 3 steps on 8 devices
+  # and on 1, the prototypes after each
+  seen = {}
+  for devices in (8, 1):
+    seen[devices] = run_steps(config, parallel.make_mesh(devices), 3,
+                              observe=lambda st: np.asarray(st.params["prototypes"]))
+  jitted, state, history, prototypes = seen[8]
+  assert jitted._cache_size() == 1          # pylint: disable=protected-access
+  for h1, h8 in zip(seen[1][2], history):
+    assert bool(h1["finite"]) and set(h1) == set(h8)
+    assert {"ita", "local_word", "local_patch", "proto"} <= set(h8)
+    for k in h1:
+      np.testing.assert_allclose(h1[k], h8[k], rtol=2e-4, atol=2e-5, err_msg=k)
+  np.testing.assert_allclose(seen[1][3][-1], prototypes[-1], rtol=1e-4, atol=1e-5)
+  # held for two steps (only normalised: the initial ones scaled to unit rows), then moved
+  init = prototypes[0]
   unit = init / np.linalg.norm(init, axis=1, keepdims=True)
-  step = jax.jit(step_fn, donate_argnums=(0,))
-  seen = []
-  with jax.set_mesh(mesh):
-    it = data.train_batches(0)
-    for _ in range(3):
-      state, meas = step(state, parallel.shard_batch(next(it), mesh), constants)
-      meas = jax.device_get(meas)
-      assert bool(meas["finite"]) and {"ita", "local_word", "local_patch", "proto"} <= set(meas)
-      seen.append(np.asarray(state.params["prototypes"]))
-  np.testing.assert_allclose(seen[0], unit, rtol=1e-6)     # held: only normalised
-  np.testing.assert_allclose(seen[1], unit, rtol=1e-6)
-  assert np.abs(seen[2] - unit).max() > 1e-6                # released at step 3
+  np.testing.assert_allclose(prototypes[1], unit, rtol=1e-6)
+  np.testing.assert_allclose(prototypes[2], unit, rtol=1e-6)
+  assert np.abs(prototypes[3] - unit).max() > 1e-6
+  # patch_importance [B, M]: the mean over heads of the [CLS] attention row without its own
+  # slot: positive, below 1 in sum; the fused attention's separately computed [CLS] row gives
+  # the same weights as the full einsum probabilities
+  batch = FakeData(config).example_batch()
+  variables = jax.device_get(state.variables)
+  outputs = {}
+  for impl in ("einsum", "xla"):
+    c = demo_config("runlocal,objective=mgca,image=vit", **{"model.image.attention_impl": impl})
+    model = vlp.VisionLanguageModel(vlp.frozen_model_config(c))
+    outputs[impl] = jax.device_get(jax.jit(
+        lambda v, b, m=model: m.apply(v, b, train=False))(variables, batch))
+  importance = outputs["einsum"]["patch_importance"]
+  m = config.data.image_size // config.model.image.patch_size
+  assert importance.shape == (batch["image"].shape[0], m * m)
+  assert np.all(importance > 0) and np.all(importance.sum(-1) < 1)
+  np.testing.assert_allclose(outputs["xla"]["patch_importance"], importance, rtol=1e-5, atol=1e-6)
+  assert outputs["einsum"]["prototypes"].shape == (500, config.model.embed_dim)
 
 
 def test_other_objectives_have_no_peer_parameters_or_outputs():
@@ -138,17 +144,3 @@ def test_other_objectives_have_no_peer_parameters_or_outputs():
         FakeData(c).example_batch())
     assert "prototypes" not in variables["params"] and "prototypes" not in out
     assert "patch_importance" not in out
-
-
-@pytest.mark.slow
-def test_mgca_step_one_device_equals_eight():
-  from tests.helpers import run_steps  # pylint: disable=import-outside-toplevel
-  config = demo_config("runlocal,objective=mgca,image=vit")
-  _, state8, hist8 = run_steps(config, parallel.make_mesh(8), 2)
-  _, state1, hist1 = run_steps(config, parallel.make_mesh(1), 2)
-  for h1, h8 in zip(hist1, hist8):
-    assert bool(h1["finite"]) and set(h1) == set(h8)
-    for k in h1:
-      np.testing.assert_allclose(h1[k], h8[k], rtol=2e-4, atol=2e-5, err_msg=k)
-  np.testing.assert_allclose(state1.params["prototypes"], state8.params["prototypes"],
-                             rtol=1e-4, atol=1e-5)

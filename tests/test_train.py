@@ -70,12 +70,16 @@ def test_partial_batch_val_loss_is_the_per_example_mean():
   data = FakeData(config, num_eval=27)            # batches of 16: 16 + 11 real rows
   values, state, model, evaluators, constants = run_evals(config, mesh, data)
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  # the embeddings of every row of the padded batch (eval mode: each row's own), then the
+  # real rows' symmetric cross-entropy among themselves
+  embed = jax.jit(lambda b: model.apply(variables, b, train=False,
+                                        tag_queries=constants["tag_queries"]))
   per_example = []
   for batch in data.eval_batches():
     valid = batch.pop("valid")
-    out = model.apply(variables, {k: v[valid] for k, v in batch.items()}, train=False,
-                      tag_queries=jax.device_get(constants["tag_queries"]))
-    v, t = np.asarray(out["image_emb"], np.float64), np.asarray(out["text_emb"], np.float64)
+    out = jax.device_get(embed(batch))
+    v = np.asarray(out["image_emb"], np.float64)[valid]
+    t = np.asarray(out["text_emb"], np.float64)[valid]
     logits = v @ t.T / config.loss.temperature
     lse_rows = np.log(np.exp(logits).sum(1))
     lse_cols = np.log(np.exp(logits).sum(0))

@@ -36,21 +36,23 @@ def test_towers_with_the_fused_path_equal_the_einsum_path():
   c = demo_config("runlocal,image=vit")
   images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
   ref_vit = vit.build(c.model.image, jnp.float32)
-  params = ref_vit.init(jax.random.PRNGKey(0), images, train=False)
+  params = jax.jit(lambda x: ref_vit.init(jax.random.PRNGKey(0), x, train=False))(images)
   c.unlock()
   c.model.image.attention_impl = "xla"
   fused_vit = vit.build(c.model.image, jnp.float32)
-  a, b = ref_vit.apply(params, images, train=False), fused_vit.apply(params, images, train=False)
+  a, b = (jax.jit(lambda p, x, m=m: m.apply(p, x, train=False))(params, images)
+          for m in (ref_vit, fused_vit))
   assert "attention" in a and "attention" not in b     # nobody reads the ViT's probabilities
   for key in ("cls", "patch_tokens"):
     np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=key)
   ids = jnp.asarray([[2, 9, 11, 13, 3, 0, 0], [2, 7, 3, 0, 0, 0, 0]], jnp.int32)
   mask = (ids > 0).astype(jnp.int32)
   ref_bert = bert.build(c.model.text, jnp.float32, c.model.text.use_layers)
-  tparams = ref_bert.init(jax.random.PRNGKey(1), ids, mask, train=False)
+  tparams = jax.jit(lambda i, k: ref_bert.init(jax.random.PRNGKey(1), i, k, train=False))(ids, mask)
   c.model.text.attention_impl = "xla"
   fused_bert = bert.build(c.model.text, jnp.float32, c.model.text.use_layers)
-  a, b = ref_bert.apply(tparams, ids, mask, train=False), fused_bert.apply(tparams, ids, mask, train=False)
+  a, b = (jax.jit(lambda p, i, k, m=m: m.apply(p, i, k, train=False))(tparams, ids, mask)
+          for m in (ref_bert, fused_bert))
   np.testing.assert_allclose(a["hidden"], b["hidden"], rtol=1e-5, atol=1e-5)
   assert b["attention"].shape == (2, c.model.text.num_attention_heads, 1, 7)
   word_ids = jnp.asarray([[-1, 0, 1, 2, 3, -1, -1], [-1, 0, 1, -1, -1, -1, -1]], jnp.int32)
