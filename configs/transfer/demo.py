@@ -5,7 +5,8 @@
 
 generates + builds `cxr_chexpert/demo` and `cxr_chexpert/demo_5x200` into
 `<workdir>/downstream_demo/` (once), then, for the pre-trained and a random-init encoder:
-linear probe at 1 / 10 / 100 % (3 seeds), full fine-tuning at 100 % (1 seed, 3 epochs),
+linear probe at 1 / 10 / 100 % (3 seeds; AdamW on raw and on z-scored features, and the
+converged L-BFGS probe), full fine-tuning at 100 % (1 seed, 3 epochs),
 zero-shot AUROC / F1 / ACC (prompts and tag decoder; thresholds on validation), zero-shot
 top-1 on demo_5x200 and image↔prompt retrieval P@K / R@K on demo_5x200. `runlocal`: fewer images and seeds (tests).
 `tiny`: every protocol of the project once, at its smallest — linear probe, fine-tuning,
@@ -35,6 +36,10 @@ def get_config(arg=None):
   if not runlocal:   # the same probe on z-scored features (docs/transfer.md: scale matters)
     transfer_config.add(c, "probe_zscored", type="linear_probe", downstream="cxr_chexpert/demo",
                  fractions=(0.01, 0.1, 1.0), seeds=seeds, standardize=True)
+  if not runlocal:   # the converged probe (L-BFGS, C on validation; raw features): seed s
+    # draws the fraction's films (docs/transfer.md "The converged probe")
+    transfer_config.add(c, "probe_lbfgs", type="linear_probe", solver="lbfgs",
+                 downstream="cxr_chexpert/demo", fractions=(0.01, 0.1, 1.0), seeds=seeds)
   if not runlocal:   # full fine-tuning, 100 % and one seed only (docs/transfer.md "Fine-tuning")
     transfer_config.add(c, "fine_tune", type="linear_probe", fine_tune=True, encoder_lr=1e-5,
                  downstream="cxr_chexpert/demo", fractions=(1.0,), seeds=(0,), max_epochs=3)
