@@ -107,7 +107,11 @@ def test_mgca_vit_step_freezes_normalises_and_one_device_equals_eight():
     assert {"ita", "local_word", "local_patch", "proto"} <= set(h8)
     for k in h1:
       np.testing.assert_allclose(h1[k], h8[k], rtol=2e-4, atol=2e-5, err_msg=k)
-  np.testing.assert_allclose(seen[1][3][-1], prototypes[-1], rtol=1e-4, atol=1e-5)
+  # the prototypes moved once (step 3): Adam's first update moves an element whose true
+  # gradient is ~0 by up to lr on rounding noise, so every element within 2 lr, and all but
+  # a few (measured: 1 of 64,000) within 1e-5
+  diff = np.abs(seen[1][3][-1] - prototypes[-1])
+  assert diff.max() <= 2 * config.train.lr and np.mean(diff > 1e-5) < 1e-3, diff.max()
   # held for two steps (only normalised: the initial ones scaled to unit rows), then moved
   init = prototypes[0]
   unit = init / np.linalg.norm(init, axis=1, keepdims=True)
