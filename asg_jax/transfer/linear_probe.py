@@ -362,9 +362,12 @@ class Evaluator:
                    "train_examples": int(tr[self.feature].shape[0]),
                    "examples_per_fraction": [int(masks[f * ns].sum()) for f in range(nf)],
                    "c": [self.cs[i] for i in best],
-                   "iterations_max": int(np.max(fit["iterations"]))}
+                   "iterations_max": int(np.max(fit["iterations"])),
+                   # of each run's chosen C: = max_iter means stopped short of tol
+                   "iterations_chosen": [int(fit["iterations"][r, i]) for r, i in enumerate(best)]}
     features.progress(f"  linear probe {self.downstream} ({init}): L-BFGS fit {t2 - t1:.1f}s, C "
-                      f"chosen {self.timing['c']}, iterations <= {self.timing['iterations_max']}")
+                      f"chosen {self.timing['c']}, iterations {self.timing['iterations_chosen']} (all C: <= "
+                      f"{self.timing['iterations_max']})")
     return out
 
   def run(self, state):

@@ -78,6 +78,11 @@ def test_own_labels_end_to_end_on_a_csv_and_on_class_folders(nih_rows, workdir, 
       assert (proto, "auroc", None, init) in kinds and (proto, "f1", None, init) in kinds
   assert {r["dataset"] for r in results["rows"]} == {"labelled_images/nih_sample"}
   assert any("[Pneumonia]" in r["metric"] for r in results["rows"])
+  # the L-BFGS timing: per run (fraction x seed) its C and that fit's iterations; the seeds
+  # draw their own rows, so every run of a fraction has the fraction's count
+  lbfgs = results["timing"]["pretrained/probe"]
+  assert len(lbfgs["c"]) == len(lbfgs["iterations_chosen"]) == 3 * 2
+  assert all(1 <= i <= lbfgs["iterations_max"] for i in lbfgs["iterations_chosen"])
   md = (tmp_path / "out_csv" / table.RESULTS_MD).read_text()
   assert "| labelled_images/nih_sample | linear_probe_lbfgs | auroc | 1 % |" in md
   # class folders: one-hot, accuracy rows, top-1 zero-shot
