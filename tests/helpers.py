@@ -182,24 +182,24 @@ def build(config, mesh):
 
 
 def run_steps(config, mesh, n, observe=None):
-  """`n` jitted train steps on FakeData: (the jitted step, the state, per-step measurements),
-  and with `observe` the list of `observe(state)` before the first step and after each as a
-  fourth element."""
+  """`n` jitted train steps on FakeData: (the jitted step, the state, per-step measurements).
+  `observe(state)` is called before the first step and after each (the state is donated:
+  copy what you keep)."""
   data, state, constants, step_fn = build(config, mesh)
   sharding = jax.tree.map(lambda x: x.sharding, state)
   jitted = jax.jit(step_fn, in_shardings=(sharding, parallel.batch_sharding(mesh),
                                           parallel.replicated(mesh)),
                    out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+  observe = observe or (lambda state: None)
   history = []
-  observed = [] if observe is None else [observe(state)]
+  observe(state)
   with jax.set_mesh(mesh):
     it = data.train_batches(0)
     for _ in range(n):
       state, m = jitted(state, parallel.shard_batch(next(it), mesh), constants)
       history.append(jax.device_get(m))
-      if observe is not None:
-        observed.append(observe(state))
-  return (jitted, state, history) if observe is None else (jitted, state, history, observed)
+      observe(state)
+  return jitted, state, history
 
 
 # ----------------------------------------------------------------------------- files

@@ -95,14 +95,13 @@ def test_mgca_vit_step_freezes_normalises_and_one_device_equals_eight():
   config = demo_config("runlocal,objective=mgca,image=vit",
                        **{"train.freeze": ml_collections.ConfigDict({"prototypes": 0.2})})
   # 10 steps in the recipe: the prototypes frozen for the first 2; 3 steps on 8 devices
-  # and on 1, the prototypes after each
-  seen = {}
-  for devices in (8, 1):
-    seen[devices] = run_steps(config, parallel.make_mesh(devices), 3,
-                              observe=lambda st: np.asarray(st.params["prototypes"]))
-  jitted, state, history, prototypes = seen[8]
+  # and on 1, the prototypes before the first step and after each
+  prototypes = {8: [], 1: []}
+  runs = {d: run_steps(config, parallel.make_mesh(d), 3, observe=lambda st, d=d: prototypes[d]
+                       .append(np.asarray(st.params["prototypes"]))) for d in (8, 1)}
+  jitted, state, history = runs[8]
   assert jitted._cache_size() == 1          # pylint: disable=protected-access
-  for h1, h8 in zip(seen[1][2], history):
+  for h1, h8 in zip(runs[1][2], history):
     assert bool(h1["finite"]) and set(h1) == set(h8)
     assert {"ita", "local_word", "local_patch", "proto"} <= set(h8)
     for k in h1:
@@ -110,14 +109,14 @@ def test_mgca_vit_step_freezes_normalises_and_one_device_equals_eight():
   # the prototypes moved once (step 3): Adam's first update moves an element whose true
   # gradient is ~0 by up to lr on rounding noise, so every element within 2 lr, and all but
   # a few (measured: 1 of 64,000) within 1e-5
-  diff = np.abs(seen[1][3][-1] - prototypes[-1])
+  diff = np.abs(prototypes[1][-1] - prototypes[8][-1])
   assert diff.max() <= 2 * config.train.lr and np.mean(diff > 1e-5) < 1e-3, diff.max()
   # held for two steps (only normalised: the initial ones scaled to unit rows), then moved
-  init = prototypes[0]
+  init, held1, held2, released = prototypes[8]
   unit = init / np.linalg.norm(init, axis=1, keepdims=True)
-  np.testing.assert_allclose(prototypes[1], unit, rtol=1e-6)
-  np.testing.assert_allclose(prototypes[2], unit, rtol=1e-6)
-  assert np.abs(prototypes[3] - unit).max() > 1e-6
+  np.testing.assert_allclose(held1, unit, rtol=1e-6)
+  np.testing.assert_allclose(held2, unit, rtol=1e-6)
+  assert np.abs(released - unit).max() > 1e-6
   # patch_importance [B, M]: the mean over heads of the [CLS] attention row without its own
   # slot: positive, below 1 in sum; the fused attention's separately computed [CLS] row gives
   # the same weights as the full einsum probabilities

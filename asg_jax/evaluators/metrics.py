@@ -7,7 +7,7 @@ import numpy as np
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-  """Area under the ROC curve (Mann–Whitney U with average ranks for ties).
+  """Area under the ROC curve (Mann–Whitney U, ties counted 1/2).
 
   Args:
     scores: `[N]` real scores, higher = more likely positive.
@@ -16,20 +16,23 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     AUROC in [0, 1], or NaN if one class is absent.
   """
   scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels).astype(bool)
-  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  order = np.argsort(scores, kind="mergesort")
-  ranks = np.empty(len(scores), np.float64)
-  sorted_scores = scores[order]
-  # average ranks (1-based) over runs of equal scores
-  starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-  ends = np.r_[starts[1:], len(scores)]
-  for s, e in zip(starts, ends):
-    ranks[order[s:e]] = 0.5 * (s + 1 + e)
-  u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
-  return float(u / (n_pos * n_neg))
+  return float(weighted_auroc(scores, np.asarray(labels).astype(bool),
+                              np.ones((1, len(scores))))[0])
+
+
+def weighted_auroc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+  """[B] AUROC of `scores` [N] against bool `labels` [N] under B example weightings `counts`
+  [B, N] (a bootstrap's resampling counts; ones = the plain AUROC): Mann–Whitney with ties
+  counted 1/2, NaN where a weighting lacks a class."""
+  order = np.argsort(scores, kind="stable")
+  s, y, w = scores[order], labels[order], counts[:, order]
+  starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+  pos = np.add.reduceat(w * y, starts, axis=1)
+  neg = np.add.reduceat(w * ~y, starts, axis=1)
+  below = np.cumsum(neg, axis=1) - neg
+  wp, wn = pos.sum(1), neg.sum(1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (pos * (below + 0.5 * neg)).sum(1) / (wp * wn)
 
 
 def retrieval_at_k(sim: np.ndarray, groups: np.ndarray, ks=(1, 5, 10)) -> tuple[dict, dict]:

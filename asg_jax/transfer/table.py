@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from asg_jax.evaluators import metrics
+
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 ROW_KEYS = ("dataset", "protocol", "metric", "fraction", "init", "value", "std", "chance",
             "published", "n", "positives", "ci95")
@@ -51,20 +53,6 @@ def _counts(n: int, num: int, seed: int):
     yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, num - start)).astype(np.float64)
 
 
-def weighted_auroc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-  """[B] AUROC of `scores` [N] against bool `labels` [N] with example weights `counts`
-  [B, N] (Mann-Whitney with ties as 1/2; NaN where a resample lacks a class)."""
-  order = np.argsort(scores, kind="stable")
-  s, y, w = scores[order], labels[order], counts[:, order]
-  starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-  pos = np.add.reduceat(w * y, starts, axis=1)
-  neg = np.add.reduceat(w * ~y, starts, axis=1)
-  below = np.cumsum(neg, axis=1) - neg
-  wp, wn = pos.sum(1), neg.sum(1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return ((pos * (below + 0.5 * neg)).sum(1) / (wp * wn))
-
-
 def bootstrap(runs, y: np.ndarray, *, accuracy: bool, num: int = 0, seed: int = 0) -> dict:
   """95 % percentile intervals over test-set resamples of the seed-mean metrics of `runs`
   (score arrays [N, C] of the seeds) against 0/1 labels y [N, C]: "auroc" (macro over the
@@ -76,7 +64,7 @@ def bootstrap(runs, y: np.ndarray, *, accuracy: bool, num: int = 0, seed: int = 
   runs = [np.asarray(r, np.float64) for r in runs]
   macro, per, acc = [], [], []
   for counts in _counts(n, num, seed):
-    aucs = np.stack([[weighted_auroc(r[:, c], y[:, c], counts) for c in range(num_classes)]
+    aucs = np.stack([[metrics.weighted_auroc(r[:, c], y[:, c], counts) for c in range(num_classes)]
                      for r in runs])                                    # [S, C, b]
     with warnings.catch_warnings():   # a resample without one class' positives: NaN
       warnings.simplefilter("ignore", RuntimeWarning)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from asg_jax.transfer import config as transfer_config, own, table
+from asg_jax.transfer import config as transfer_config, lbfgs_probe, own, table
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 RECIPE = os.path.join(REPO, "configs", "transfer", "own_labels.py")
@@ -67,6 +67,13 @@ def test_own_labels_end_to_end_on_a_csv_and_on_class_folders(nih_rows, workdir, 
     for r in rows[:48]:
       w.writerow([str(folder / r["Image Index"]), r["Finding Labels"], r["Patient ID"],
                   r["View Position"]])
+  fitted_masks, fit_runs = [], lbfgs_probe.fit_runs
+
+  def recording(x, y, masks, *args, **kwargs):
+    fitted_masks.append(np.asarray(masks))
+    return fit_runs(x, y, masks, *args, **kwargs)
+
+  monkeypatch.setattr(lbfgs_probe, "fit_runs", recording)
   results = _evaluate(monkeypatch, workdir, mine / "labels.csv", tmp_path / "out_csv")
   err = capsys.readouterr().err
   assert "building labelled_images/nih_sample" in err and "features labelled_images" in err
@@ -78,10 +85,16 @@ def test_own_labels_end_to_end_on_a_csv_and_on_class_folders(nih_rows, workdir, 
       assert (proto, "auroc", None, init) in kinds and (proto, "f1", None, init) in kinds
   assert {r["dataset"] for r in results["rows"]} == {"labelled_images/nih_sample"}
   assert any("[Pneumonia]" in r["metric"] for r in results["rows"])
-  # the L-BFGS timing: per run (fraction x seed) its C and that fit's iterations; the seeds
-  # draw their own rows, so every run of a fraction has the fraction's count
+  # L-BFGS: seed s draws the fraction's rows (fraction_seed + s): at 10 % the two seeds fit
+  # different rows of the same count, at 100 % the same; the timing names each run's C and
+  # that fit's iterations
+  fractions, seeds = (0.01, 0.1, 1.0), (0, 1)             # the runlocal recipe's
+  masks = fitted_masks[0]                               # the pretrained encoder's [F*S, N]
+  ten, hundred = masks[2:4], masks[4:6]
+  assert ten[0].sum() == ten[1].sum() > 0 and (ten[0] != ten[1]).any()
+  assert hundred.all()
   lbfgs = results["timing"]["pretrained/probe"]
-  assert len(lbfgs["c"]) == len(lbfgs["iterations_chosen"]) == 3 * 2
+  assert len(lbfgs["c"]) == len(lbfgs["iterations_chosen"]) == len(fractions) * len(seeds)
   assert all(1 <= i <= lbfgs["iterations_max"] for i in lbfgs["iterations_chosen"])
   md = (tmp_path / "out_csv" / table.RESULTS_MD).read_text()
   assert "| labelled_images/nih_sample | linear_probe_lbfgs | auroc | 1 % |" in md
@@ -121,12 +134,17 @@ def test_recipe_keys_and_errors(tmp_path):
 
 
 def test_results_md_gives_test_n_positives_and_bootstrap_intervals():
+  from asg_jax.evaluators import metrics
   from asg_jax.transfer import classification
   rng = np.random.default_rng(0)
   y = np.stack([rng.random(300) < 0.3, rng.random(300) < 0.02], 1).astype(np.float32)
   s = np.round(rng.normal(size=(300, 2)) + y, 1)              # ties
-  np.testing.assert_allclose(table.weighted_auroc(s[:, 0], y[:, 0] > 0.5, np.ones((1, 300))),
-                             classification.macro_auroc(s, y)[1][0], rtol=1e-12)
+  # the resample-weighted AUROC against scikit-learn's with the same sample weights
+  roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+  counts = rng.multinomial(300, np.full(300, 1 / 300), size=3).astype(np.float64)
+  np.testing.assert_allclose(
+      metrics.weighted_auroc(s[:, 0], y[:, 0] > 0.5, counts),
+      [roc_auc_score(y[:, 0], s[:, 0], sample_weight=c) for c in counts], rtol=1e-12)
   rows = classification.classification_rows("d", "linear_probe", (1.0,), [[s, s + 0.01]], y,
                                             ["Effusion", "Hernia"], False, "pretrained")
   by = {r["metric"]: r for r in rows}
