@@ -272,21 +272,22 @@ class Evaluator:
                               max_examples=self.max_examples)
             for split in self.splits}
 
-  def run_masks(self, train_ids: Sequence[str], fraction_seed: int | None = None) -> np.ndarray:
-    """bool [F, N]: the rows of each fraction (fraction_ids of the built split, drawn with
-    `fraction_seed`, the recipe's by default)."""
-    fraction_seed = self.fraction_seed if fraction_seed is None else fraction_seed
+  def run_masks(self, train_ids: Sequence[str], fraction_seeds: Sequence[int] = ()) -> np.ndarray:
+    """bool [S, F, N]: the rows of each fraction (fraction_ids of the built split) drawn
+    with each of `fraction_seeds` (default: the recipe's one, S = 1)."""
     from asg_jax.data.pipeline import downstream_input  # pylint: disable=import-outside-toplevel
     from asg_jax.data.builders import downstream as ds_lib  # pylint: disable=import-outside-toplevel
     b = downstream_input.builder(self.downstream, self.data_dir)
     all_ids = ds_lib.read_index(b)[self.splits[0]]["image_id"]
     if self.max_examples > 0:        # the subset actually extracted
       all_ids = list(train_ids)
-    out = np.zeros((len(self.fractions), len(train_ids)), bool)
+    fraction_seeds = tuple(fraction_seeds) or (self.fraction_seed,)
+    out = np.zeros((len(fraction_seeds), len(self.fractions), len(train_ids)), bool)
     present = set(train_ids)
-    for f, frac in enumerate(self.fractions):
-      wanted = [i for i in ds_lib.select_fraction(all_ids, frac, fraction_seed) if i in present]
-      out[f, downstream_input.select_rows(train_ids, wanted)] = True
+    for s, seed in enumerate(fraction_seeds):
+      for f, frac in enumerate(self.fractions):
+        wanted = [i for i in ds_lib.select_fraction(all_ids, frac, seed) if i in present]
+        out[s, f, downstream_input.select_rows(train_ids, wanted)] = True
     return out
 
   def rows(self, state, init: str = "pretrained") -> list[dict]:
@@ -309,10 +310,10 @@ class Evaluator:
       # a converged convex fit does not depend on its seed's initial point: seed s draws
       # the fraction's rows instead (fraction_seed + s), so the seed std is the spread over
       # label subsets (0 at 100 %: every seed has the same rows)
-      per_seed = [self.run_masks(tr["image_id"], self.fraction_seed + s) for s in self.seeds]
-      masks = np.stack([per_seed[j][f] for f in range(nf) for j in range(ns)])   # [F*S, N]
+      per_seed = self.run_masks(tr["image_id"], [self.fraction_seed + s for s in self.seeds])
+      masks = per_seed.transpose(1, 0, 2).reshape(nf * ns, -1)              # [F*S, N]
       return self._rows_lbfgs(tr, va, te, masks, keys, multiclass, init, t0, t1)
-    fmask = self.run_masks(tr["image_id"])
+    fmask = self.run_masks(tr["image_id"])[0]
     masks = np.repeat(fmask, ns, axis=0)                              # [F*S, N]
     features.progress(f"  linear probe {self.downstream} ({init}): fitting {nf} fractions x {ns} "
                 f"seeds = {nf * ns} probes on {tr[self.feature].shape} features")
