@@ -26,7 +26,8 @@ last rows.
 linear probe at 1 / 10 / 100 %, then zero-shot and retrieval), each cell the mean ± std over
 the pre-training seeds of the run's value (a probe's value is already the mean of its 3
 probe seeds), then the validation table. `--seg` also runs configs/transfer/demo_seg.py on
-every workdir (`<workdir>/transfer_seg`, ~5 min each on 2 cores) and adds its Dice columns.
+every workdir (`<workdir>/transfer_seg`, ~5 min each on 2 cores); the table has Dice columns
+whenever a workdir has that result (a cell from one seed's workdir only is marked ¹).
 """
 from __future__ import annotations
 
@@ -211,6 +212,9 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
+ONE_SEED_MARK = "¹"
+
+
 def _cell(values: list, scale: float = 100.0, digits: int = 1, own_std=None) -> str:
   """Mean ± std over the seeds; one seed: its value (± `own_std`, the probe seeds', if any)."""
   values = [v for v in values if v is not None]
@@ -222,35 +226,50 @@ def _cell(values: list, scale: float = 100.0, digits: int = 1, own_std=None) -> 
   return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def methods_table(runs: dict[str, list[str]], seg: bool) -> str:
-  """Markdown: one row per method, each cell mean ± std over its workdirs (the seeds)."""
+def _seeds_cell(runs: list[tuple]) -> tuple[str, bool]:
+  """(cell, from one seed of several) for one column over a method's workdirs: `runs` =
+  [(value, chance, own std)] per pre-training seed, None where that workdir has no result.
+  Several values: their mean ± std over the seeds. One value: that run's value ± its own std
+  (over its probe or decoder seeds); marked when the other seeds' workdirs have none."""
+  present = [(v, s) for v, _, s in runs if v is not None]
+  if len(present) == 1:
+    return _cell([present[0][0]], own_std=present[0][1]), len(runs) > 1
+  return _cell([v for v, _ in present]), False
+
+
+def methods_table(runs: dict[str, list[str]]) -> str:
+  """Markdown: one row per method, each cell mean ± std over its workdirs (the seeds); the
+  Dice columns when any workdir has `transfer_seg/results.json`."""
+  seg = any(os.path.exists(os.path.join(w, "transfer_seg", "results.json"))
+            for workdirs in runs.values() for w in workdirs)
   columns = METHOD_COLUMNS + (SEG_COLUMNS if seg else [])
   lines = ["| method | " + " | ".join(c for c, _ in columns) + " |",
            "|---|" + "---:|" * len(columns)]
-  random_row, chance = {}, {}
-  for i, (name, workdirs) in enumerate(runs.items()):
+  chance, one_seed = {}, set()
+
+  def row(name: str, workdirs: list[str], init: str) -> None:
     cells = []
     for col, key in columns:
-      values, stds = [], []
-      for w in workdirs:
-        sub = "transfer_seg" if key[0] == "segmentation" else "transfer"
-        results = _read_json(os.path.join(w, sub, "results.json"))
-        value, c, std = _transfer_value(results, "pretrained", key, with_std=True)
-        values.append(value)
-        stds.append(std)
-        if c is not None:
-          chance[col] = c
-        if i == 0:   # the random-init encoder is every method's: the first method's runs
-          random_row.setdefault(col, []).append(
-              _transfer_value(results, "random", key, with_std=True))
-      cells.append(_cell(values, own_std=stds[0] if len(workdirs) == 1 else None))
+      sub = "transfer_seg" if key[0] == "segmentation" else "transfer"
+      per_seed = [_transfer_value(_read_json(os.path.join(w, sub, "results.json")), init, key,
+                                  with_std=True) for w in workdirs]
+      chance.update({col: c for _, c, _ in per_seed if c is not None})
+      text, marked = _seeds_cell(per_seed)
+      cells.append(text + (ONE_SEED_MARK if marked else ""))
+      if marked:
+        one_seed.add(col)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines.append("| *random init* | " + " | ".join(_cell(
-      [v[0] for v in random_row.get(c, [])],
-      own_std=random_row[c][0][2] if len(random_row.get(c, [])) == 1 else None)
-      for c, _ in columns) + " |")
+
+  for name, workdirs in runs.items():
+    row(name, workdirs, "pretrained")
+  # the random-init encoder is every method's (it depends only on the seed): the first method's
+  row("*random init*", next(iter(runs.values())), "random")
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
+  if one_seed:
+    lines += ["", f"{ONE_SEED_MARK} one pre-training seed only (the other seeds' workdirs have "
+              f"no {', '.join(c for c, _ in columns if c in one_seed)}): that run's value ± the "
+              "std over its own probe or decoder seeds, not over pre-training seeds."]
   lines += ["", "Validation (the pre-training split):", "",
             "| method | " + " | ".join(c for c, _ in VAL_COLUMNS) + " |",
             "|---|" + "---:|" * len(VAL_COLUMNS)]
@@ -293,7 +312,7 @@ def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: b
              "probe seeds)" if n > 1 else "one pre-training seed: a probe cell is the mean ± "
              "std over its 3 probe seeds, the other cells have no ±")
           + ". z-probe = probe on z-scored features.\n\n")
-  return text + methods_table(runs, seg) + "\n"
+  return text + methods_table(runs) + "\n"
 
 
 if __name__ == "__main__":

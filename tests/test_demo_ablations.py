@@ -1,0 +1,95 @@
+"""benchmarks/demo_ablations.py --suite methods: the table docs/demo.md records is the mean ±
+std over pre-training seeds of each workdir's results, the random-init row is the seeds'
+random encoders, and a column only one seed has (e.g. --seg on seed 0) is marked as such.
+
+Runs the script's `main` on finished workdirs (summary.json present, so no pre-training is
+started) with results the test writes, and checks every cell against NumPy.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks import demo_ablations  # noqa: E402  pylint: disable=wrong-import-position
+
+CHEX, SIIM = "cxr_chexpert/demo", "cxr_siim/demo"
+
+
+def _row(dataset, protocol, metric, value, fraction=None, std=None, chance=0.5, init="pretrained"):
+  return {"dataset": dataset, "protocol": protocol, "metric": metric, "fraction": fraction,
+          "init": init, "value": value, "std": std, "chance": chance}
+
+
+def _write(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f)
+
+
+def _cells(text: str, name: str) -> dict[str, str]:
+  """{column: cell} of the first Markdown table row named `name`."""
+  lines = text.splitlines()
+  head = next(l for l in lines if l.startswith("| method |"))
+  cols = [c.strip() for c in head.strip("|").split("|")][1:]
+  line = next(l for l in lines if l.startswith(f"| {name} |"))
+  return dict(zip(cols, [c.strip() for c in line.strip("|").split("|")][1:]))
+
+
+def _fmt(values) -> str:
+  v = 100 * np.asarray(values)
+  return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def test_methods_table_is_mean_and_std_over_seeds_and_marks_one_seed_columns(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  seeds = [0, 1, 2]
+  methods = [arg.split("=")[1] for _, arg in demo_ablations.SUITES["methods"]]
+  probe, rand, zs, seg = {}, {}, {}, {}
+  for m in methods:
+    for s in seeds:
+      w = tmp_path / "methods" / f"{m}_seed{s}"
+      probe[m, s], rand[m, s], zs[m, s] = rng.uniform(0.5, 0.9, size=3)
+      _write(w / "summary.json", {"metrics": {"top1": 0.1 + s / 100}, "chance": {"top1": 0.006}})
+      rows = [_row(CHEX, "linear_probe_lbfgs", "auroc", probe[m, s], 0.01, std=0.02),
+              _row(CHEX, "linear_probe_lbfgs", "auroc", rand[m, s], 0.01, std=0.03,
+                   init="random"),
+              _row(CHEX, "zero_shot_prompt", "auroc", zs[m, s])]
+      _write(w / "transfer" / "results.json", {"rows": rows})
+      if s == 0:   # --seg ran on seed 0's workdirs only
+        seg[m] = rng.uniform(0.3, 0.9)
+        _write(w / "transfer_seg" / "results.json", {"rows": [
+            _row(SIIM, "segmentation", "dice", seg[m], 0.1, std=0.04, chance=0.6),
+            _row(SIIM, "segmentation", "dice", 0.25, 0.1, std=0.05, chance=0.6, init="random")]})
+
+  demo_ablations.main(["--suite", "methods", "--steps", "7", "--seeds", "0,1,2",
+                       "--root", str(tmp_path)])
+  assert "$ " not in capsys.readouterr().out, "a finished workdir was pre-trained again"
+  text = (tmp_path / "methods.md").read_text()
+
+  for (name, _), m in zip(demo_ablations.SUITES["methods"], methods):
+    cells = _cells(text, name)
+    assert cells["L-BFGS 1 %"] == _fmt([probe[m, s] for s in seeds])
+    assert cells["ZS AUROC (prompts)"] == _fmt([zs[m, s] for s in seeds])
+    assert cells["L-BFGS 10 %"] == "—"                       # no such row: no number
+    assert cells["Dice 10 %"] == f"{100 * seg[m]:.1f} ± 4.0" + demo_ablations.ONE_SEED_MARK
+  # the random-init encoder of each seed: the first method's workdirs (ConVIRT's)
+  cells = _cells(text, "*random init*")
+  assert cells["L-BFGS 1 %"] == _fmt([rand[methods[0], s] for s in seeds])
+  assert cells["Dice 10 %"] == "25.0 ± 5.0" + demo_ablations.ONE_SEED_MARK
+  assert _cells(text, "*chance*")["Dice 10 %"] == "60.0"
+  footnote = next(l for l in text.splitlines() if l.startswith(demo_ablations.ONE_SEED_MARK))
+  assert "Dice 10 %" in footnote and "L-BFGS" not in footnote
+  # the validation table: summary.json metrics, mean ± std over the seeds
+  assert f"| ConVIRT | {0.11:.3f} ± {np.std([0.10, 0.11, 0.12], ddof=1):.3f} |" in text
+
+
+@pytest.mark.parametrize("values,expected", [
+    ([(0.7, 0.5, 0.01)], ("70.0 ± 1.0", False)),                      # one seed: its own std
+    ([(0.7, 0.5, 0.01), (None, None, None)], ("70.0 ± 1.0", True)),   # one of two: marked
+    ([(0.6, 0.5, 0.01), (0.8, 0.5, 0.09)], ("70.0 ± 14.1", False)),   # two: std over seeds
+    ([(None, None, None)], ("—", False))])
+def test_seeds_cell(values, expected):
+  assert demo_ablations._seeds_cell(values) == expected  # pylint: disable=protected-access
