@@ -254,6 +254,8 @@ def methods_table(runs: dict[str, list[str]]) -> str:
       per_seed = [_transfer_value(_read_json(os.path.join(w, sub, "results.json")), init, key,
                                   with_std=True) for w in workdirs]
       chance.update({col: c for _, c, _ in per_seed if c is not None})
+      if init == "random":   # one encoder (the transfer config's random_seed) for every
+        per_seed = list(dict.fromkeys(per_seed))   # seed: its own ± , not a "± 0.0" spread
       text, marked = _seeds_cell(per_seed)
       cells.append(text + (ONE_SEED_MARK if marked else ""))
       if marked:
@@ -262,7 +264,7 @@ def methods_table(runs: dict[str, list[str]]) -> str:
 
   for name, workdirs in runs.items():
     row(name, workdirs, "pretrained")
-  # the random-init encoder is every method's (it depends only on the seed): the first method's
+  # the random-init encoder is every method's: read from the first method's workdirs
   row("*random init*", next(iter(runs.values())), "random")
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
@@ -311,7 +313,9 @@ def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: b
           + ("the mean ± std over the pre-training seeds (a probe cell: of the means of its 3 "
              "probe seeds)" if n > 1 else "one pre-training seed: a probe cell is the mean ± "
              "std over its 3 probe seeds, the other cells have no ±")
-          + ". z-probe = probe on z-scored features.\n\n")
+          + ". z-probe = probe on z-scored features. The random-init row is one encoder "
+          "(the transfer config's random_seed), the same for every pre-training seed: its ± is "
+          "over its probe seeds.\n\n")
   return text + methods_table(runs) + "\n"
 
 
