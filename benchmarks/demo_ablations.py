@@ -230,11 +230,13 @@ def _seeds_cell(runs: list[tuple]) -> tuple[str, bool]:
   """(cell, from one seed of several) for one column over a method's workdirs: `runs` =
   [(value, chance, own std)] per pre-training seed, None where that workdir has no result.
   Several values: their mean ± std over the seeds. One value: that run's value ± its own std
-  (over its probe or decoder seeds); marked when the other seeds' workdirs have none."""
+  (over its probe or decoder seeds). Marked when some workdirs have no value (a run not
+  finished, or --seg on some seeds only)."""
   present = [(v, s) for v, _, s in runs if v is not None]
+  partial = 0 < len(present) < len(runs)
   if len(present) == 1:
-    return _cell([present[0][0]], own_std=present[0][1]), len(runs) > 1
-  return _cell([v for v, _ in present]), False
+    return _cell([present[0][0]], own_std=present[0][1]), partial
+  return _cell([v for v, _ in present]), partial
 
 
 def methods_table(runs: dict[str, list[str]]) -> str:
@@ -254,8 +256,9 @@ def methods_table(runs: dict[str, list[str]]) -> str:
       per_seed = [_transfer_value(_read_json(os.path.join(w, sub, "results.json")), init, key,
                                   with_std=True) for w in workdirs]
       chance.update({col: c for _, c, _ in per_seed if c is not None})
-      if init == "random":   # one encoder (the transfer config's random_seed) for every
-        per_seed = list(dict.fromkeys(per_seed))   # seed: its own ± , not a "± 0.0" spread
+      if init == "random":   # one encoder (the transfer config's random_seed) for every seed:
+        # its own ±, not a "± 0.0" spread over identical runs
+        per_seed = list(dict.fromkeys(p for p in per_seed if p[0] is not None))
       text, marked = _seeds_cell(per_seed)
       cells.append(text + (ONE_SEED_MARK if marked else ""))
       if marked:
@@ -269,9 +272,10 @@ def methods_table(runs: dict[str, list[str]]) -> str:
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
   if one_seed:
-    lines += ["", f"{ONE_SEED_MARK} one pre-training seed only (the other seeds' workdirs have "
-              f"no {', '.join(c for c, _ in columns if c in one_seed)}): that run's value ± the "
-              "std over its own probe or decoder seeds, not over pre-training seeds."]
+    lines += ["", f"{ONE_SEED_MARK} from fewer pre-training seeds than the method has workdirs "
+              f"(the others have no {', '.join(c for c, _ in columns if c in one_seed)}); a cell "
+              "from one seed is that run's value ± the std over its own probe or decoder seeds, "
+              "not over pre-training seeds."]
   lines += ["", "Validation (the pre-training split):", "",
             "| method | " + " | ".join(c for c, _ in VAL_COLUMNS) + " |",
             "|---|" + "---:|" * len(VAL_COLUMNS)]

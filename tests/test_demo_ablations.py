@@ -84,7 +84,12 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_one_seed_columns(tmp
   methods_runs = {"A": [str(tmp_path / "methods" / f"{methods[1]}_seed{s}") for s in seeds]}
   one_encoder = _cells(demo_ablations.methods_table(methods_runs), "*random init*")
   assert one_encoder["L-BFGS 1 %"] == "60.0 ± 3.0"     # one encoder: its own ±, no seed mark
-  assert cells["Dice 10 %"] == "25.0 ± 5.0" + demo_ablations.ONE_SEED_MARK
+  os.remove(tmp_path / "methods" / f"{methods[1]}_seed2" / "transfer" / "results.json")
+  unfinished = demo_ablations.methods_table(methods_runs)   # seed 2 still transferring
+  assert _cells(unfinished, "*random init*")["L-BFGS 1 %"] == "60.0 ± 3.0"
+  assert _cells(unfinished, "A")["L-BFGS 1 %"] == (
+      _fmt([probe[methods[1], s] for s in (0, 1)]) + demo_ablations.ONE_SEED_MARK)
+  assert cells["Dice 10 %"] == "25.0 ± 5.0"   # one random encoder: seed 0's run says it all
   assert _cells(text, "*chance*")["Dice 10 %"] == "60.0"
   footnote = next(l for l in text.splitlines() if l.startswith(demo_ablations.ONE_SEED_MARK))
   assert "Dice 10 %" in footnote and "L-BFGS" not in footnote
@@ -96,6 +101,7 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_one_seed_columns(tmp
     ([(0.7, 0.5, 0.01)], ("70.0 ± 1.0", False)),                      # one seed: its own std
     ([(0.7, 0.5, 0.01), (None, None, None)], ("70.0 ± 1.0", True)),   # one of two: marked
     ([(0.6, 0.5, 0.01), (0.8, 0.5, 0.09)], ("70.0 ± 14.1", False)),   # two: std over seeds
+    ([(0.6, 0.5, 0.01), (0.8, 0.5, 0.09), (None, None, None)], ("70.0 ± 14.1", True)),
     ([(None, None, None)], ("—", False))])
 def test_seeds_cell(values, expected):
   assert demo_ablations._seeds_cell(values) == expected  # pylint: disable=protected-access
