@@ -27,7 +27,8 @@ linear probe at 1 / 10 / 100 %, then zero-shot and retrieval), each cell the mea
 the pre-training seeds of the run's value (a probe's value is already the mean of its 3
 probe seeds), then the validation table. `--seg` also runs configs/transfer/demo_seg.py on
 every workdir (`<workdir>/transfer_seg`, ~5 min each on 2 cores); the table has Dice columns
-whenever a workdir has that result (a cell from one seed's workdir only is marked ¹).
+whenever a workdir has that result (a cell from fewer seeds than the method's
+workdirs is marked ¹).
 """
 from __future__ import annotations
 
@@ -212,7 +213,7 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-ONE_SEED_MARK = "¹"
+PARTIAL_MARK = "¹"
 
 
 def _cell(values: list, scale: float = 100.0, digits: int = 1, own_std=None) -> str:
@@ -227,7 +228,7 @@ def _cell(values: list, scale: float = 100.0, digits: int = 1, own_std=None) -> 
 
 
 def _seeds_cell(runs: list[tuple]) -> tuple[str, bool]:
-  """(cell, from one seed of several) for one column over a method's workdirs: `runs` =
+  """(cell, partial) for one column over a method's workdirs: `runs` =
   [(value, chance, own std)] per pre-training seed, None where that workdir has no result.
   Several values: their mean ± std over the seeds. One value: that run's value ± its own std
   (over its probe or decoder seeds). Marked when some workdirs have no value (a run not
@@ -247,7 +248,7 @@ def methods_table(runs: dict[str, list[str]]) -> str:
   columns = METHOD_COLUMNS + (SEG_COLUMNS if seg else [])
   lines = ["| method | " + " | ".join(c for c, _ in columns) + " |",
            "|---|" + "---:|" * len(columns)]
-  chance, one_seed = {}, set()
+  chance, partial_columns = {}, set()
 
   def row(name: str, workdirs: list[str], init: str) -> None:
     cells = []
@@ -260,9 +261,9 @@ def methods_table(runs: dict[str, list[str]]) -> str:
         # its own ±, not a "± 0.0" spread over identical runs
         per_seed = list(dict.fromkeys(p for p in per_seed if p[0] is not None))
       text, marked = _seeds_cell(per_seed)
-      cells.append(text + (ONE_SEED_MARK if marked else ""))
+      cells.append(text + (PARTIAL_MARK if marked else ""))
       if marked:
-        one_seed.add(col)
+        partial_columns.add(col)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
   for name, workdirs in runs.items():
@@ -271,9 +272,9 @@ def methods_table(runs: dict[str, list[str]]) -> str:
   row("*random init*", next(iter(runs.values())), "random")
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
-  if one_seed:
-    lines += ["", f"{ONE_SEED_MARK} from fewer pre-training seeds than the method has workdirs "
-              f"(the others have no {', '.join(c for c, _ in columns if c in one_seed)}); a cell "
+  if partial_columns:
+    lines += ["", f"{PARTIAL_MARK} from fewer pre-training seeds than the method has workdirs "
+              f"(the others have no {', '.join(c for c, _ in columns if c in partial_columns)}); a cell "
               "from one seed is that run's value ± the std over its own probe or decoder seeds, "
               "not over pre-training seeds."]
   lines += ["", "Validation (the pre-training split):", "",

@@ -1,6 +1,7 @@
 """benchmarks/demo_ablations.py --suite methods: the table docs/demo.md records is the mean ±
 std over pre-training seeds of each workdir's results, the random-init row is the seeds'
-random encoders, and a column only one seed has (e.g. --seg on seed 0) is marked as such.
+random encoders, and a cell from fewer seeds than the method's workdirs (--seg on seed 0 only, an unfinished run)
+is marked as such.
 
 Runs the script's `main` on finished workdirs (summary.json present, so no pre-training is
 started) with results the test writes, and checks every cell against NumPy.
@@ -43,7 +44,7 @@ def _fmt(values) -> str:
   return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
-def test_methods_table_is_mean_and_std_over_seeds_and_marks_one_seed_columns(tmp_path, capsys):
+def test_methods_table_is_mean_and_std_over_seeds_and_marks_partial_cells(tmp_path, capsys):
   rng = np.random.default_rng(0)
   seeds = [0, 1, 2]
   methods = [arg.split("=")[1] for _, arg in demo_ablations.SUITES["methods"]]
@@ -77,7 +78,7 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_one_seed_columns(tmp
     assert cells["L-BFGS 1 %"] == _fmt([probe[m, s] for s in seeds])
     assert cells["ZS AUROC (prompts)"] == _fmt([zs[m, s] for s in seeds])
     assert cells["L-BFGS 10 %"] == "—"                       # no such row: no number
-    assert cells["Dice 10 %"] == f"{100 * seg[m]:.1f} ± 4.0" + demo_ablations.ONE_SEED_MARK
+    assert cells["Dice 10 %"] == f"{100 * seg[m]:.1f} ± 4.0" + demo_ablations.PARTIAL_MARK
   # the random-init rows: read from the first method's workdirs (ConVIRT's)
   cells = _cells(text, "*random init*")
   assert cells["L-BFGS 1 %"] == _fmt([rand[methods[0], s] for s in seeds])
@@ -88,10 +89,10 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_one_seed_columns(tmp
   unfinished = demo_ablations.methods_table(methods_runs)   # seed 2 still transferring
   assert _cells(unfinished, "*random init*")["L-BFGS 1 %"] == "60.0 ± 3.0"
   assert _cells(unfinished, "A")["L-BFGS 1 %"] == (
-      _fmt([probe[methods[1], s] for s in (0, 1)]) + demo_ablations.ONE_SEED_MARK)
+      _fmt([probe[methods[1], s] for s in (0, 1)]) + demo_ablations.PARTIAL_MARK)
   assert cells["Dice 10 %"] == "25.0 ± 5.0"   # one random encoder: seed 0's run says it all
   assert _cells(text, "*chance*")["Dice 10 %"] == "60.0"
-  footnote = next(l for l in text.splitlines() if l.startswith(demo_ablations.ONE_SEED_MARK))
+  footnote = next(l for l in text.splitlines() if l.startswith(demo_ablations.PARTIAL_MARK))
   assert "Dice 10 %" in footnote and "L-BFGS" not in footnote
   # the validation table: summary.json metrics, mean ± std over the seeds
   assert f"| ConVIRT | {0.11:.3f} ± {np.std([0.10, 0.11, 0.12], ddof=1):.3f} |" in text
