@@ -1,7 +1,7 @@
 """benchmarks/demo_ablations.py --suite methods: the table docs/demo.md records is the mean ±
-std over pre-training seeds of each workdir's results, the random-init row is the seeds'
-random encoders, and a cell from fewer seeds than the method's workdirs (--seg on seed 0 only, an unfinished run)
-is marked as such.
+std over pre-training seeds of each workdir's results, the random-init row is the one random
+encoder's (its own ±), and a cell from fewer seeds than the method's workdirs (--seg on seed 0
+only, an unfinished run) is marked as such.
 
 Runs the script's `main` on finished workdirs (summary.json present, so no pre-training is
 started) with results the test writes, and checks every cell against NumPy.
