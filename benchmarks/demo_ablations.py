@@ -193,17 +193,16 @@ VAL_COLUMNS = [("val R@1", "top1"), ("val R@10", "top10"), ("val ZS AUROC", "zs_
                ("grounding", "grounding_acc")]
 
 
-def _transfer_value(results: dict | None, init: str, key,
-                    with_std: bool = False) -> tuple[float | None, ...]:
-  """(value, chance[, std]) of the row `key` = (protocol, metric, fraction, dataset) for
-  `init`; std = the row's own (a probe's over its probe seeds)."""
+def _transfer_value(results: dict | None, init: str, key) -> tuple[float | None, ...]:
+  """(value, chance, std) of the row `key` = (protocol, metric, fraction, dataset) for
+  `init` (Nones when there is none); std = the row's own (a probe's over its probe seeds)."""
   protocol, metric, fraction, dataset = key
   for r in (results or {}).get("rows", []):
     if (r["protocol"], r["metric"], r["dataset"], r["init"]) == (protocol, metric, dataset, init) \
         and (r["fraction"] == fraction or (fraction is not None and r["fraction"] is not None
                                            and abs(r["fraction"] - fraction) < 1e-9)):
-      return (r["value"], r.get("chance")) + ((r.get("std"),) if with_std else ())
-  return (None, None) + ((None,) if with_std else ())
+      return r["value"], r.get("chance"), r.get("std")
+  return None, None, None
 
 
 def _read_json(path: str) -> dict | None:
@@ -234,10 +233,8 @@ def _seeds_cell(runs: list[tuple]) -> tuple[str, bool]:
   (over its probe or decoder seeds). Marked when some workdirs have no value (a run not
   finished, or --seg on some seeds only)."""
   present = [(v, s) for v, _, s in runs if v is not None]
-  partial = 0 < len(present) < len(runs)
-  if len(present) == 1:
-    return _cell([present[0][0]], own_std=present[0][1]), partial
-  return _cell([v for v, _ in present]), partial
+  return (_cell([v for v, _ in present], own_std=present[0][1] if present else None),
+          0 < len(present) < len(runs))
 
 
 def methods_table(runs: dict[str, list[str]]) -> str:
@@ -254,8 +251,8 @@ def methods_table(runs: dict[str, list[str]]) -> str:
     cells = []
     for col, key in columns:
       sub = "transfer_seg" if key[0] == "segmentation" else "transfer"
-      per_seed = [_transfer_value(_read_json(os.path.join(w, sub, "results.json")), init, key,
-                                  with_std=True) for w in workdirs]
+      per_seed = [_transfer_value(_read_json(os.path.join(w, sub, "results.json")), init, key)
+                  for w in workdirs]
       chance.update({col: c for _, c, _ in per_seed if c is not None})
       if init == "random":   # one encoder (the transfer config's random_seed) for every seed:
         # its own ±, not a "± 0.0" spread over identical runs
@@ -273,10 +270,10 @@ def methods_table(runs: dict[str, list[str]]) -> str:
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
   if partial_columns:
+    named = ", ".join(c for c, _ in columns if c in partial_columns)
     lines += ["", f"{PARTIAL_MARK} from fewer pre-training seeds than the method has workdirs "
-              f"(the others have no {', '.join(c for c, _ in columns if c in partial_columns)}); a cell "
-              "from one seed is that run's value ± the std over its own probe or decoder seeds, "
-              "not over pre-training seeds."]
+              f"(the others have no {named}); a cell from one seed is that run's value ± the "
+              "std over its own probe or decoder seeds, not over pre-training seeds."]
   lines += ["", "Validation (the pre-training split):", "",
             "| method | " + " | ".join(c for c, _ in VAL_COLUMNS) + " |",
             "|---|" + "---:|" * len(VAL_COLUMNS)]
