@@ -88,9 +88,11 @@ def test_own_labels_end_to_end_on_a_csv_and_on_class_folders(nih_rows, workdir, 
   # L-BFGS: seed s draws the fraction's rows (fraction_seed + s): at 10 % the two seeds fit
   # different rows of the same count, at 100 % the same; the timing names each run's C and
   # that fit's iterations
-  fractions, seeds = (0.01, 0.1, 1.0), (0, 1)             # the runlocal recipe's
-  masks = fitted_masks[0]                               # the pretrained encoder's [F*S, N]
-  ten, hundred = masks[2:4], masks[4:6]
+  probe = transfer_config.load(f"{RECIPE}:runlocal").evals.probe
+  fractions, seeds = tuple(probe.fractions), tuple(probe.seeds)
+  masks = fitted_masks[0].reshape(len(fractions), len(seeds), -1)  # pretrained: [F*S, N]
+  ten, hundred = masks[fractions.index(0.1)], masks[fractions.index(1.0)]
+  assert len(seeds) >= 2
   assert ten[0].sum() == ten[1].sum() > 0 and (ten[0] != ten[1]).any()
   assert hundred.all()
   lbfgs = results["timing"]["pretrained/probe"]
