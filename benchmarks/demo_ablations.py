@@ -26,9 +26,10 @@ last rows.
 linear probe at 1 / 10 / 100 %, then zero-shot and retrieval), each cell the mean ± std over
 the pre-training seeds of the run's value (a probe's value is already the mean of its 3
 probe seeds), then the validation table. `--seg` also runs configs/transfer/demo_seg.py on
-every workdir (`<workdir>/transfer_seg`, ~5 min each on 2 cores); the table has Dice columns
-whenever a workdir has that result (a cell from fewer seeds than the method's
-workdirs is marked ¹).
+every workdir (`<workdir>/transfer_seg`; the random-init decoders only on the first, which
+the table's random-init row reads: ~10 min there, ~5 min on each other on 2 cores); the
+table has Dice columns whenever a workdir has that result (a cell from fewer seeds than the
+method's workdirs is marked ¹).
 """
 from __future__ import annotations
 
@@ -304,6 +305,9 @@ def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: b
         cmd = [sys.executable, "-m", "asg_jax.evaluate", f"--workdir={workdir}",
                "--config=configs/transfer/demo_seg.py",
                f"--out={os.path.join(workdir, 'transfer_seg')}"]
+        if runs:   # the random-init encoder is one for every workdir (the transfer config's
+          # random_seed) and the table reads it from the first: its decoders train only there
+          cmd.append("--config.inits=('pretrained',)")
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
       runs.setdefault(name, []).append(workdir)

@@ -109,3 +109,32 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_partial_cells(tmp_pa
     ([(None, None, None)], ("—", False))])
 def test_seeds_cell(values, expected):
   assert demo_ablations._seeds_cell(values) == expected  # pylint: disable=protected-access
+
+
+def test_seg_trains_the_random_init_decoders_only_on_the_first_workdir(tmp_path, monkeypatch):
+  """--seg evaluates every workdir that lacks `transfer_seg/results.json`; the random-init
+  encoder is one for all of them, so only the first workdir (the one the table's random-init
+  row reads) trains its decoders, the others evaluate the pre-trained encoder only."""
+  methods = [arg.split("=")[1] for _, arg in demo_ablations.SUITES["methods"]]
+  for m in methods:
+    for s in (0, 1):
+      _write(tmp_path / "methods" / f"{m}_seed{s}" / "summary.json", {"metrics": {}, "chance": {}})
+  done = tmp_path / "methods" / f"{methods[1]}_seed0" / "transfer_seg" / "results.json"
+  _write(done, {"rows": []})
+  commands = []
+
+  def run(cmd, check):
+    assert check
+    commands.append(cmd)
+    out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--out="))
+    _write(os.path.join(out, "results.json"), {"rows": []})
+
+  monkeypatch.setattr(demo_ablations.subprocess, "run", run)
+  demo_ablations.main(["--suite", "methods", "--steps", "7", "--seeds", "0,1", "--seg",
+                       "--root", str(tmp_path)])
+  evaluated = [next(a for a in c if a.startswith("--workdir=")).split("/")[-1] for c in commands]
+  assert evaluated == [f"{m}_seed{s}" for s in (0, 1) for m in methods
+                       if (m, s) != (methods[1], 0)]          # a finished one is reused
+  inits = [[a for a in c if a.startswith("--config.inits=")] for c in commands]
+  assert inits[0] == []                                      # the config's: incl. random
+  assert all(i == ["--config.inits=('pretrained',)"] for i in inits[1:])
