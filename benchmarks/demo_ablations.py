@@ -188,7 +188,8 @@ METHOD_COLUMNS = [
     ("ZS AUROC (prompts)", ("zero_shot_prompt", "auroc", None, "cxr_chexpert/demo")),
     ("5×200 i2t P@1", ("retrieval", "i2t_precision@1", None, "cxr_chexpert/demo_5x200")),
 ]
-SEG_COLUMNS = [(f"Dice {f} %", ("segmentation", "dice", f / 100, "cxr_siim/demo"))
+SEG_COLUMNS = [(f"{name} {f} %", ("segmentation", metric, f / 100, "cxr_siim/demo"))
+               for name, metric in (("Dice", "dice"), ("Dice+", "dice_positive"))
                for f in (1, 10, 100)]
 VAL_COLUMNS = [("val R@1", "top1"), ("val R@10", "top10"), ("val ZS AUROC", "zs_prompt_auroc"),
                ("grounding", "grounding_acc")]
@@ -238,15 +239,13 @@ def _seeds_cell(runs: list[tuple]) -> tuple[str, bool]:
           0 < len(present) < len(runs))
 
 
-def methods_table(runs: dict[str, list[str]]) -> str:
-  """Markdown: one row per method, each cell mean ± std over its workdirs (the seeds); the
-  Dice columns when any workdir has `transfer_seg/results.json`."""
-  seg = any(os.path.exists(os.path.join(w, "transfer_seg", "results.json"))
-            for workdirs in runs.values() for w in workdirs)
-  columns = METHOD_COLUMNS + (SEG_COLUMNS if seg else [])
+def _transfer_table(runs: dict[str, list[str]], columns: list, partial_columns: set) -> list[str]:
+  """Markdown lines: one row per method (each cell mean ± std over its workdirs, the seeds),
+  then the random-init and chance rows; adds the columns with a partial cell to
+  `partial_columns`."""
   lines = ["| method | " + " | ".join(c for c, _ in columns) + " |",
            "|---|" + "---:|" * len(columns)]
-  chance, partial_columns = {}, set()
+  chance = {}
 
   def row(name: str, workdirs: list[str], init: str) -> None:
     cells = []
@@ -270,8 +269,24 @@ def methods_table(runs: dict[str, list[str]]) -> str:
   row("*random init*", next(iter(runs.values())), "random")
   lines.append("| *chance* | " + " | ".join(
       "—" if chance.get(c) is None else f"{100 * chance[c]:.1f}" for c, _ in columns) + " |")
+  return lines
+
+
+def methods_table(runs: dict[str, list[str]]) -> str:
+  """Markdown: the transfer table (one row per method, each cell mean ± std over its
+  workdirs, the seeds), the segmentation table when any workdir has
+  `transfer_seg/results.json`, then the validation table."""
+  partial_columns = set()
+  lines = _transfer_table(runs, METHOD_COLUMNS, partial_columns)
+  if any(os.path.exists(os.path.join(w, "transfer_seg", "results.json"))
+         for workdirs in runs.values() for w in workdirs):
+    lines += ["", "Segmentation (configs/transfer/demo_seg.py, the SIIM-layout stand-in), Dice "
+              "%: over all test films (a film without a finding scores 1 when predicted empty, "
+              "else 0; chance = the all-empty prediction) and over the films with a finding "
+              "(Dice+):", ""]
+    lines += _transfer_table(runs, SEG_COLUMNS, partial_columns)
   if partial_columns:
-    named = ", ".join(c for c, _ in columns if c in partial_columns)
+    named = ", ".join(c for c, _ in METHOD_COLUMNS + SEG_COLUMNS if c in partial_columns)
     lines += ["", f"{PARTIAL_MARK} from fewer pre-training seeds than the method has workdirs "
               f"(the others have no {named}); a cell from one seed is that run's value ± the "
               "std over its own probe or decoder seeds, not over pre-training seeds."]

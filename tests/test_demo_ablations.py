@@ -31,12 +31,16 @@ def _write(path, obj):
 
 
 def _cells(text: str, name: str) -> dict[str, str]:
-  """{column: cell} of the first Markdown table row named `name`."""
-  lines = text.splitlines()
-  head = next(l for l in lines if l.startswith("| method |"))
-  cols = [c.strip() for c in head.strip("|").split("|")][1:]
-  line = next(l for l in lines if l.startswith(f"| {name} |"))
-  return dict(zip(cols, [c.strip() for c in line.strip("|").split("|")][1:]))
+  """{column: cell} of the rows named `name` in every Markdown table of `text` (the
+  transfer, segmentation and validation tables have distinct columns)."""
+  cells, cols = {}, None
+  split = lambda line: [c.strip() for c in line.strip("|").split("|")][1:]
+  for line in text.splitlines():
+    if line.startswith("| method |"):
+      cols = split(line)
+    elif line.startswith(f"| {name} |"):
+      cells.update(zip(cols, split(line)))
+  return cells
 
 
 def _fmt(values) -> str:
@@ -66,6 +70,7 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_partial_cells(tmp_pa
         seg[m] = rng.uniform(0.3, 0.9)
         _write(w / "transfer_seg" / "results.json", {"rows": [
             _row(SIIM, "segmentation", "dice", seg[m], 0.1, std=0.04, chance=0.6),
+            _row(SIIM, "segmentation", "dice_positive", seg[m] / 2, 0.1, std=0.02, chance=0.0),
             _row(SIIM, "segmentation", "dice", 0.25, 0.1, std=0.05, chance=0.6, init="random")]})
 
   demo_ablations.main(["--suite", "methods", "--steps", "7", "--seeds", "0,1,2",
@@ -79,13 +84,18 @@ def test_methods_table_is_mean_and_std_over_seeds_and_marks_partial_cells(tmp_pa
     assert cells["ZS AUROC (prompts)"] == _fmt([zs[m, s] for s in seeds])
     assert cells["L-BFGS 10 %"] == "—"                       # no such row: no number
     assert cells["Dice 10 %"] == f"{100 * seg[m]:.1f} ± 4.0" + demo_ablations.PARTIAL_MARK
+    assert cells["Dice+ 10 %"] == f"{50 * seg[m]:.1f} ± 2.0" + demo_ablations.PARTIAL_MARK
+  # segmentation is a table of its own, after the transfer table
+  heads = [l for l in text.splitlines() if l.startswith("| method |")]
+  assert len(heads) == 3 and "Dice" not in heads[0] and "Dice+ 100 %" in heads[1]
   # the random-init rows: read from the first method's workdirs (ConVIRT's)
   cells = _cells(text, "*random init*")
   assert cells["L-BFGS 1 %"] == _fmt([rand[methods[0], s] for s in seeds])
   assert cells["Dice 10 %"] == "25.0 ± 5.0"   # one random encoder: seed 0's run says it all
   assert _cells(text, "*chance*")["Dice 10 %"] == "60.0"
+  assert _cells(text, "*chance*")["Dice+ 10 %"] == "0.0"
   footnote = next(l for l in text.splitlines() if l.startswith(demo_ablations.PARTIAL_MARK))
-  assert "Dice 10 %" in footnote and "L-BFGS" not in footnote
+  assert "Dice 10 %, Dice+ 10 %" in footnote and "L-BFGS" not in footnote
   # the validation table: summary.json metrics, mean ± std over the seeds
   assert f"| ConVIRT | {0.11:.3f} ± {np.std([0.10, 0.11, 0.12], ddof=1):.3f} |" in text
 
