@@ -27,9 +27,10 @@ linear probe at 1 / 10 / 100 %, then zero-shot and retrieval), each cell the mea
 the pre-training seeds of the run's value (a probe's value is already the mean of its 3
 probe seeds), then the validation table. `--seg` also runs configs/transfer/demo_seg.py on
 every workdir (`<workdir>/transfer_seg`; the random-init decoders only on the first, which
-the table's random-init row reads: ~13 min there, ~6–7 min on each other on 2 cores); the
-table has Dice columns whenever a workdir has that result (a cell from fewer seeds than the
-method's workdirs is marked ¹).
+the table's random-init row reads: ~13 min there, ~6–7 min on each other on 2 cores); a
+segmentation table (Dice over all test films, Dice+ over those with a finding) follows the
+transfer table whenever a workdir has that result. A cell from fewer seeds than the method's
+workdirs is marked ¹.
 """
 from __future__ import annotations
 

@@ -33,8 +33,10 @@ def _write(path, obj):
 def _cells(text: str, name: str) -> dict[str, str]:
   """{column: cell} of the rows named `name` in every Markdown table of `text` (the
   transfer, segmentation and validation tables have distinct columns)."""
+  def split(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
   cells, cols = {}, None
-  split = lambda line: [c.strip() for c in line.strip("|").split("|")][1:]
   for line in text.splitlines():
     if line.startswith("| method |"):
       cols = split(line)
