@@ -107,18 +107,13 @@ DOWNSTREAM = [("probe 1 %", ("linear_probe", "auroc", 0.01, "cxr_chexpert/demo")
 def downstream_table(rows: list[tuple[str, str]]) -> str:
   """Markdown from each row's `<workdir>/transfer/results.json` ((name, workdir) pairs)."""
   def cell(results, init, key):
-    protocol, metric, fraction, dataset = key
-    for r in results["rows"]:
-      if (r["protocol"], r["metric"], r["fraction"], r["dataset"], r["init"]) == (
-          protocol, metric, fraction, dataset, init):
-        v = f"{100 * r['value']:.1f}" if r["value"] is not None else "—"
-        return v + (f" ± {100 * r['std']:.1f}" if r.get("std") is not None else ""), r["chance"]
-    return "—", None
+    value, chance, std = _transfer_value(results, init, key)
+    return _cell([value], own_std=std), chance
   lines = ["| row | " + " | ".join(c for c, _ in DOWNSTREAM) + " |",
            "|---|" + "---:|" * len(DOWNSTREAM)]
   last, chance = None, {}
   for name, workdir in rows:
-    path = os.path.join(workdir, "transfer", "results.json")
+    path = _results_path(workdir)
     if not os.path.exists(path):
       lines.append(f"| {name} | " + " | ".join("—" for _ in DOWNSTREAM) + " |")
       continue
@@ -208,6 +203,11 @@ def _transfer_value(results: dict | None, init: str, key) -> tuple[float | None,
   return None, None, None
 
 
+def _results_path(workdir: str, segmentation: bool = False) -> str:
+  """`<workdir>/transfer/results.json`, or the `--seg` run's `transfer_seg/results.json`."""
+  return os.path.join(workdir, "transfer_seg" if segmentation else "transfer", "results.json")
+
+
 def _read_json(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
@@ -251,9 +251,8 @@ def _transfer_table(runs: dict[str, list[str]], columns: list, partial_columns: 
   def row(name: str, workdirs: list[str], init: str) -> None:
     cells = []
     for col, key in columns:
-      sub = "transfer_seg" if key[0] == "segmentation" else "transfer"
-      per_seed = [_transfer_value(_read_json(os.path.join(w, sub, "results.json")), init, key)
-                  for w in workdirs]
+      per_seed = [_transfer_value(_read_json(_results_path(w, key[0] == "segmentation")),
+                                  init, key) for w in workdirs]
       chance.update({col: c for _, c, _ in per_seed if c is not None})
       if init == "random":   # one encoder (the transfer config's random_seed) for every seed:
         # its own ±, not a "± 0.0" spread over identical runs
@@ -279,7 +278,7 @@ def methods_table(runs: dict[str, list[str]]) -> str:
   `transfer_seg/results.json`, then the validation table."""
   partial_columns = set()
   lines = _transfer_table(runs, METHOD_COLUMNS, partial_columns)
-  if any(os.path.exists(os.path.join(w, "transfer_seg", "results.json"))
+  if any(os.path.exists(_results_path(w, segmentation=True))
          for workdirs in runs.values() for w in workdirs):
     lines += ["", "Segmentation (configs/transfer/demo_seg.py, the SIIM-layout stand-in), Dice "
               "%: over all test films (a film without a finding scores 1 when predicted empty, "
@@ -317,10 +316,10 @@ def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: b
     for name, arg in SUITES["methods"]:
       workdir = os.path.join(root, "methods", f"{arg.split('=')[1]}_seed{seed}")
       run_row(arg, workdir, data_dir, steps, [f"--config.seed={seed}", *extra])
-      if seg and not os.path.exists(os.path.join(workdir, "transfer_seg", "results.json")):
+      seg_results = _results_path(workdir, segmentation=True)
+      if seg and not os.path.exists(seg_results):
         cmd = [sys.executable, "-m", "asg_jax.evaluate", f"--workdir={workdir}",
-               "--config=configs/transfer/demo_seg.py",
-               f"--out={os.path.join(workdir, 'transfer_seg')}"]
+               "--config=configs/transfer/demo_seg.py", f"--out={os.path.dirname(seg_results)}"]
         if runs:   # the random-init encoder is one for every workdir (the transfer config's
           # random_seed) and the table reads it from the first: its decoders train only there
           cmd.append("--config.inits=('pretrained',)")
@@ -337,7 +336,7 @@ def methods_suite(root: str, data_dir: str, steps: int, seeds: list[int], seg: b
              "std over its 3 probe seeds, the other cells have no ±")
           + ". z-probe = probe on z-scored features. The random-init row is one encoder "
           "(the transfer config's random_seed), the same for every pre-training seed: its ± is "
-          "over its probe seeds.\n\n")
+          "over its probe (segmentation: decoder) seeds.\n\n")
   return text + methods_table(runs) + "\n"
 
 

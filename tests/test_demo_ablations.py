@@ -150,3 +150,22 @@ def test_seg_trains_the_random_init_decoders_only_on_the_first_workdir(tmp_path,
   inits = [[a for a in c if a.startswith("--config.inits=")] for c in commands]
   assert inits[0] == []                                      # the config's: incl. random
   assert all(i == ["--config.inits=('pretrained',)"] for i in inits[1:])
+
+
+def test_downstream_table_reads_each_rows_transfer_results(tmp_path):
+  """The ASG / RECLF suites' downstream table: a row per workdir (its pre-trained encoder's
+  value ± its probe seeds' std), the last workdir's random-init row, chance, and dashes for a
+  workdir without results."""
+  done, missing = tmp_path / "a", tmp_path / "b"
+  _write(done / "transfer" / "results.json", {"rows": [
+      _row(CHEX, "linear_probe", "auroc", 0.731, 0.01, std=0.012),
+      _row(CHEX, "linear_probe", "auroc", 0.592, 0.01, std=0.017, init="random"),
+      _row(CHEX, "zero_shot_prompt", "auroc", 0.757)]})
+  text = demo_ablations.downstream_table([("A", str(done)), ("B", str(missing))])
+  text = text.replace("| row |", "| method |", 1)   # the header _cells reads
+  a, b = _cells(text, "A"), _cells(text, "B")
+  assert (a["probe 1 %"], a["ZS AUROC (prompts)"], a["probe 10 %"]) == ("73.1 ± 1.2", "75.7", "—")
+  assert len(b) == len(demo_ablations.DOWNSTREAM) and set(b.values()) == {"—"}
+  assert _cells(text, "*random init*")["probe 1 %"] == "59.2 ± 1.7"
+  chance = _cells(text, "*chance*")
+  assert chance["probe 1 %"] == "50.0" and chance["5×200 i2t P@1"] == "—"

@@ -90,9 +90,9 @@ def test_own_labels_end_to_end_on_a_csv_and_on_class_folders(nih_rows, workdir, 
   # that fit's iterations
   probe = transfer_config.load(f"{RECIPE}:runlocal").evals.probe
   fractions, seeds = tuple(probe.fractions), tuple(probe.seeds)
+  assert len(seeds) >= 2, "two probe seeds are needed to compare their draws"
   masks = fitted_masks[0].reshape(len(fractions), len(seeds), -1)  # pretrained: [F*S, N]
   ten, hundred = masks[fractions.index(0.1)], masks[fractions.index(1.0)]
-  assert len(seeds) >= 2
   assert ten[0].sum() == ten[1].sum() > 0 and (ten[0] != ten[1]).any()
   assert hundred.all()
   lbfgs = results["timing"]["pretrained/probe"]
